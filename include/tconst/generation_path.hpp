@@ -1,0 +1,181 @@
+#pragma once
+// GenerationPath: window tokens through every layer (SPEC §4 window stream, SPEC §5 cache-hit step).
+//
+// A pass over n new window rows (n = 1 for a cache-hit step, up to W for a batched prefill)
+// projects each row once per layer, appends its rotated key and its value to that layer's window
+// cache, attends causally to the window cache and, where SPEC §4 says so, to the layer's frozen
+// compressed Kz, Vz (and, for TLinFormer's compress layer, to the whole context's Kc, Vc). The
+// path holds no state: the cache and the scratch are passed in.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tconst/kv_cache.hpp"
+#include "tconst/ops.hpp"
+#include "tconst/weights.hpp"
+
+namespace tconst {
+namespace detail {
+
+/// Scores per attention call are bounded by processing query rows in blocks of at most this many
+/// scores (or one row, when a row alone has more keys).
+constexpr Index kScoreBudget = Index{1} << 16;
+
+/// Working buffers of a window pass, sized once for `rows` rows and `keys` attended keys.
+template <typename S>
+struct WindowScratch {
+  Index rows = 0, keys = 0;
+  std::vector<S> x;       // [rows, d] residual stream
+  std::vector<S> xn;      // [rows, d] normalised stream; after a pass, LN_f of every row
+  std::vector<S> qkv;     // [rows, 3d] q | k | v, q and k rotated
+  std::vector<S> att;     // [rows, d] attention output
+  std::vector<S> h1, h3;  // [rows, f] FFN hidden
+  std::vector<S> scores;  // attention scores of one query block
+
+  void reserve(Index n_rows, Index n_keys, Index d, Index f) {
+    if (n_rows > rows) {
+      rows = n_rows;
+      x.resize(static_cast<size_t>(rows * d));
+      xn.resize(static_cast<size_t>(rows * d));
+      qkv.resize(static_cast<size_t>(rows * 3 * d));
+      att.resize(static_cast<size_t>(rows * d));
+      h1.resize(static_cast<size_t>(rows * f));
+      h3.resize(static_cast<size_t>(rows * f));
+    }
+    if (n_keys > keys || scores.empty()) {
+      keys = std::max(keys, n_keys);
+      const Index need = std::max(keys, std::min(rows * keys, kScoreBudget));
+      if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
+    }
+  }
+};
+
+/// Where a layer's new rows go: rows [rows_before, rows_before + n) of K and V ([*, d], stride ld).
+template <typename S>
+struct SelfKV {
+  S* K;
+  S* V;
+  Index ld;
+  Index rows_before;
+};
+
+/// Frozen keys and values a layer also attends to, with its own softmax.
+template <typename S>
+struct CrossKV {
+  const S* K;
+  const S* V;
+  Index ld;
+  Index rows;
+};
+
+/// Attention of nq query rows in blocks that keep the score buffer within its budget.
+template <typename S>
+void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
+                    Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
+                    S* scores) {
+  const Index block = std::max<Index>(1, std::min<Index>(nq, kScoreBudget / std::max<Index>(nk, 1)));
+  for (Index r0 = 0; r0 < nq; r0 += block) {
+    const Index n = std::min(block, nq - r0);
+    attend_rows(Q + r0 * ld_q, ld_q, n, K, V, ld_kv, nk, heads, dh,
+                causal_base >= 0 ? causal_base + r0 : -1, out + r0 * ld_out, ld_out, accumulate,
+                scores);
+  }
+}
+
+/// One inner layer over n window rows x[n, d] at positions pos0.. (SPEC §4 window stream):
+/// x += out(Attn_causal(self) + sum Attn(cross)); x += FFN(LN2(x)).
+template <typename S>
+void layer_forward(const Model<S>& m, const LayerWeights<S>& L, S* x, Index n, int64_t pos0,
+                   const SelfKV<S>& self, const CrossKV<S>* cross, int n_cross,
+                   WindowScratch<S>& s) {
+  const ModelConfig& c = m.config();
+  const Index d = c.n_embd, heads = c.n_head, dh = c.head_dim();
+  S* xn = s.xn.data();
+  S* qkv = s.qkv.data();
+  S* att = s.att.data();
+  layer_norm(x, d, xn, d, n, d, L.norm1_w, L.norm1_b, c.norm_eps);
+  linear<S>(xn, d, n, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d);
+  rope(qkv, 3 * d, n, 2 * d, dh, pos0, m.rope_theta());
+  for (Index r = 0; r < n; ++r) {
+    std::memcpy(self.K + (self.rows_before + r) * self.ld, qkv + r * 3 * d + d, sizeof(S) * d);
+    std::memcpy(self.V + (self.rows_before + r) * self.ld, qkv + r * 3 * d + 2 * d, sizeof(S) * d);
+  }
+  attend_blocked(qkv, 3 * d, n, self.K, self.V, self.ld, self.rows_before + n, heads, dh,
+                 self.rows_before, att, d, false, s.scores.data());
+  for (int i = 0; i < n_cross; ++i) {
+    if (cross[i].rows == 0) continue;
+    attend_blocked(qkv, 3 * d, n, cross[i].K, cross[i].V, cross[i].ld, cross[i].rows, heads, dh,
+                   Index{-1}, att, d, true, s.scores.data());
+  }
+  linear<S>(att, d, n, L.out_w.mat(), L.out_b.data, xn, d);
+  RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) += ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
+  ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data());
+}
+
+/// x[n, d] = embedding rows of the tokens (already validated to lie in [0, V)).
+template <typename S>
+void embed(const Model<S>& m, const int32_t* tokens, Index n, S* x) noexcept {
+  const Index d = m.config().n_embd;
+  for (Index r = 0; r < n; ++r) {
+    std::memcpy(x + r * d, m.embedding().data + static_cast<Index>(tokens[r]) * d, sizeof(S) * d);
+  }
+}
+
+/// s.xn[n, d] = LN_f(x) after the last layer.
+template <typename S>
+void final_norm(const Model<S>& m, Index n, WindowScratch<S>& s) noexcept {
+  const Index d = m.config().n_embd;
+  layer_norm(s.x.data(), d, s.xn.data(), d, n, d, m.norm_w(), m.norm_b(), m.config().norm_eps);
+}
+
+/// logits[V] = head * h, h one row of final-normalised hidden state.
+template <typename S>
+void head_logits(const Model<S>& m, const S* h, S* logits) noexcept {
+  gemv<S>(m.lm_head().mat(), h, nullptr, logits);
+}
+
+}  // namespace detail
+
+/// The generation path of TConstFormer and TLinFormer. Stateless over the model's weights.
+template <typename Scalar>
+class GenerationPath {
+ public:
+  using Index = Eigen::Index;
+
+  /// Runs tokens[0..n) as window rows cache.window_rows() .. + n - 1 (positions Lc + row) through
+  /// every block, appending their keys and values to the window caches. `context_kv` holds
+  /// TLinFormer's per-block compress-layer context keys and values (nullptr for TConstFormer).
+  /// Leaves LN_f of every row in scratch.xn. Requires window_rows() + n <= W and scratch reserved
+  /// for n rows. With n = 1 nothing is allocated.
+  static void run(const Model<Scalar>& m, FixedKVCache<Scalar>& cache,
+                  const GrowingKV<Scalar>* context_kv, const int32_t* tokens, Index n,
+                  detail::WindowScratch<Scalar>& s) {
+    const ModelConfig& c = m.config();
+    const Index d = c.n_embd, D = c.inner_depth;
+    const Index i0 = cache.window_rows();  // first new window row
+    const int64_t pos0 = cache.context_length() + i0;
+    Scalar* x = s.x.data();
+    detail::embed(m, tokens, n, x);
+    for (Index b = 0; b < c.n_block; ++b) {
+      for (Index j = 0; j < D; ++j) {
+        const detail::SelfKV<Scalar> self{cache.window_keys(b, j), cache.window_values(b, j), d, i0};
+        detail::CrossKV<Scalar> cross[1];
+        int n_cross = 0;
+        if (j >= 1 && cache.z_rows() > 0) {
+          // Hidden and restore layers: the compressed Kz, Vz of this layer's input (SPEC §4).
+          cross[n_cross++] = {cache.z_keys(b, j), cache.z_values(b, j), d, cache.z_rows()};
+        } else if (j == 0 && context_kv != nullptr && context_kv->rows() > 0) {
+          // TLinFormer's compress layer: the whole context's Kc, Vc.
+          cross[n_cross++] = {context_kv->keys(b), context_kv->values(b), d, context_kv->rows()};
+        }
+        detail::layer_forward(m, m.layer(b, j), x, n, pos0, self, cross, n_cross, s);
+      }
+    }
+    cache.set_window_rows(i0 + n);
+    detail::final_norm(m, n, s);
+  }
+};
+
+}  // namespace tconst

@@ -1,0 +1,265 @@
+#pragma once
+// The kernels of SPEC §2: LayerNorm, linear layers, SwiGLU FFN, RoPE and attention.
+//
+// Activations are row-major, one row per token, addressed by pointer + row stride so that the
+// kernels read and write straight into the cache and scratch buffers. The single-row variants are
+// the cache-hit hot path: they allocate nothing and are noexcept.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "tconst/weights.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace tconst {
+namespace detail {
+
+using Eigen::Index;
+
+template <typename S>
+using RowsMap = Eigen::Map<MatrixRM<S>, 0, Eigen::OuterStride<>>;
+template <typename S>
+using ConstRowsMap = Eigen::Map<const MatrixRM<S>, 0, Eigen::OuterStride<>>;
+template <typename S>
+using RowVecMap = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+template <typename S>
+using ConstRowVecMap = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+
+/// Rows below this many work items per thread run on one thread: an OpenMP fork costs a few
+/// microseconds, more than a small GEMV.
+constexpr Index kMinRowsPerThread = 64;
+
+/// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2). `out` may equal `in`.
+template <typename S>
+void layer_norm(const S* in, Index ld_in, S* out, Index ld_out, Index n, Index d,
+                const WeightView<S>& w, const WeightView<S>& b, double eps) noexcept {
+  const auto wa = w.vec().transpose().array();
+  const auto ba = b.vec().transpose().array();
+  const S inv_d = S(1) / static_cast<S>(d);
+  for (Index r = 0; r < n; ++r) {
+    ConstRowVecMap<S> x(in + r * ld_in, d);
+    const S mean = x.sum() * inv_d;
+    const S var = (x.array() - mean).square().sum() * inv_d;
+    const S scale = S(1) / std::sqrt(var + static_cast<S>(eps));
+    RowVecMap<S>(out + r * ld_out, d) = ((x.array() - mean) * scale) * wa + ba;
+  }
+}
+
+/// y[o] = W[o, :] . x (+ bias[o]) for one row; the hot GEMV. Rows of W are split over threads when
+/// OpenMP is enabled and the matrix is large enough to pay for it.
+template <typename S>
+void gemv(const ConstMatrixMap<S>& W, const S* x, const S* bias, S* y) noexcept {
+  const Index rows = W.rows(), cols = W.cols();
+  Eigen::Map<const Vector<S>> xv(x, cols);
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  if (threads > 1 && rows >= 2 * kMinRowsPerThread && !omp_in_parallel()) {
+    const Index nchunks = std::min<Index>(threads, rows / kMinRowsPerThread);
+#pragma omp parallel for num_threads(static_cast<int>(nchunks)) schedule(static)
+    for (Index c = 0; c < nchunks; ++c) {
+      const Index r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
+      Eigen::Map<Vector<S>> yc(y + r0, r1 - r0);
+      yc.noalias() = W.middleRows(r0, r1 - r0) * xv;
+      if (bias != nullptr) yc += Eigen::Map<const Vector<S>>(bias + r0, r1 - r0);
+    }
+    return;
+  }
+#endif
+  Eigen::Map<Vector<S>> yv(y, rows);
+  yv.noalias() = W * xv;
+  if (bias != nullptr) yv += Eigen::Map<const Vector<S>>(bias, rows);
+}
+
+/// out[n, o] = in[n, i] W^T + bias, W stored [o, i] (PyTorch layout).
+template <typename S>
+void linear(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias, S* out,
+            Index ld_out) {
+  if (n == 1) {
+    gemv(W, in, bias, out);
+    return;
+  }
+  RowsMap<S> O(out, n, W.rows(), Eigen::OuterStride<>(ld_out));
+  O.noalias() = ConstRowsMap<S>(in, n, W.cols(), Eigen::OuterStride<>(ld_in)) * W.transpose();
+  if (bias != nullptr) O.rowwise() += Eigen::Map<const Vector<S>>(bias, W.rows()).transpose();
+}
+
+/// Rotates in place the head vectors in columns [0, width) of n rows, row r at absolute position
+/// pos0 + r (SPEC §2: adjacent pairs; angle, sine and cosine in double). `width` is a multiple of
+/// dh, so q and k stored side by side (as in a qkv row) rotate in one call.
+template <typename S>
+void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
+          const std::vector<double>& theta) noexcept {
+  const Index half = dh / 2;
+  for (Index r = 0; r < n; ++r) {
+    S* row = x + r * ld;
+    const double p = static_cast<double>(pos0 + r);
+    for (Index m = 0; m < half; ++m) {
+      const double a = p * theta[static_cast<size_t>(m)];
+      const S c = static_cast<S>(std::cos(a)), s = static_cast<S>(std::sin(a));
+      for (Index h0 = 0; h0 < width; h0 += dh) {
+        S& u0 = row[h0 + 2 * m];
+        S& u1 = row[h0 + 2 * m + 1];
+        const S a0 = u0, a1 = u1;
+        u0 = a0 * c - a1 * s;
+        u1 = a0 * s + a1 * c;
+      }
+    }
+  }
+}
+
+/// One query row against nk key rows: out[d] (+)= concat_h softmax(q_h K_h^T / sqrt(dh)) V_h.
+/// `scores` holds at least nk scalars. The cache-hit attention.
+template <typename S>
+void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
+                S* scores, S* out, bool accumulate) noexcept {
+  const S scale = S(1) / std::sqrt(static_cast<S>(dh));
+  Eigen::Map<Vector<S>> sc(scores, nk);
+  for (Index h = 0; h < heads; ++h) {
+    Eigen::Map<const Vector<S>> qh(q + h * dh, dh);
+    ConstRowsMap<S> Kh(K + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
+    ConstRowsMap<S> Vh(V + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
+    sc.noalias() = Kh * qh;
+    sc *= scale;
+    const S mx = sc.maxCoeff();
+    sc = (sc.array() - mx).exp();
+    sc /= sc.sum();
+    Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>> oh(out + h * dh, dh);
+    if (accumulate) {
+      oh.noalias() += sc.transpose() * Vh;
+    } else {
+      oh.noalias() = sc.transpose() * Vh;
+    }
+  }
+}
+
+/// nq query rows against nk key rows, per head, separate softmax per call (SPEC §2):
+/// out[nq, d] (+)= Attn(Q, K, V). With causal_base >= 0, query row r sees keys j <= causal_base + r
+/// only (the window's causal mask, rows offset by the cache rows already present).
+/// `scores` holds at least nq * nk scalars.
+template <typename S>
+void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
+                 Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
+                 S* scores) {
+  if (nq == 1) {
+    const Index visible = causal_base >= 0 ? std::min(nk, causal_base + 1) : nk;
+    attend_one(Q, K, V, ld_kv, visible, heads, dh, scores, out, accumulate);
+    return;
+  }
+  const S scale = S(1) / std::sqrt(static_cast<S>(dh));
+  RowsMap<S> P(scores, nq, nk, Eigen::OuterStride<>(nk));
+  for (Index h = 0; h < heads; ++h) {
+    ConstRowsMap<S> Qh(Q + h * dh, nq, dh, Eigen::OuterStride<>(ld_q));
+    ConstRowsMap<S> Kh(K + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
+    ConstRowsMap<S> Vh(V + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
+    P.noalias() = Qh * Kh.transpose();
+    for (Index r = 0; r < nq; ++r) {
+      const Index visible = causal_base >= 0 ? std::min(nk, causal_base + r + 1) : nk;
+      auto row = P.row(r);
+      auto seen = row.head(visible);
+      seen *= scale;
+      const S mx = seen.maxCoeff();
+      seen = (seen.array() - mx).exp();
+      seen /= seen.sum();
+      row.tail(nk - visible).setZero();
+    }
+    RowsMap<S> Oh(out + h * dh, nq, dh, Eigen::OuterStride<>(ld_out));
+    if (accumulate) {
+      Oh.noalias() += P * Vh;
+    } else {
+      Oh.noalias() = P * Vh;
+    }
+  }
+}
+
+/// Non-causal attention of a fixed set of queries to keys that arrive in chunks, with a running
+/// (online) softmax per query row and head, so that keys and values never need to exist all at
+/// once. Used by the compress layer's context attention, whose keys span the whole history.
+template <typename S>
+class OnlineAttention {
+ public:
+  /// Q: [nq, d] rotated queries, kept by pointer until finish().
+  void reset(const S* Q, Index ld_q, Index nq, Index heads, Index dh) {
+    Q_ = Q;
+    ld_q_ = ld_q;
+    nq_ = nq;
+    heads_ = heads;
+    dh_ = dh;
+    acc_.setZero(nq, heads * dh);
+    max_.setConstant(nq, heads, -std::numeric_limits<S>::infinity());
+    sum_.setZero(nq, heads);
+  }
+
+  /// Folds in nk more keys and values. `scores` holds at least nq * nk scalars.
+  void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores) {
+    const S scale = S(1) / std::sqrt(static_cast<S>(dh_));
+    RowsMap<S> P(scores, nq_, nk, Eigen::OuterStride<>(nk));
+    for (Index h = 0; h < heads_; ++h) {
+      ConstRowsMap<S> Qh(Q_ + h * dh_, nq_, dh_, Eigen::OuterStride<>(ld_q_));
+      ConstRowsMap<S> Kh(K + h * dh_, nk, dh_, Eigen::OuterStride<>(ld_kv));
+      ConstRowsMap<S> Vh(V + h * dh_, nk, dh_, Eigen::OuterStride<>(ld_kv));
+      P.noalias() = Qh * Kh.transpose();
+      P *= scale;
+      for (Index r = 0; r < nq_; ++r) {
+        auto row = P.row(r);
+        const S old_max = max_(r, h);
+        const S new_max = std::max(old_max, row.maxCoeff());
+        const S rescale = std::exp(old_max - new_max);  // 0 on the first chunk (old = -inf)
+        row = (row.array() - new_max).exp();
+        sum_(r, h) = sum_(r, h) * rescale + row.sum();
+        max_(r, h) = new_max;
+        acc_.row(r).segment(h * dh_, dh_) *= rescale;
+      }
+      acc_.middleCols(h * dh_, dh_).noalias() += P * Vh;
+    }
+  }
+
+  /// out[nq, d] = the normalised attention output.
+  void finish(S* out, Index ld_out) const {
+    for (Index r = 0; r < nq_; ++r) {
+      for (Index h = 0; h < heads_; ++h) {
+        RowVecMap<S>(out + r * ld_out + h * dh_, dh_) =
+            acc_.row(r).segment(h * dh_, dh_) / sum_(r, h);
+      }
+    }
+  }
+
+ private:
+  const S* Q_ = nullptr;
+  Index ld_q_ = 0, nq_ = 0, heads_ = 0, dh_ = 0;
+  MatrixRM<S> acc_;  // [nq, d] un-normalised weighted values
+  MatrixRM<S> max_;  // [nq, heads] running max of the scaled scores
+  MatrixRM<S> sum_;  // [nq, heads] running sum of exp(score - max)
+};
+
+/// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f].
+template <typename S>
+void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
+                  S* h3) {
+  const Index d = L.w2.rows, f = L.w1.rows;
+  layer_norm(x, ld_x, xn, d, n, d, L.norm2_w, L.norm2_b, eps);
+  linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f);
+  linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f);
+  Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(h1, n * f);
+  Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> g(h3, n * f);
+  a = a / (S(1) + (-a).exp()) * g;
+  if (n == 1) {
+    Eigen::Map<Vector<S>> xv(x, d);
+    Eigen::Map<Vector<S>> tmp(xn, d);  // xn is free again: reuse it for w2's output
+    gemv<S>(L.w2.mat(), h1, nullptr, tmp.data());
+    xv += tmp;
+    return;
+  }
+  RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)).noalias() +=
+      ConstRowsMap<S>(h1, n, f, Eigen::OuterStride<>(f)) * L.w2.mat().transpose();
+}
+
+}  // namespace detail
+}  // namespace tconst

@@ -1,0 +1,215 @@
+#pragma once
+// Scheduler<Scalar>: the TConstFormer (and TLinFormer) session.
+//
+// It keeps the token log, decides for every token between a cache-hit step and a resync (SPEC §5:
+// token p resyncs when p mod W == 0 and p > 0), and owns the one FixedKVCache that the context and
+// generation paths share. Everything a cache-hit step touches is allocated when the session is
+// made (the token log is reserved a window ahead at every resync), so hit steps allocate nothing.
+//
+// The state is a pure function of the token log. A call that fails part-way (an allocation failure
+// inside a resync) restores the log and marks the cache stale; the next call rebuilds it from the
+// log, so no failure leaves a session that disagrees with the tokens it reports.
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "tconst/context_path.hpp"
+#include "tconst/generation_path.hpp"
+#include "tconst/kv_cache.hpp"
+#include "tconst/session.hpp"
+
+namespace tconst {
+
+template <typename Scalar>
+class Scheduler final : public Session<Scalar> {
+ public:
+  using Index = Eigen::Index;
+  using typename Session<Scalar>::Logits;
+  using typename Session<Scalar>::RowCallback;
+  using Session<Scalar>::prefill;
+
+  explicit Scheduler(std::shared_ptr<const Model<Scalar>> model, SessionOptions options = {})
+      : model_(checked(std::move(model))),
+        options_(options),
+        cache_(model_->config()),
+        logits_(model_->config().vocab_size) {
+    const ModelConfig& c = model_->config();
+    if (c.arch == Architecture::kTLinFormer) {
+      context_kv_ = std::make_unique<GrowingKV<Scalar>>(c.n_block, c.n_embd);
+    }
+    ws_.reserve(c.generate_window, std::max(c.generate_window, c.history_window), c.n_embd,
+                c.ffn_hidden);
+    log_.reserve(static_cast<size_t>(c.generate_window));
+  }
+
+  const Logits& feed(int32_t token) override {
+    ensure_fresh();
+    const ModelConfig& c = model_->config();
+    detail::check_ids(c, options_, position(), &token, 1);
+    const int64_t p = position();
+    const bool resync_now = p > 0 && p % c.generate_window == 0;
+    if (resync_now) reserve_log(p + c.generate_window);
+    log_.push_back(token);
+    try {
+      if (resync_now) resync(p);
+      GenerationPath<Scalar>::run(*model_, cache_, context_kv_.get(), &log_[p], 1, ws_);
+    } catch (...) {
+      log_.pop_back();
+      stale_ = true;
+      throw;
+    }
+    detail::head_logits(*model_, ws_.xn.data(), logits_.data());
+    return logits_;
+  }
+
+  const Logits& prefill(const int32_t* ids, size_t n) override {
+    consume(ids, n, nullptr);
+    return logits();
+  }
+
+  void score(const int32_t* ids, size_t n, const RowCallback& on_row) override {
+    consume(ids, n, on_row ? &on_row : nullptr);
+  }
+
+  const Logits& logits() const override { return position() > 0 ? logits_ : empty_; }
+  int64_t position() const override { return static_cast<int64_t>(log_.size()); }
+  const std::vector<int32_t>& tokens() const override { return log_; }
+  size_t cache_bytes() const override {
+    return cache_.bytes() + (context_kv_ ? context_kv_->bytes() : 0);
+  }
+  int64_t resync_count() const override { return resyncs_; }
+  void reset() override {
+    log_.clear();
+    cache_.clear();
+    if (context_kv_) context_kv_->set_rows(0);
+    resyncs_ = 0;
+    stale_ = false;
+  }
+  std::unique_ptr<Session<Scalar>> copy() const override {
+    return std::unique_ptr<Session<Scalar>>(new Scheduler(*this, 0));
+  }
+  const Model<Scalar>& model() const override { return *model_; }
+  const SessionOptions& options() const override { return options_; }
+
+  /// The fixed cache (read-only: its size and storage never change).
+  const FixedKVCache<Scalar>& cache() const { return cache_; }
+  /// TLinFormer's growing context keys and values; nullptr for TConstFormer.
+  const GrowingKV<Scalar>* context_cache() const { return context_kv_.get(); }
+  /// Bytes held by the resync's reusable buffers (they grow with the longest history resynced).
+  size_t resync_buffer_bytes() const { return cs_.bytes(); }
+
+ private:
+  static std::shared_ptr<const Model<Scalar>> checked(std::shared_ptr<const Model<Scalar>> m) {
+    if (!m) throw Error("Scheduler needs a model");
+    if (m->config().is_baseline()) {
+      throw Error("a transformer model has no fixed cache; use make_session() or TransformerSession");
+    }
+    return m;
+  }
+
+  // Deep copy for copy().
+  Scheduler(const Scheduler& o, int)
+      : model_(o.model_),
+        options_(o.options_),
+        cache_(o.cache_.copy()),
+        context_kv_(o.context_kv_ ? std::make_unique<GrowingKV<Scalar>>(*o.context_kv_) : nullptr),
+        ws_(o.ws_),
+        log_(o.log_),
+        logits_(o.logits_),
+        resyncs_(o.resyncs_),
+        stale_(o.stale_) {
+    log_.reserve(o.log_.capacity());
+  }
+
+  void reserve_log(int64_t n) {
+    if (static_cast<int64_t>(log_.capacity()) < n) {
+      log_.reserve(std::max<size_t>(static_cast<size_t>(n), log_.capacity() * 3 / 2));
+    }
+  }
+
+  void resync(int64_t Lc) {
+    const ModelConfig& c = model_->config();
+    const Index keys = std::max({c.generate_window, c.history_window,
+                                 context_kv_ ? static_cast<Index>(Lc) : Index{0}});
+    ws_.reserve(c.generate_window, keys, c.n_embd, c.ffn_hidden);
+    ContextPath<Scalar>::resync(*model_, log_.data(), Lc, cache_, context_kv_.get(), cs_);
+    ++resyncs_;
+  }
+
+  // Consumes ids[0..n): the window segments from `first` on, each after the resync that starts it.
+  // With on_row every token's logits are produced; without it only the last window is run.
+  void consume(const int32_t* ids, size_t n, const RowCallback* on_row) {
+    ensure_fresh();
+    const ModelConfig& c = model_->config();
+    detail::check_ids(c, options_, position(), ids, n);
+    if (n == 0) return;
+    const int64_t W = c.generate_window;
+    const int64_t start = position(), end = start + static_cast<int64_t>(n);
+    reserve_log((end - 1) / W * W + W);
+    log_.insert(log_.end(), ids, ids + n);
+    try {
+      const int64_t first = on_row ? start : std::max(start, (end - 1) / W * W);
+      for (int64_t a = first; a < end;) {
+        const int64_t ws = a / W * W;  // context length for token a
+        const int64_t e = std::min(end, ws + W);
+        if (cache_.context_length() != ws) {
+          if (ws > 0) {
+            resync(ws);
+          } else {
+            cache_.clear();
+          }
+        }
+        const Index rows = static_cast<Index>(e - a);
+        GenerationPath<Scalar>::run(*model_, cache_, context_kv_.get(), &log_[a], rows, ws_);
+        const Index d = c.n_embd;
+        if (on_row) {
+          for (Index r = 0; r < rows; ++r) {
+            detail::head_logits(*model_, ws_.xn.data() + r * d, logits_.data());
+            (*on_row)(static_cast<size_t>(a + r - start), logits_);
+          }
+        } else if (e == end) {
+          detail::head_logits(*model_, ws_.xn.data() + (rows - 1) * d, logits_.data());
+        }
+        a = e;
+      }
+    } catch (...) {
+      log_.resize(static_cast<size_t>(start));
+      stale_ = true;
+      throw;
+    }
+  }
+
+  // Rebuilds cache and logits from the token log after a failed call.
+  void ensure_fresh() {
+    if (!stale_) return;
+    cache_.clear();
+    if (context_kv_) context_kv_->set_rows(0);
+    const int64_t n = position();
+    if (n > 0) {
+      const int64_t W = model_->config().generate_window;
+      const int64_t ws = (n - 1) / W * W;
+      if (ws > 0) resync(ws);
+      GenerationPath<Scalar>::run(*model_, cache_, context_kv_.get(), &log_[ws],
+                                  static_cast<Index>(n - ws), ws_);
+      detail::head_logits(*model_, ws_.xn.data() + (n - ws - 1) * model_->config().n_embd,
+                          logits_.data());
+    }
+    stale_ = false;
+  }
+
+  std::shared_ptr<const Model<Scalar>> model_;
+  SessionOptions options_;
+  FixedKVCache<Scalar> cache_;
+  std::unique_ptr<GrowingKV<Scalar>> context_kv_;  // TLinFormer only: [Lc, d] Kc, Vc per block
+  detail::WindowScratch<Scalar> ws_;               // [W, ...] window pass buffers
+  detail::ContextScratch<Scalar> cs_;              // resync buffers, grown to the longest history
+  std::vector<int32_t> log_;                       // every token consumed, position order
+  Logits logits_;                                  // [V] after the last token
+  Logits empty_;
+  int64_t resyncs_ = 0;
+  bool stale_ = false;
+};
+
+}  // namespace tconst

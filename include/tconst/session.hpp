@@ -1,0 +1,92 @@
+#pragma once
+// Session<Scalar>: the public streaming interface every architecture implements.
+//
+// A session consumes tokens and returns, after each, the logits of the next token (SPEC §5). The
+// TConstFormer session (Scheduler) keeps a fixed-size cache; the TLinFormer and baseline sessions
+// keep caches that grow, by design. make_session() picks the right one for a model, so a program
+// swaps architectures by swapping model files.
+//
+// Thread safety: a Model is immutable and may be shared by any number of sessions on any number
+// of threads. A Session is not internally synchronised: use one session per thread (or guard it).
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tconst/config.hpp"
+#include "tconst/error.hpp"
+#include "tconst/weights.hpp"
+
+namespace tconst {
+
+/// Per-session settings.
+struct SessionOptions {
+  /// The longest stream a session accepts; feeding past it throws Error and changes nothing.
+  /// The token log (4 bytes a token) is the only state of a TConstFormer session that grows.
+  int64_t max_context = int64_t{1} << 30;
+};
+
+template <typename Scalar>
+class Session {
+ public:
+  using Logits = Vector<Scalar>;
+  /// Called by score() with the index (into the ids passed) of each token and the logits after it.
+  using RowCallback = std::function<void(size_t index, const Logits& logits)>;
+
+  virtual ~Session() = default;
+
+  /// Consumes one token; returns the logits after it (valid until the next call that changes the
+  /// session). Throws Error, leaving the session unchanged, for an id outside [0, V) or past
+  /// max_context.
+  virtual const Logits& feed(int32_t token) = 0;
+  /// Consumes a whole prompt in one call: the state and every later logit equal those of feeding
+  /// it token by token, at the cost of one resync and one batched window pass. All ids are checked
+  /// before any is consumed. Returns the logits after the last one.
+  virtual const Logits& prefill(const int32_t* ids, size_t n) = 0;
+  const Logits& prefill(const std::vector<int32_t>& ids) { return prefill(ids.data(), ids.size()); }
+  /// Consumes the ids like prefill, calling `on_row` with the logits after every one of them
+  /// (batched: one resync and one window pass per window). For perplexity.
+  virtual void score(const int32_t* ids, size_t n, const RowCallback& on_row) = 0;
+
+  /// Logits after the last token consumed (empty before the first).
+  virtual const Logits& logits() const = 0;
+  /// Tokens consumed so far.
+  virtual int64_t position() const = 0;
+  virtual const std::vector<int32_t>& tokens() const = 0;
+  /// Bytes of key/value cache held now (the fixed cache, plus what grows for TLinFormer and the
+  /// baseline).
+  virtual size_t cache_bytes() const = 0;
+  /// Resyncs run so far (0 for the baseline).
+  virtual int64_t resync_count() const = 0;
+  /// Forgets every token; the cache keeps its storage.
+  virtual void reset() = 0;
+  /// An independent deep copy (copies the cache: its cost is the cache's size).
+  virtual std::unique_ptr<Session> copy() const = 0;
+
+  virtual const Model<Scalar>& model() const = 0;
+  virtual const SessionOptions& options() const = 0;
+  Architecture architecture() const { return model().config().arch; }
+};
+
+namespace detail {
+
+/// Throws Error unless every id is in [0, V) and the stream stays within max_context.
+inline void check_ids(const ModelConfig& c, const SessionOptions& o, int64_t position,
+                      const int32_t* ids, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+      throw Error("token id " + std::to_string(ids[i]) + " is outside [0, " +
+                  std::to_string(c.vocab_size) + ")");
+    }
+  }
+  if (static_cast<int64_t>(n) > o.max_context - position) {
+    throw Error("stream would exceed max_context = " + std::to_string(o.max_context) +
+                " tokens (position " + std::to_string(position) + ", " + std::to_string(n) +
+                " more)");
+  }
+}
+
+}  // namespace detail
+}  // namespace tconst

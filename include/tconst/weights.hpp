@@ -1,0 +1,317 @@
+#pragma once
+// Model<Scalar>: the immutable weights and config of one model file (SPEC §6).
+//
+// Tensors stored in the scalar type are used in place, straight from the memory mapping; others
+// (F16, BF16, or F32 for a double model) are converted once at load. A Model is never modified
+// after load() returns, so one instance may serve any number of sessions on any number of threads.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "tconst/config.hpp"
+#include "tconst/error.hpp"
+#include "tconst/safetensors.hpp"
+
+namespace tconst {
+
+template <typename Scalar>
+using MatrixRM = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename Scalar>
+using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+template <typename Scalar>
+using ConstMatrixMap = Eigen::Map<const MatrixRM<Scalar>>;
+template <typename Scalar>
+using ConstVectorMap = Eigen::Map<const Vector<Scalar>>;
+
+/// A read-only [rows, cols] row-major view of weights (PyTorch [out, in] layout).
+template <typename Scalar>
+struct WeightView {
+  const Scalar* data = nullptr;
+  Eigen::Index rows = 0, cols = 0;
+
+  ConstMatrixMap<Scalar> mat() const { return ConstMatrixMap<Scalar>(data, rows, cols); }
+  ConstVectorMap<Scalar> vec() const { return ConstVectorMap<Scalar>(data, rows * cols); }
+  /// Rows [r0, r0 + n) as a matrix, e.g. the k and v parts of qkv_proj.
+  ConstMatrixMap<Scalar> row_block(Eigen::Index r0, Eigen::Index n) const {
+    return ConstMatrixMap<Scalar>(data + r0 * cols, n, cols);
+  }
+};
+
+/// One inner layer's parameters (SPEC §2); the context and generation streams share them.
+template <typename Scalar>
+struct LayerWeights {
+  WeightView<Scalar> norm1_w, norm1_b;  // [d]
+  WeightView<Scalar> qkv_w;             // [3d, d]
+  WeightView<Scalar> qkv_b;             // [3d]
+  WeightView<Scalar> out_w;             // [d, d]
+  WeightView<Scalar> out_b;             // [d]
+  WeightView<Scalar> norm2_w, norm2_b;  // [d]
+  WeightView<Scalar> w1, w3;            // [f, d]
+  WeightView<Scalar> w2;                // [d, f]
+};
+
+namespace detail {
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3ffu;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Element i of a little-endian tensor as Scalar. (Hosts are assumed little-endian, as everywhere
+// Eigen's vectorised paths run; a static_assert in model loading would be the place for big-endian.)
+template <typename Scalar>
+Scalar load_element(const TensorInfo& t, int64_t i) {
+  const uint8_t* p = t.data;
+  switch (t.dtype) {
+    case DType::kF64: {
+      double v;
+      std::memcpy(&v, p + 8 * i, 8);
+      return static_cast<Scalar>(v);
+    }
+    case DType::kF32: {
+      float v;
+      std::memcpy(&v, p + 4 * i, 4);
+      return static_cast<Scalar>(v);
+    }
+    case DType::kF16: {
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      return static_cast<Scalar>(half_to_float(v));
+    }
+    case DType::kBF16: {
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      return static_cast<Scalar>(bf16_to_float(v));
+    }
+    case DType::kOther:
+      break;
+  }
+  return Scalar(0);
+}
+
+template <typename Scalar>
+constexpr DType native_dtype() {
+  return sizeof(Scalar) == 8 ? DType::kF64 : DType::kF32;
+}
+
+}  // namespace detail
+
+/// Immutable weights and config. Create with load(); share through std::shared_ptr.
+template <typename Scalar>
+class Model {
+  static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
+                "tconst::Model supports float and double");
+
+ public:
+  /// Loads and validates a SPEC §6 file. Throws Error naming the problem; never returns a
+  /// partially loaded model.
+  static std::shared_ptr<const Model> load(const std::string& path) {
+    return from_file(SafetensorsFile::open(path));
+  }
+  /// The same from bytes already in memory (used for models made in a program, e.g. benchmarks).
+  static std::shared_ptr<const Model> load_from_bytes(std::vector<uint8_t> bytes,
+                                                      const std::string& label = "<memory>") {
+    return from_file(SafetensorsFile::from_bytes(std::move(bytes), label));
+  }
+  static std::shared_ptr<const Model> from_file(const SafetensorsFile& file) {
+    std::shared_ptr<Model> m(new Model());
+    m->build(file);
+    return m;
+  }
+
+  const ModelConfig& config() const { return config_; }
+  /// Layer j of block b. TConstFormer/TLinFormer: j = 0 compress, 1..D-2 hidden, D-1 restore.
+  /// Baseline: block b is layer b, j = 0.
+  const LayerWeights<Scalar>& layer(int64_t b, int64_t j) const {
+    return layers_[static_cast<size_t>(b * config_.layers_per_block() + j)];
+  }
+  const WeightView<Scalar>& embedding() const { return embedding_; }  // [V, d]
+  const WeightView<Scalar>& lm_head() const { return lm_head_; }      // [V, d], tied or not
+  const WeightView<Scalar>& norm_w() const { return norm_w_; }        // [d]
+  const WeightView<Scalar>& norm_b() const { return norm_b_; }        // [d]
+  /// RoPE frequencies theta_m = base^(-2m/dh), m = 0..dh/2-1, in double (SPEC §2).
+  const std::vector<double>& rope_theta() const { return rope_theta_; }
+  /// Parameters that the forward uses (the tied head counted once).
+  int64_t parameter_count() const { return parameter_count_; }
+  /// Bytes of weights held in memory converted (0 when every tensor is used in place).
+  size_t converted_bytes() const { return converted_bytes_; }
+  /// A 64-bit fingerprint of the metadata and every tensor's name, dtype and shape: what a saved
+  /// session must match to be restored into this model.
+  uint64_t identity() const { return identity_; }
+
+ private:
+  Model() = default;
+
+  void build(const SafetensorsFile& file) {
+    file_ = file.bytes();
+    const std::string& label = file.label();
+    auto fail = [&](const std::string& what) -> Error {
+      return Error("invalid model file '" + label + "': " + what);
+    };
+    try {
+      config_ = config_from_metadata(file.metadata());
+    } catch (const Error& e) {
+      throw fail(e.what());
+    }
+    ModelConfig& c = config_;
+    // f comes from a tensor shape; read it before validating the config.
+    const std::string first_prefix =
+        c.is_baseline() ? "transformer.transformer_layers.0"
+                        : "transformer.transformer_layers.0.compress_context_layer";
+    if (const TensorInfo* w1 = file.find(first_prefix + ".ffn.w1.weight")) {
+      if (w1->shape.size() == 2) c.ffn_hidden = w1->shape[0];
+    } else {
+      throw fail("missing tensor '" + first_prefix + ".ffn.w1.weight'");
+    }
+    c.tied_head = file.find("transformer.lm_head.weight") == nullptr;
+    try {
+      c.validate();
+    } catch (const Error& e) {
+      throw fail(std::string("inconsistent metadata: ") + e.what());
+    }
+    const int64_t d = c.n_embd, f = c.ffn_hidden, V = c.vocab_size;
+
+    std::vector<const TensorInfo*> used;
+    auto take = [&](const std::string& name, std::vector<int64_t> shape) {
+      const TensorInfo* t = file.find(name);
+      if (t == nullptr) throw fail("missing tensor '" + name + "'");
+      if (t->shape != shape) {
+        auto str = [](const std::vector<int64_t>& s) {
+          std::string out = "[";
+          for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+          return out + "]";
+        };
+        throw fail("tensor '" + name + "' has shape " + str(t->shape) + ", expected " +
+                   str(shape) + " from the metadata");
+      }
+      if (t->dtype == DType::kOther) {
+        throw fail("tensor '" + name + "' has unsupported dtype " + t->dtype_name +
+                   " (F32, F16, BF16 or F64 expected)");
+      }
+      used.push_back(t);
+      return view(*t);
+    };
+
+    embedding_ = take("embedding.weight", {V, d});
+    norm_w_ = take("transformer.norm.weight", {d});
+    norm_b_ = take("transformer.norm.bias", {d});
+    lm_head_ = c.tied_head ? embedding_ : take("transformer.lm_head.weight", {V, d});
+    for (int64_t b = 0; b < c.n_block; ++b) {
+      for (int64_t j = 0; j < c.layers_per_block(); ++j) {
+        std::string p = "transformer.transformer_layers." + std::to_string(b);
+        if (!c.is_baseline()) {
+          if (j == 0) {
+            p += ".compress_context_layer";
+          } else if (j == c.inner_depth - 1) {
+            p += ".restore_context_shape_layer";
+          } else {
+            p += ".hidden_layers." + std::to_string(j - 1);
+          }
+        }
+        LayerWeights<Scalar> L;
+        L.norm1_w = take(p + ".norm1.weight", {d});
+        L.norm1_b = take(p + ".norm1.bias", {d});
+        L.norm2_w = take(p + ".norm2.weight", {d});
+        L.norm2_b = take(p + ".norm2.bias", {d});
+        L.qkv_w = take(p + ".qkv_proj.weight", {3 * d, d});
+        L.qkv_b = take(p + ".qkv_proj.bias", {3 * d});
+        L.out_w = take(p + ".out_proj.weight", {d, d});
+        L.out_b = take(p + ".out_proj.bias", {d});
+        L.w1 = take(p + ".ffn.w1.weight", {f, d});
+        L.w3 = take(p + ".ffn.w3.weight", {f, d});
+        L.w2 = take(p + ".ffn.w2.weight", {d, f});
+        layers_.push_back(L);
+      }
+    }
+    parameter_count_ = 0;
+    for (const TensorInfo* t : used) parameter_count_ += t->numel;
+
+    const int64_t dh = c.head_dim();
+    for (int64_t m = 0; m < dh / 2; ++m) {
+      rope_theta_.push_back(std::pow(c.rope_base, -2.0 * static_cast<double>(m) / dh));
+    }
+
+    // Identity: FNV-1a over metadata and tensor descriptors (not the values: a snapshot is tied
+    // to a model's shape and settings; hashing gigabytes at every load would be too slow).
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&](const std::string& s) {
+      for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+      h = (h ^ 0xff) * 1099511628211ull;
+    };
+    for (const auto& kv : file.metadata()) {
+      mix(kv.first);
+      mix(kv.second);
+    }
+    for (const TensorInfo* t : used) {
+      mix(t->name);
+      mix(t->dtype_name);
+      for (int64_t s : t->shape) mix(std::to_string(s));
+    }
+    identity_ = h;
+  }
+
+  // In place when the bytes already are Scalar and suitably aligned; converted otherwise.
+  WeightView<Scalar> view(const TensorInfo& t) {
+    WeightView<Scalar> v;
+    v.rows = t.shape.empty() ? 1 : t.shape[0];
+    v.cols = t.shape.size() == 2 ? t.shape[1] : 1;
+    const bool aligned = reinterpret_cast<uintptr_t>(t.data) % alignof(Scalar) == 0;
+    if (t.dtype == detail::native_dtype<Scalar>() && aligned) {
+      v.data = reinterpret_cast<const Scalar*>(t.data);
+      return v;
+    }
+    std::vector<Scalar> buf(static_cast<size_t>(t.numel));
+    for (int64_t i = 0; i < t.numel; ++i) buf[static_cast<size_t>(i)] = detail::load_element<Scalar>(t, i);
+    converted_bytes_ += buf.size() * sizeof(Scalar);
+    owned_.push_back(std::move(buf));
+    v.data = owned_.back().data();
+    return v;
+  }
+
+  ModelConfig config_;
+  std::shared_ptr<const detail::FileBytes> file_;
+  std::vector<std::vector<Scalar>> owned_;  // converted tensors; moving keeps data() stable
+  std::vector<LayerWeights<Scalar>> layers_;
+  WeightView<Scalar> embedding_, lm_head_, norm_w_, norm_b_;
+  std::vector<double> rope_theta_;
+  int64_t parameter_count_ = 0;
+  size_t converted_bytes_ = 0;
+  uint64_t identity_ = 0;
+};
+
+}  // namespace tconst
