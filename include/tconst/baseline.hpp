@@ -69,6 +69,55 @@ class TransformerSession final : public Session<Scalar> {
   const Model<Scalar>& model() const override { return *model_; }
   const SessionOptions& options() const override { return options_; }
 
+  void write_state(std::string& out) const override {
+    const Index d = model_->config().n_embd;
+    detail::ByteWriter w(out);
+    w.put<uint64_t>(log_.size());
+    w.put_array(log_.data(), log_.size());
+    for (Index l = 0; l < kv_.layers(); ++l) {
+      w.put_array(kv_.keys(l), static_cast<size_t>(kv_.rows() * d));
+      w.put_array(kv_.values(l), static_cast<size_t>(kv_.rows() * d));
+    }
+    const uint64_t nl = position() > 0 ? static_cast<uint64_t>(logits_.size()) : 0;
+    w.put<uint64_t>(nl);
+    w.put_array(logits_.data(), static_cast<size_t>(nl));
+  }
+
+  void read_state(const uint8_t* data, size_t size) override {
+    const ModelConfig& c = model_->config();
+    const Index d = c.n_embd;
+    detail::ByteReader r(data, size);
+    const uint64_t n = r.get<uint64_t>("token log");
+    if (n > static_cast<uint64_t>(options_.max_context)) {
+      throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
+    }
+    std::vector<int32_t> log(static_cast<size_t>(n));
+    const uint8_t* tokens = r.span<int32_t>(n, "token log");
+    if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
+    for (int32_t t : log) {
+      if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
+    }
+    std::vector<const uint8_t*> kv;
+    for (Index l = 0; l < kv_.layers(); ++l) {
+      kv.push_back(r.span<Scalar>(n * d, "key/value cache"));
+      kv.push_back(r.span<Scalar>(n * d, "key/value cache"));
+    }
+    const uint64_t nl = r.get<uint64_t>("logits");
+    if (nl != (n > 0 ? static_cast<uint64_t>(c.vocab_size) : 0)) {
+      throw Error("snapshot logits disagree with the model");
+    }
+    const uint8_t* logits = r.span<Scalar>(nl, "logits");
+    if (r.left() != 0) throw Error("snapshot has trailing bytes");
+    kv_.reserve(static_cast<Index>(n));
+    log_.swap(log);
+    for (Index l = 0; l < kv_.layers(); ++l) {
+      std::memcpy(kv_.keys(l), kv[2 * l], n * d * sizeof(Scalar));
+      std::memcpy(kv_.values(l), kv[2 * l + 1], n * d * sizeof(Scalar));
+    }
+    kv_.set_rows(static_cast<Index>(n));
+    if (nl > 0) std::memcpy(logits_.data(), logits, nl * sizeof(Scalar));
+  }
+
   const GrowingKV<Scalar>& kv_cache() const { return kv_; }
 
   /// Benchmarks only: makes the session look as if `depth` tokens (all id 0) had been consumed,

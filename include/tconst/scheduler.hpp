@@ -19,6 +19,7 @@
 #include "tconst/generation_path.hpp"
 #include "tconst/kv_cache.hpp"
 #include "tconst/session.hpp"
+#include "tconst/snapshot.hpp"
 
 namespace tconst {
 
@@ -92,6 +93,90 @@ class Scheduler final : public Session<Scalar> {
   }
   const Model<Scalar>& model() const override { return *model_; }
   const SessionOptions& options() const override { return options_; }
+
+  void write_state(std::string& out) const override {
+    const_cast<Scheduler*>(this)->ensure_fresh();
+    const ModelConfig& c = model_->config();
+    detail::ByteWriter w(out);
+    w.put<uint64_t>(log_.size());
+    w.put_array(log_.data(), log_.size());
+    w.put<int64_t>(resyncs_);
+    w.put<int64_t>(cache_.context_length());
+    w.put<int64_t>(cache_.z_rows());
+    w.put<int64_t>(cache_.window_rows());
+    w.put<uint64_t>(static_cast<uint64_t>(c.fixed_cache_scalars()));
+    w.put_array(cache_.data(), static_cast<size_t>(c.fixed_cache_scalars()));
+    const Index ctx_rows = context_kv_ ? context_kv_->rows() : 0;
+    w.put<uint64_t>(static_cast<uint64_t>(ctx_rows));
+    for (Index b = 0; ctx_rows > 0 && b < c.n_block; ++b) {
+      w.put_array(context_kv_->keys(b), static_cast<size_t>(ctx_rows * c.n_embd));
+      w.put_array(context_kv_->values(b), static_cast<size_t>(ctx_rows * c.n_embd));
+    }
+    const uint64_t nl = position() > 0 ? static_cast<uint64_t>(logits_.size()) : 0;
+    w.put<uint64_t>(nl);
+    w.put_array(logits_.data(), static_cast<size_t>(nl));
+  }
+
+  void read_state(const uint8_t* data, size_t size) override {
+    const ModelConfig& c = model_->config();
+    const Index d = c.n_embd, W = c.generate_window;
+    detail::ByteReader r(data, size);
+    const uint64_t n = r.get<uint64_t>("token log");
+    if (n > static_cast<uint64_t>(options_.max_context)) {
+      throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
+    }
+    const uint8_t* tokens = r.span<int32_t>(n, "token log");
+    std::vector<int32_t> log(static_cast<size_t>(n));
+    if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
+    for (int32_t t : log) {
+      if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
+    }
+    const int64_t resyncs = r.get<int64_t>("state");
+    const int64_t Lc = r.get<int64_t>("state");
+    const int64_t z = r.get<int64_t>("state");
+    const int64_t wrows = r.get<int64_t>("state");
+    const int64_t expect_lc = n > 0 ? (static_cast<int64_t>(n) - 1) / W * W : 0;
+    if (Lc != expect_lc || z != std::min<int64_t>(Lc, c.history_window) ||
+        wrows != static_cast<int64_t>(n) - Lc || resyncs < 0) {
+      throw Error("snapshot cache state disagrees with its token log");
+    }
+    if (r.get<uint64_t>("cache") != static_cast<uint64_t>(c.fixed_cache_scalars())) {
+      throw Error("snapshot cache size disagrees with the model");
+    }
+    const uint8_t* cache = r.span<Scalar>(static_cast<uint64_t>(c.fixed_cache_scalars()), "cache");
+    const uint64_t ctx_rows = r.get<uint64_t>("context cache");
+    if (ctx_rows != (context_kv_ ? static_cast<uint64_t>(Lc) : 0)) {
+      throw Error("snapshot context cache disagrees with its token log");
+    }
+    std::vector<const uint8_t*> ctx;
+    for (Index b = 0; ctx_rows > 0 && b < c.n_block; ++b) {
+      ctx.push_back(r.span<Scalar>(ctx_rows * d, "context cache"));
+      ctx.push_back(r.span<Scalar>(ctx_rows * d, "context cache"));
+    }
+    const uint64_t nl = r.get<uint64_t>("logits");
+    if (nl != (n > 0 ? static_cast<uint64_t>(c.vocab_size) : 0)) {
+      throw Error("snapshot logits disagree with the model");
+    }
+    const uint8_t* logits = r.span<Scalar>(nl, "logits");
+    if (r.left() != 0) throw Error("snapshot has trailing bytes");
+
+    // Everything checked; allocate what may grow, then commit (nothing below throws).
+    reserve_log(expect_lc + W);
+    log.reserve(log_.capacity());
+    if (context_kv_) context_kv_->reserve(static_cast<Index>(ctx_rows));
+    log_.swap(log);
+    std::memcpy(cache_.data(), cache, cache_.bytes());
+    cache_.set_context(Lc, static_cast<Index>(z));
+    cache_.set_window_rows(static_cast<Index>(wrows));
+    for (Index b = 0; ctx_rows > 0 && b < c.n_block; ++b) {
+      std::memcpy(context_kv_->keys(b), ctx[2 * b], ctx_rows * d * sizeof(Scalar));
+      std::memcpy(context_kv_->values(b), ctx[2 * b + 1], ctx_rows * d * sizeof(Scalar));
+    }
+    if (context_kv_) context_kv_->set_rows(static_cast<Index>(ctx_rows));
+    if (nl > 0) std::memcpy(logits_.data(), logits, nl * sizeof(Scalar));
+    resyncs_ = resyncs;
+    stale_ = false;
+  }
 
   /// The fixed cache (read-only: its size and storage never change).
   const FixedKVCache<Scalar>& cache() const { return cache_; }

@@ -67,6 +67,13 @@ class Session {
 
   virtual const Model<Scalar>& model() const = 0;
   virtual const SessionOptions& options() const = 0;
+
+  /// The session's state as bytes (token log, caches, logits); snapshot.hpp frames it with a
+  /// format version, the model's identity and a checksum. Use save_session()/load_session().
+  virtual void write_state(std::string& out) const = 0;
+  /// Restores what write_state() wrote for the same model. All-or-nothing: on any inconsistency
+  /// it throws Error and the session is unchanged.
+  virtual void read_state(const uint8_t* data, size_t size) = 0;
   Architecture architecture() const { return model().config().arch; }
 };
 

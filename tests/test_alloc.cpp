@@ -1,0 +1,70 @@
+// Cache-hit steps make no heap allocation: a replaced global operator new counts them.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#include "support/ref_model.hpp"
+#include "support/safetensors_writer.hpp"
+#include "tconst/tconst.hpp"
+
+namespace {
+std::atomic<long> g_allocations{0};
+}
+
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+template <typename Scalar>
+void check_no_allocation(const tconst_test::RefShape& shape) {
+  const std::string path = ::testing::TempDir() + "tconst_alloc_" + shape.arch + ".safetensors";
+  tconst_test::write_model(tconst_test::make_random_model(shape, 11), path, "F32");
+  auto model = tconst::Model<Scalar>::load(path);
+  tconst::Scheduler<Scalar> s(model);
+  long hit_allocations = 0, hits = 0, resyncs = 0;
+  for (int p = 0; p < 10 * shape.W; ++p) {
+    const bool hit = p == 0 || p % shape.W != 0;
+    const long before = g_allocations.load();
+    s.feed(p % shape.V);
+    if (hit) {
+      hit_allocations += g_allocations.load() - before;
+      ++hits;
+    } else {
+      ++resyncs;
+    }
+  }
+  EXPECT_EQ(hit_allocations, 0) << "over " << hits << " cache-hit steps";
+  EXPECT_EQ(resyncs, 9);
+}
+
+TEST(Allocation, CacheHitStepsAllocateNothingFloat) {
+  check_no_allocation<float>({"tconstformer", 41, 32, 4, 2, 4, 16, 24, 64});
+}
+TEST(Allocation, CacheHitStepsAllocateNothingDouble) {
+  check_no_allocation<double>({"tconstformer", 41, 32, 4, 2, 3, 16, 8, 64});
+}
+TEST(Allocation, TLinFormerHitStepsAllocateNothing) {
+  check_no_allocation<float>({"tlinformer", 41, 32, 4, 2, 3, 16, 8, 64});
+}
+
+// The counter itself works (so a zero above means something).
+TEST(Allocation, CounterCounts) {
+  const long before = g_allocations.load();
+  auto* v = new std::string(100, 'x');
+  delete v;
+  EXPECT_GT(g_allocations.load(), before);
+}
+
+}  // namespace
