@@ -6,6 +6,7 @@
 //   tconst perplexity --model FILE (--text FILE | --ids FILE)
 //   tconst tokenize   (--model FILE | --tokenizer PATH)      text on stdin, ids on stdout
 //   tconst detokenize (--model FILE | --tokenizer PATH)      ids on stdin, text on stdout
+//   tconst bench      ...                                      see `tconst bench --help`
 //
 // Any bad input gives one line on standard error and a non-zero exit status: 1 for bad data
 // (model, ids, files), 2 for a bad command line.
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "cli_args.hpp"
+#include "cli_bench.hpp"
 #include "tconst/generate.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/tconst.hpp"
@@ -49,6 +51,7 @@ const char* const kUsage =
     "  perplexity  --model FILE (--text FILE | --ids FILE) [--quiet]\n"
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
+    "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
     "common flags: --precision float|double (default float), --threads N,\n"
     "              --tokenizer PATH (GPT-2 vocabulary files for gpt2 models)\n";
 
@@ -435,6 +438,7 @@ int run(int argc, char** argv) {
     Args a(cmd, n, rest, flags({"model"}), {});
     return cmd_detokenize(a);
   }
+  if (cmd == "bench") return tconst_cli::cmd_bench(n, rest);
   throw UsageError("unknown command '" + cmd + "' (try 'tconst --help')");
 }
 

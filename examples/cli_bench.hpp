@@ -1,0 +1,399 @@
+#pragma once
+// `tconst bench`: end-to-end per-token cost at given depths, for each architecture.
+//
+// For every (architecture, depth) a child process builds the model, prefills `depth` tokens, then
+// times each step of a span of exactly W tokens that starts with a resync (TConstFormer,
+// TLinFormer), or n-gen steps (baseline). Separate processes make peak_rss_bytes that run's own.
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_args.hpp"
+#include "tconst/tconst.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace tconst_cli {
+
+/// The paper's 41M shape (V 50257, d 432, h 12, B 2, D 4, W = Hh = 256; baseline: 8 layers).
+inline tconst::ModelConfig paper_41m(tconst::Architecture arch) {
+  tconst::ModelConfig c;
+  c.arch = arch;
+  c.vocab_size = 50257;
+  c.n_embd = 432;
+  c.n_head = 12;
+  c.ffn_hidden = 1280;
+  if (arch == tconst::Architecture::kTransformer) {
+    c.n_block = 8;
+  } else {
+    c.n_block = 2;
+    c.inner_depth = 4;
+    c.history_window = 256;
+    c.generate_window = 256;
+  }
+  return c;
+}
+
+/// A SPEC §6 file in memory with pseudo-random F32 weights (matrices ~ U(+-1/sqrt(fan_in)),
+/// LayerNorm weights 1, biases 0): the cost of a step does not depend on the values.
+inline std::vector<uint8_t> random_model_bytes(const tconst::ModelConfig& c, uint64_t seed) {
+  struct T {
+    std::string name;
+    std::vector<int64_t> shape;
+    float scale;  // 0: zeros, negative: ones
+  };
+  const int64_t d = c.n_embd, f = c.ffn_hidden;
+  std::vector<T> ts = {{"embedding.weight", {c.vocab_size, d}, 1.0f},
+                       {"transformer.norm.weight", {d}, -1.0f},
+                       {"transformer.norm.bias", {d}, 0.0f}};
+  for (int64_t b = 0; b < c.n_block; ++b) {
+    for (int64_t j = 0; j < c.layers_per_block(); ++j) {
+      std::string p = "transformer.transformer_layers." + std::to_string(b);
+      if (!c.is_baseline()) {
+        p += j == 0                    ? ".compress_context_layer"
+             : j == c.inner_depth - 1 ? ".restore_context_shape_layer"
+                                      : ".hidden_layers." + std::to_string(j - 1);
+      }
+      const float sd = 1.0f / std::sqrt(static_cast<float>(d));
+      const float sf = 1.0f / std::sqrt(static_cast<float>(f));
+      ts.push_back({p + ".norm1.weight", {d}, -1.0f});
+      ts.push_back({p + ".norm1.bias", {d}, 0.0f});
+      ts.push_back({p + ".norm2.weight", {d}, -1.0f});
+      ts.push_back({p + ".norm2.bias", {d}, 0.0f});
+      ts.push_back({p + ".qkv_proj.weight", {3 * d, d}, sd});
+      ts.push_back({p + ".qkv_proj.bias", {3 * d}, 0.0f});
+      ts.push_back({p + ".out_proj.weight", {d, d}, sd});
+      ts.push_back({p + ".out_proj.bias", {d}, 0.0f});
+      ts.push_back({p + ".ffn.w1.weight", {f, d}, sd});
+      ts.push_back({p + ".ffn.w3.weight", {f, d}, sd});
+      ts.push_back({p + ".ffn.w2.weight", {d, f}, sf});
+    }
+  }
+  nlohmann::json header;
+  nlohmann::json meta = {{"tconst.format", "1"},
+                         {"tconst.architecture", tconst::to_string(c.arch)},
+                         {"tconst.vocab_size", std::to_string(c.vocab_size)},
+                         {"tconst.n_embd", std::to_string(c.n_embd)},
+                         {"tconst.n_head", std::to_string(c.n_head)},
+                         {"tconst.n_block", std::to_string(c.n_block)}};
+  if (!c.is_baseline()) {
+    meta["tconst.block_inner_depth"] = std::to_string(c.inner_depth);
+    meta["tconst.history_window"] = std::to_string(c.history_window);
+    meta["tconst.generate_window"] = std::to_string(c.generate_window);
+  }
+  header["__metadata__"] = meta;
+  uint64_t offset = 0;
+  for (const T& t : ts) {
+    int64_t n = 1;
+    for (int64_t s : t.shape) n *= s;
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
+    offset += 4 * static_cast<uint64_t>(n);
+  }
+  std::string text = header.dump();
+  while (text.size() % 8 != 0) text += ' ';
+  std::vector<uint8_t> out(8 + text.size() + offset);
+  const uint64_t len = text.size();
+  std::memcpy(out.data(), &len, 8);
+  std::memcpy(out.data() + 8, text.data(), text.size());
+  float* data = reinterpret_cast<float*>(out.data() + 8 + text.size());
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (const T& t : ts) {
+    int64_t n = 1;
+    for (int64_t s : t.shape) n *= s;
+    for (int64_t i = 0; i < n; ++i) {
+      float v = t.scale < 0 ? 1.0f : 0.0f;
+      if (t.scale > 0) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        v = t.scale * (static_cast<float>(x >> 40) / 8388608.0f - 1.0f);
+      }
+      std::memcpy(data++, &v, 4);
+    }
+  }
+  return out;
+}
+
+struct BenchResult {
+  std::string arch;
+  int64_t depth = 0;
+  int threads = 1;
+  double hit_ms_median = 0;
+  double resync_ms = -1;  // < 0: none (baseline)
+  double amortized_ms_per_token = 0;
+  size_t cache_bytes = 0;
+  size_t peak_rss_bytes = 0;
+  bool synthetic = false;
+  std::vector<double> trace_ms;  // per step, when a trace was asked for
+  std::vector<int> trace_resync;
+};
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// Baseline depths above this are filled with synthetic keys and values (a real prefill is
+/// O(depth^2)); its per-token cost does not depend on the values.
+constexpr int64_t kBaselineRealPrefillMax = 4096;
+
+inline BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
+                             int64_t n_gen, int64_t trace_steps, int threads) {
+  using clock = std::chrono::steady_clock;
+  const tconst::ModelConfig& c = model->config();
+  BenchResult r;
+  r.arch = tconst::to_string(c.arch);
+  r.depth = depth;
+  r.threads = threads;
+  auto session = tconst::make_session(model);
+  uint64_t x = 12345;
+  auto next_id = [&]() {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<int32_t>((x >> 33) % static_cast<uint64_t>(c.vocab_size));
+  };
+  if (c.is_baseline() && depth > kBaselineRealPrefillMax) {
+    static_cast<tconst::TransformerSession<float>&>(*session).fill_synthetic(depth);
+    r.synthetic = true;
+  } else if (depth > 0) {
+    std::vector<int32_t> prompt(static_cast<size_t>(depth));
+    for (auto& t : prompt) t = next_id();
+    session->prefill(prompt);
+  } else {
+    session->feed(next_id());
+  }
+  const int64_t W = c.is_baseline() ? 0 : c.generate_window;
+  const int64_t steps = std::max<int64_t>({n_gen, W, trace_steps});
+  std::vector<double> ms;
+  std::vector<int> resynced;
+  int32_t tok = next_id();
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t before = session->resync_count();
+    const auto t0 = clock::now();
+    const auto& logits = session->feed(tok);
+    Eigen::Index best;
+    logits.maxCoeff(&best);
+    ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+    resynced.push_back(session->resync_count() != before);
+    tok = static_cast<int32_t>(best);
+  }
+  std::vector<double> hits, resyncs;
+  for (size_t i = 0; i < ms.size(); ++i) (resynced[i] ? resyncs : hits).push_back(ms[i]);
+  r.hit_ms_median = median(hits);
+  if (W > 0) {
+    r.resync_ms = resyncs.empty() ? 0.0 : median(resyncs) - r.hit_ms_median;
+    // Exactly W consecutive steps that include one resync: the first W steps from a resync on.
+    size_t first = 0;
+    while (first < resynced.size() && !resynced[first]) ++first;
+    if (first + static_cast<size_t>(W) > ms.size()) first = 0;
+    double sum = 0;
+    for (int64_t i = 0; i < W; ++i) sum += ms[first + static_cast<size_t>(i)];
+    r.amortized_ms_per_token = sum / static_cast<double>(W);
+  } else {
+    double sum = 0;
+    for (double v : ms) sum += v;
+    r.amortized_ms_per_token = sum / static_cast<double>(ms.size());
+  }
+  r.cache_bytes = session->cache_bytes();
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_rss_bytes = static_cast<size_t>(ru.ru_maxrss) * 1024;
+  if (trace_steps > 0) {
+    r.trace_ms.assign(ms.begin(), ms.begin() + trace_steps);
+    r.trace_resync.assign(resynced.begin(), resynced.begin() + trace_steps);
+  }
+  return r;
+}
+
+inline nlohmann::json to_json(const BenchResult& r) {
+  nlohmann::json j = {{"arch", r.arch},
+                      {"depth", r.depth},
+                      {"threads", r.threads},
+                      {"hit_ms_median", r.hit_ms_median},
+                      {"resync_ms", nullptr},
+                      {"amortized_ms_per_token", r.amortized_ms_per_token},
+                      {"cache_bytes", r.cache_bytes},
+                      {"peak_rss_bytes", r.peak_rss_bytes}};
+  if (r.resync_ms >= 0) j["resync_ms"] = r.resync_ms;
+  return j;
+}
+
+const char* const kBenchUsage =
+    "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
+    "                    [--n-gen N] [--threads T] [--json] [--trace-steps N --trace-out FILE]\n"
+    "  --arch    comma-separated: tconstformer,tlinformer,transformer (preset only)\n"
+    "  --depths  comma-separated context lengths to prefill before timing (default\n"
+    "            1024,4096,16384,65536)\n"
+    "  --n-gen   steps timed after the prefill (at least W for the windowed architectures)\n"
+    "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n";
+
+inline int cmd_bench(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == "--help") {
+      std::fputs(kBenchUsage, stdout);
+      return 0;
+    }
+  }
+  Args a("bench", argc, argv,
+         {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
+          "precision", "seed"},
+         {"json"});
+  if (a.has("model") == a.has("preset")) throw UsageError("give exactly one of --model or --preset");
+  if (a.has("preset") && a.str("preset") != "paper-41m") {
+    throw UsageError("unknown preset '" + a.str("preset") + "' (known: paper-41m)");
+  }
+  if (a.str("precision", "float") != "float") throw UsageError("bench runs in float only");
+  const auto depths = a.integer_list("depths", "1024,4096,16384,65536");
+  const int64_t n_gen = a.integer("n-gen", 64, 1, 1 << 20);
+  const int threads = static_cast<int>(a.integer("threads", 1, 1, 1024));
+  const int64_t trace_steps = a.integer("trace-steps", 0, 0, 1 << 20);
+  const bool json = a.flag("json");
+  std::vector<std::string> archs;
+  if (a.has("model")) {
+    archs.push_back("");  // the file's own
+  } else {
+    const std::string list = a.str("arch", "tconstformer,tlinformer,transformer");
+    size_t s = 0;
+    while (s <= list.size()) {
+      const size_t e = list.find(',', s);
+      archs.push_back(list.substr(s, e == std::string::npos ? std::string::npos : e - s));
+      tconst::parse_architecture(archs.back());  // validates the name
+      if (e == std::string::npos) break;
+      s = e + 1;
+    }
+  }
+
+  std::vector<BenchResult> results;
+  for (const std::string& arch : archs) {
+    for (int64_t depth : depths) {
+      int fds[2];
+      if (::pipe(fds) != 0) throw tconst::Error("bench: pipe failed");
+      const pid_t pid = ::fork();
+      if (pid < 0) throw tconst::Error("bench: fork failed");
+      if (pid == 0) {
+        ::close(fds[0]);
+        int code = 0;
+        std::string out;
+        try {
+#ifdef _OPENMP
+          omp_set_num_threads(threads);
+#endif
+          auto model = arch.empty()
+                           ? tconst::Model<float>::load(a.str("model"))
+                           : tconst::Model<float>::load_from_bytes(
+                                 random_model_bytes(paper_41m(tconst::parse_architecture(arch)), 1),
+                                 "paper-41m " + arch);
+          const BenchResult r = bench_one(model, depth, n_gen, trace_steps, threads);
+          nlohmann::json j = to_json(r);
+          j["synthetic"] = r.synthetic;
+          j["trace_ms"] = r.trace_ms;
+          j["trace_resync"] = r.trace_resync;
+          out = j.dump();
+        } catch (const std::exception& e) {
+          out = nlohmann::json{{"error", e.what()}}.dump();
+          code = 1;
+        }
+        size_t off = 0;
+        while (off < out.size()) {
+          const ssize_t w = ::write(fds[1], out.data() + off, out.size() - off);
+          if (w <= 0) break;
+          off += static_cast<size_t>(w);
+        }
+        ::close(fds[1]);
+        std::fflush(nullptr);
+        ::_exit(code);
+      }
+      ::close(fds[1]);
+      std::string text;
+      char buf[65536];
+      ssize_t got;
+      while ((got = ::read(fds[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(got));
+      ::close(fds[0]);
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      const auto j = nlohmann::json::parse(text, nullptr, false);
+      if (j.is_discarded() || !WIFEXITED(status)) {
+        throw tconst::Error("bench: the run at depth " + std::to_string(depth) + " crashed");
+      }
+      if (j.contains("error")) throw tconst::Error("bench: " + j["error"].get<std::string>());
+      BenchResult r;
+      r.arch = j["arch"];
+      r.depth = j["depth"];
+      r.threads = j["threads"];
+      r.hit_ms_median = j["hit_ms_median"];
+      r.resync_ms = j["resync_ms"].is_null() ? -1.0 : j["resync_ms"].get<double>();
+      r.amortized_ms_per_token = j["amortized_ms_per_token"];
+      r.cache_bytes = j["cache_bytes"];
+      r.peak_rss_bytes = j["peak_rss_bytes"];
+      r.synthetic = j["synthetic"];
+      r.trace_ms = j["trace_ms"].get<std::vector<double>>();
+      r.trace_resync = j["trace_resync"].get<std::vector<int>>();
+      if (!json) {
+        std::fprintf(stderr, "  %-12s depth %8lld  hit %.3f ms%s\n", r.arch.c_str(),
+                     (long long)r.depth, r.hit_ms_median,
+                     r.synthetic ? "  (synthetic cache)" : "");
+      }
+      results.push_back(r);
+    }
+  }
+
+  if (a.has("trace-out")) {
+    std::ofstream t(a.str("trace-out"));
+    if (!t) throw tconst::Error("cannot write '" + a.str("trace-out") + "'");
+    t << "arch,depth,step,ms,resync\n";
+    for (const auto& r : results) {
+      for (size_t i = 0; i < r.trace_ms.size(); ++i) {
+        t << r.arch << ',' << r.depth << ',' << i << ',' << r.trace_ms[i] << ','
+          << r.trace_resync[i] << '\n';
+      }
+    }
+  }
+  bool any_synthetic = false;
+  for (const auto& r : results) any_synthetic |= r.synthetic;
+  if (json) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& r : results) arr.push_back(to_json(r));
+    std::printf("%s\n", arr.dump(2).c_str());
+    if (any_synthetic) {
+      std::fprintf(stderr,
+                   "note: baseline depths above %lld use a synthetic key/value cache instead of a "
+                   "real O(depth^2) prefill; per-token cost does not depend on the values\n",
+                   (long long)kBaselineRealPrefillMax);
+    }
+    return 0;
+  }
+  std::printf("%-13s %8s %7s %12s %11s %14s %13s %13s\n", "arch", "depth", "threads", "hit ms",
+              "resync ms", "amortized ms", "cache MB", "peak RSS MB");
+  for (const auto& r : results) {
+    char resync[32];
+    if (r.resync_ms >= 0) {
+      std::snprintf(resync, sizeof resync, "%.1f", r.resync_ms);
+    } else {
+      std::snprintf(resync, sizeof resync, "-");
+    }
+    std::printf("%-13s %8lld %7d %12.3f %11s %14.3f %13.2f %13.1f%s\n", r.arch.c_str(),
+                (long long)r.depth, r.threads, r.hit_ms_median, resync, r.amortized_ms_per_token,
+                r.cache_bytes / 1e6, r.peak_rss_bytes / 1e6, r.synthetic ? "  *" : "");
+  }
+  if (any_synthetic) {
+    std::printf("* synthetic key/value cache instead of a real O(depth^2) prefill; per-token cost "
+                "does not depend on the values\n");
+  }
+  return 0;
+}
+
+}  // namespace tconst_cli
