@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
     auto model = tconst::Model<float>::load(argv[1]);
     auto session = tconst::make_session(model);
     // The model names its tokenizer: "bytes" needs no files, "gpt2" needs its vocabulary.
-    const std::string name = model->config().tokenizer.empty() ? "bytes" : model->config().tokenizer;
+    const std::string name =
+        model->config().tokenizer.empty() ? "bytes" : model->config().tokenizer;
     auto tokenizer = tconst::make_tokenizer(name, argc > 3 ? argv[3] : "");
     const std::string prompt = argc > 2 ? argv[2] : "And God said";
 

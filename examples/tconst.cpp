@@ -206,6 +206,8 @@ class StatusLine {
 
 template <typename Scalar>
 int cmd_generate(const Args& args) {
+  // Flags first: a bad flag is reported before any file is read.
+  const tconst::SamplerConfig sampler = sampler_from(args);
   auto model = tconst::Model<Scalar>::load(args.required("model"));
   const tconst::ModelConfig& c = model->config();
   const bool print_ids = args.flag("print-ids");
@@ -231,7 +233,7 @@ int cmd_generate(const Args& args) {
 
   tconst::GenerateOptions opt;
   opt.max_new_tokens = max_new;
-  opt.sampler = sampler_from(args);
+  opt.sampler = sampler;
   for (const std::string& s : args.all("stop")) opt.stop_strings.push_back(s);
   for (const std::string& s : args.all("stop-id")) {
     const auto one = tconst::parse_ids(s, c.vocab_size);

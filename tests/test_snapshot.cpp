@@ -15,7 +15,12 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string tmp(const std::string& name) { return ::testing::TempDir() + "tconst_snap_" + name; }
+// ctest runs test cases in parallel processes: every file name carries its test's name.
+std::string tmp(const std::string& name) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  return ::testing::TempDir() + "tconst_snap_" + info->test_suite_name() + "_" + info->name() +
+         "_" + name;
+}
 
 std::shared_ptr<const tconst::Model<double>> model_of(const tconst_test::RefShape& shape,
                                                       uint64_t seed, const std::string& name) {

@@ -9,12 +9,15 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
+#include <string>
 #include <vector>
 #include <algorithm>
 
 #include <Eigen/Core>
 
 #include "tconst/config.hpp"
+#include "tconst/error.hpp"
 
 namespace tconst {
 
@@ -30,7 +33,7 @@ class FixedKVCache {
         hist_(c.history_window),
         win_(c.generate_window),
         scalars_(c.fixed_cache_scalars()),
-        storage_(new Scalar[static_cast<size_t>(scalars_)]()) {}
+        storage_(allocate(scalars_)) {}
 
   FixedKVCache(FixedKVCache&&) noexcept = default;
   FixedKVCache& operator=(FixedKVCache&&) noexcept = default;
@@ -79,6 +82,15 @@ class FixedKVCache {
   Scalar* data() { return storage_.get(); }
 
  private:
+  static Scalar* allocate(int64_t scalars) {
+    try {
+      return new Scalar[static_cast<size_t>(scalars)]();
+    } catch (const std::bad_alloc&) {
+      throw Error("cannot allocate the fixed cache of " +
+                  std::to_string(static_cast<uint64_t>(scalars) * sizeof(Scalar)) + " bytes");
+    }
+  }
+
   // Same geometry, fresh storage (contents copied by copy()).
   FixedKVCache(const FixedKVCache& o, int)
       : n_block_(o.n_block_),

@@ -194,6 +194,8 @@ class SafetensorsFile {
            std::to_string(size - 8) + " bytes after it");
     }
     const char* text = reinterpret_cast<const char*>(p + 8);
+    // nlohmann::json stops at a NUL byte as if the input ended there; JSON allows none anywhere.
+    if (std::memchr(text, 0, header_len) != nullptr) fail("malformed JSON header (NUL byte)");
     nlohmann::json header = nlohmann::json::parse(text, text + header_len, nullptr, false);
     if (header.is_discarded()) fail("malformed JSON header");
     if (!header.is_object()) fail("JSON header is not an object");
@@ -262,7 +264,8 @@ class SafetensorsFile {
       t.nbytes = end - begin;
       t.data = data + begin;
       auto [pos, inserted] = tensors_.emplace(name, std::move(t));
-      ranges.push_back({begin, end, &pos->first});
+      // An empty range holds no bytes, so it overlaps nothing (and would sort ambiguously).
+      if (end > begin) ranges.push_back({begin, end, &pos->first});
     }
     std::sort(ranges.begin(), ranges.end(),
               [](const Range& a, const Range& b) { return a.begin < b.begin; });

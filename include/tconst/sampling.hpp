@@ -91,7 +91,9 @@ struct SamplerConfig {
       throw Error("sampler temperature must be a finite number >= 0 (0 = greedy), got " +
                   std::to_string(temperature));
     }
-    if (top_k < 0) throw Error("sampler top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
+    if (top_k < 0) {
+      throw Error("sampler top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
+    }
     // Written so that NaN fails too.
     if (!(top_p > 0.0f && top_p <= 1.0f)) {
       throw Error("sampler top_p must be in (0, 1] (1 = off), got " + std::to_string(top_p));
@@ -266,8 +268,9 @@ class Sampler {
     while (true) {
       if (i == sorted) {
         const size_t end = std::min(n, sorted + block);
-        if (end < n) std::nth_element(idx_.begin() + sorted, idx_.begin() + end,
-                                      idx_.begin() + n, better);
+        if (end < n) {
+          std::nth_element(idx_.begin() + sorted, idx_.begin() + end, idx_.begin() + n, better);
+        }
         std::sort(idx_.begin() + sorted, idx_.begin() + end, better);
         sorted = end;
         block *= 2;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -194,7 +195,11 @@ class Model {
         c.is_baseline() ? "transformer.transformer_layers.0"
                         : "transformer.transformer_layers.0.compress_context_layer";
     if (const TensorInfo* w1 = file.find(first_prefix + ".ffn.w1.weight")) {
-      if (w1->shape.size() == 2) c.ffn_hidden = w1->shape[0];
+      if (w1->shape.size() != 2) {
+        throw fail("tensor '" + w1->name + "' has a " + std::to_string(w1->shape.size()) +
+                   "-dimensional shape, expected [ffn hidden, n_embd]");
+      }
+      c.ffn_hidden = w1->shape[0];
     } else {
       throw fail("missing tensor '" + first_prefix + ".ffn.w1.weight'");
     }
@@ -256,6 +261,19 @@ class Model {
         L.w3 = take(p + ".ffn.w3.weight", {f, d});
         L.w2 = take(p + ".ffn.w2.weight", {d, f});
         layers_.push_back(L);
+      }
+    }
+    // Anything else (an extra layer or block, a stray buffer) means the metadata and the tensors
+    // disagree; only stored RoPE buffers are ignored (SPEC §6).
+    const std::set<const TensorInfo*> used_set(used.begin(), used.end());
+    const std::string ignored = "rope.inv_freq";
+    for (const auto& kv : file.tensors()) {
+      const std::string& name = kv.first;
+      const size_t n = ignored.size();
+      const bool is_ignored = name.size() >= n && name.compare(name.size() - n, n, ignored) == 0;
+      if (!is_ignored && used_set.count(&kv.second) == 0) {
+        throw fail("unexpected tensor '" + name + "' (not part of the model that the metadata " +
+                   "describes)");
       }
     }
     parameter_count_ = 0;

@@ -1,0 +1,180 @@
+// The command-line program as a user runs it: SPEC §7's logits and generate against the golden
+// data, session save/load across processes, and a one-line error with a non-zero status for every
+// kind of bad input.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tconst/tconst.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kBin = TCONST_CLI_PATH;
+const std::string kGolden = std::string(TCONST_TEST_DATA_DIR) + "/golden/";
+
+std::string tmp(const std::string& name) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string test = info->name();
+  for (char& c : test) {
+    if (c == '/') c = '_';
+  }
+  return ::testing::TempDir() + "tconst_cli_" + test + "_" + name;
+}
+
+struct Outcome {
+  int status;
+  std::string out, err;
+};
+
+Outcome run(const std::string& args) {
+  const std::string out = tmp("stdout"), err = tmp("stderr");
+  const std::string cmd = kBin + " " + args + " >" + out + " 2>" + err + " </dev/null";
+  const int raw = std::system(cmd.c_str());
+  Outcome r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128;
+  r.out = tconst::read_file(out);
+  r.err = tconst::read_file(err);
+  return r;
+}
+
+void write(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+}
+
+// One line on stderr, non-zero status, and the line says what went wrong.
+void expect_error(const Outcome& r, const std::string& words) {
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr(words));
+  ASSERT_FALSE(r.err.empty());
+  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "not one line: " << r.err;
+}
+
+class CliGolden : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(CliGolden, LogitsMatchTheReference) {
+  const std::string dir = kGolden + GetParam() + "/";
+  const std::string out = tmp("logits.f32");
+  const Outcome r = run("logits --model " + dir + "model.safetensors --ids " + dir + "ids.txt --out " + out);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string got = tconst::read_file(out), ref = tconst::read_file(dir + "ref_logits.f32");
+  ASSERT_EQ(got.size(), ref.size());
+  std::vector<float> a(got.size() / 4), b(ref.size() / 4);
+  std::memcpy(a.data(), got.data(), got.size());
+  std::memcpy(b.data(), ref.data(), ref.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, double(std::abs(a[i] - b[i])));
+    scale = std::max(scale, double(std::abs(b[i])));
+  }
+  EXPECT_LE(diff, 2e-4 * (1 + scale));
+}
+
+TEST_P(CliGolden, GreedyIdsMatchTheReference) {
+  const std::string dir = kGolden + GetParam() + "/";
+  const auto expected = tconst::read_ids_file(dir + "ref_greedy.txt");
+  const Outcome r = run("generate --model " + dir + "model.safetensors --ids " + dir +
+                    "prompt.txt --max-new " + std::to_string(expected.size()) +
+                    " --greedy --print-ids");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(tconst::parse_ids(r.out), expected);
+}
+
+// Generating 40 tokens in one run prints the ids of generating 15, saving, loading in a new
+// process and generating 25.
+TEST_P(CliGolden, SaveAndLoadSessionAcrossProcesses) {
+  const std::string dir = kGolden + GetParam() + "/";
+  const std::string m = "--model " + dir + "model.safetensors ";
+  const Outcome all = run("generate " + m + "--ids " + dir + "prompt.txt --max-new 40 --greedy --print-ids");
+  ASSERT_EQ(all.status, 0) << all.err;
+  const std::string snap = tmp("session.snap");
+  const Outcome first = run("generate " + m + "--ids " + dir + "prompt.txt --max-new 15 --greedy " +
+                        "--print-ids --save-session " + snap);
+  ASSERT_EQ(first.status, 0) << first.err;
+  const Outcome second = run("generate " + m + "--load-session " + snap + " --max-new 25 --greedy --print-ids");
+  ASSERT_EQ(second.status, 0) << second.err;
+  auto ids = tconst::parse_ids(first.out);
+  for (int32_t id : tconst::parse_ids(second.out)) ids.push_back(id);
+  EXPECT_EQ(ids, tconst::parse_ids(all.out));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CliGolden,
+                         ::testing::Values("tconst_D4_W8_H8", "tlin_D4_W8_H8", "transformer_L4"));
+
+const std::string kModel = kGolden + "tconst_D4_W8_H8/model.safetensors";
+
+TEST(CliErrors, BadModel) {
+  write(tmp("bad.safetensors"), "this is not a model");
+  write(tmp("ids.txt"), "1 2 3");
+  expect_error(run("logits --model " + tmp("bad.safetensors") + " --ids " + tmp("ids.txt") +
+                   " --out " + tmp("o")),
+               "invalid model file");
+  expect_error(run("logits --model " + tmp("missing.safetensors") + " --ids " + tmp("ids.txt") +
+                   " --out " + tmp("o")),
+               "cannot open model file");
+}
+
+TEST(CliErrors, IdOutOfRange) {
+  write(tmp("ids.txt"), "1 2 61");
+  expect_error(run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
+               "outside [0, 61)");
+  expect_error(run("generate --model " + kModel + " --ids " + tmp("ids.txt") + " --greedy --print-ids"),
+               "outside [0, 61)");
+}
+
+TEST(CliErrors, MalformedIdsFile) {
+  for (const char* text : {"1 2 three", "1 -2", "1.5", "99999999999999999999", "1,2"}) {
+    write(tmp("ids.txt"), text);
+    expect_error(run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
+                 "ids file");
+  }
+  expect_error(run("logits --model " + kModel + " --ids " + tmp("none.txt") + " --out " + tmp("o")),
+               "cannot open");
+}
+
+TEST(CliErrors, BadFlags) {
+  expect_error(run("logits --model " + kModel + " --bogus 3"), "unknown flag --bogus");
+  expect_error(run("logits --model " + kModel + " --ids"), "needs a value");
+  expect_error(run("generate --model " + kModel + " --ids x --max-new many"), "--max-new");
+  expect_error(run("logits --model " + kModel), "missing required flag");
+  expect_error(run("frobnicate"), "unknown command");
+  expect_error(run(""), "missing command");
+  write(tmp("ids.txt"), "1 2 3");
+  expect_error(run("generate --model " + kModel + " --ids " + tmp("ids.txt") + " --temperature -1"),
+               "--temperature");
+  expect_error(run("info --model " + kModel + " --precision half"), "--precision");
+}
+
+TEST(CliErrors, BadSnapshot) {
+  write(tmp("junk.snap"), "junk");
+  expect_error(run("generate --model " + kModel + " --load-session " + tmp("junk.snap") +
+                   " --max-new 2 --greedy --print-ids"),
+               "snapshot");
+}
+
+TEST(Cli, InfoReportsTheFixedCache) {
+  const Outcome r = run("info --model " + kModel);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("tconstformer"));
+  // B * ((D-1)*Hh + D*W) * 2d * 4 = 2 * (3*8 + 4*8) * 64 * 4.
+  EXPECT_THAT(r.out, HasSubstr("28672 bytes"));
+  const Outcome j = run("info --json --model " + kModel);
+  ASSERT_EQ(j.status, 0);
+  EXPECT_THAT(j.out, HasSubstr("\"fixed_cache_bytes\": 28672"));
+}
+
+TEST(Cli, PerplexityOfIds) {
+  const Outcome r = run("perplexity --model " + kModel + " --ids " + kGolden + "tconst_D4_W8_H8/ids.txt");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("perplexity"));
+}
+
+}  // namespace
