@@ -219,6 +219,59 @@ inline BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, 
   return r;
 }
 
+/// Throughput of S streams stepped together (one weight read per step for all of them) against
+/// the same S streams stepped one after another, over `steps` tokens each from `depth`.
+inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
+                                    int64_t S, int64_t steps) {
+  using clock = std::chrono::steady_clock;
+  const tconst::ModelConfig& c = model->config();
+  if (c.is_baseline()) throw UsageError("--streams needs a tconstformer or tlinformer model");
+  std::vector<std::unique_ptr<tconst::Scheduler<float>>> own;
+  std::vector<tconst::Scheduler<float>*> sessions;
+  for (int64_t i = 0; i < S; ++i) {
+    own.push_back(std::make_unique<tconst::Scheduler<float>>(model));
+    std::vector<int32_t> prompt(static_cast<size_t>(std::max<int64_t>(depth, 1)));
+    for (size_t k = 0; k < prompt.size(); ++k) {
+      prompt[k] = static_cast<int32_t>((k * 7919 + static_cast<size_t>(i) * 104729) %
+                                       static_cast<size_t>(c.vocab_size));
+    }
+    own.back()->prefill(prompt);
+    sessions.push_back(own.back().get());
+  }
+  std::vector<std::unique_ptr<tconst::Session<float>>> copies;
+  for (auto* s : sessions) copies.push_back(s->copy());
+  tconst::detail::WindowScratch<float> scratch;
+  std::vector<int32_t> tokens(static_cast<size_t>(S), 1);
+  const auto t0 = clock::now();
+  for (int64_t k = 0; k < steps; ++k) {
+    tconst::Scheduler<float>::feed_streams(sessions, tokens, scratch);
+    for (int64_t i = 0; i < S; ++i) {
+      Eigen::Index best;
+      sessions[static_cast<size_t>(i)]->logits().maxCoeff(&best);
+      tokens[static_cast<size_t>(i)] = static_cast<int32_t>(best);
+    }
+  }
+  const double batched = std::chrono::duration<double>(clock::now() - t0).count();
+  std::vector<int32_t> solo(static_cast<size_t>(S), 1);
+  const auto t1 = clock::now();
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int64_t i = 0; i < S; ++i) {
+      Eigen::Index best;
+      copies[static_cast<size_t>(i)]->feed(solo[static_cast<size_t>(i)]).maxCoeff(&best);
+      solo[static_cast<size_t>(i)] = static_cast<int32_t>(best);
+    }
+  }
+  const double single = std::chrono::duration<double>(clock::now() - t1).count();
+  const double tokens_total = static_cast<double>(S * steps);
+  return {{"arch", tconst::to_string(c.arch)},
+          {"depth", depth},
+          {"streams", S},
+          {"steps", steps},
+          {"batched_tokens_per_s", tokens_total / batched},
+          {"one_at_a_time_tokens_per_s", tokens_total / single},
+          {"speedup", single / batched}};
+}
+
 inline nlohmann::json to_json(const BenchResult& r) {
   nlohmann::json j = {{"arch", r.arch},
                       {"depth", r.depth},
@@ -239,7 +292,9 @@ const char* const kBenchUsage =
     "  --depths  comma-separated context lengths to prefill before timing (default\n"
     "            1024,4096,16384,65536)\n"
     "  --n-gen   steps timed after the prefill (at least W for the windowed architectures)\n"
-    "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n";
+    "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n"
+    "  --streams S  instead: total tokens/s of S streams stepped together (weights read once per\n"
+    "            step) against the same streams stepped one at a time, at each depth\n";
 
 inline int cmd_bench(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
@@ -250,7 +305,7 @@ inline int cmd_bench(int argc, char** argv) {
   }
   Args a("bench", argc, argv,
          {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
-          "precision", "seed"},
+          "precision", "seed", "streams"},
          {"json"});
   if (a.has("model") == a.has("preset")) throw UsageError("give exactly one of --model or --preset");
   if (a.has("preset") && a.str("preset") != "paper-41m") {
@@ -275,6 +330,35 @@ inline int cmd_bench(int argc, char** argv) {
       if (e == std::string::npos) break;
       s = e + 1;
     }
+  }
+
+  if (a.has("streams")) {
+    const int64_t S = a.integer("streams", 8, 1, 1024);
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    nlohmann::json arr = nlohmann::json::array();
+    for (const std::string& arch : archs) {
+      if (arch == "transformer") continue;
+      auto model = arch.empty() ? tconst::Model<float>::load(a.str("model"))
+                                : tconst::Model<float>::load_from_bytes(
+                                      random_model_bytes(paper_41m(tconst::parse_architecture(arch)), 1),
+                                      "paper-41m " + arch);
+      for (int64_t depth : depths) arr.push_back(bench_streams(model, depth, S, n_gen));
+    }
+    if (json) {
+      std::printf("%s\n", arr.dump(2).c_str());
+    } else {
+      std::printf("%-13s %8s %8s %16s %16s %8s\n", "arch", "depth", "streams", "batched tok/s",
+                  "one-by-one tok/s", "speedup");
+      for (const auto& j : arr) {
+        std::printf("%-13s %8lld %8lld %16.1f %16.1f %8.2f\n", j["arch"].get<std::string>().c_str(),
+                    (long long)j["depth"].get<int64_t>(), (long long)j["streams"].get<int64_t>(),
+                    j["batched_tokens_per_s"].get<double>(),
+                    j["one_at_a_time_tokens_per_s"].get<double>(), j["speedup"].get<double>());
+      }
+    }
+    return 0;
   }
 
   std::vector<BenchResult> results;

@@ -236,3 +236,48 @@ TEST(FixedCache, TLinAndBaselineGrow) {
 }
 
 }  // namespace
+
+namespace {
+
+// Several streams stepped together give the logits of stepping each alone, across resyncs, and
+// with streams at different positions.
+TEST(FeedStreams, EqualsFeedingEachSession) {
+  for (const char* arch : {"tconstformer", "tlinformer"}) {
+    const RefShape shape{arch, 29, 12, 2, 2, 3, 4, 5, 20};
+    const std::string path = temp_model(std::string("streams_") + arch);
+    tconst_test::write_model(tconst_test::make_random_model(shape, 17), path, "F32");
+    auto model = tconst::Model<double>::load(path);
+    const size_t S = 5;
+    std::vector<std::unique_ptr<tconst::Scheduler<double>>> batched, alone;
+    for (size_t i = 0; i < S; ++i) {
+      batched.push_back(std::make_unique<tconst::Scheduler<double>>(model));
+      alone.push_back(std::make_unique<tconst::Scheduler<double>>(model));
+      // Different starting positions: stream i has consumed i tokens.
+      for (size_t k = 0; k < i; ++k) {
+        batched.back()->feed(static_cast<int32_t>(k + 1));
+        alone.back()->feed(static_cast<int32_t>(k + 1));
+      }
+    }
+    std::vector<tconst::Scheduler<double>*> ptrs;
+    for (auto& b : batched) ptrs.push_back(b.get());
+    tconst::detail::WindowScratch<double> scratch;
+    for (int step = 0; step < 5 * shape.W + 3; ++step) {
+      std::vector<int32_t> tokens;
+      for (size_t i = 0; i < S; ++i) tokens.push_back(static_cast<int32_t>((step * 7 + i * 3) % 29));
+      tconst::Scheduler<double>::feed_streams(ptrs, tokens, scratch);
+      for (size_t i = 0; i < S; ++i) {
+        const auto& expected = alone[i]->feed(tokens[i]);
+        ASSERT_LE((batched[i]->logits() - expected).cwiseAbs().maxCoeff(), 1e-10)
+            << arch << " stream " << i << " step " << step;
+        ASSERT_EQ(batched[i]->position(), alone[i]->position());
+      }
+    }
+    // A bad id changes nothing in any stream.
+    const auto before = batched[0]->position();
+    EXPECT_THROW(tconst::Scheduler<double>::feed_streams(ptrs, std::vector<int32_t>(S, 29), scratch),
+                 tconst::Error);
+    EXPECT_EQ(batched[0]->position(), before);
+  }
+}
+
+}  // namespace

@@ -33,6 +33,7 @@ struct WindowScratch {
   std::vector<S> att;     // [rows, d] attention output
   std::vector<S> h1, h3;  // [rows, f] FFN hidden
   std::vector<S> scores;  // attention scores of one query block
+  std::vector<S> batch_logits;  // [streams, V], only for several streams stepped together
 
   void reserve(Index n_rows, Index n_keys, Index d, Index f) {
     if (n_rows > rows) {
@@ -175,6 +176,55 @@ class GenerationPath {
     }
     cache.set_window_rows(i0 + n);
     detail::final_norm(m, n, s);
+  }
+
+  /// One cache-hit step for each of S independent streams at once: row r of `tokens` goes to
+  /// caches[r] (context_kv[r] for TLinFormer, else nullptr). Every weight matrix is read once for
+  /// all S rows (matrix-matrix products); each row attends only to its own stream's caches.
+  /// Requires caches[r]->window_rows() < W and scratch reserved for S rows. Leaves LN_f of every
+  /// row in scratch.xn.
+  static void run_streams(const Model<Scalar>& m, FixedKVCache<Scalar>* const* caches,
+                          const GrowingKV<Scalar>* const* context_kv, const int32_t* tokens,
+                          Index S, detail::WindowScratch<Scalar>& s) {
+    const ModelConfig& c = m.config();
+    const Index d = c.n_embd, D = c.inner_depth, heads = c.n_head, dh = c.head_dim();
+    Scalar* x = s.x.data();
+    Scalar* xn = s.xn.data();
+    Scalar* qkv = s.qkv.data();
+    Scalar* att = s.att.data();
+    detail::embed(m, tokens, S, x);
+    for (Index b = 0; b < c.n_block; ++b) {
+      for (Index j = 0; j < D; ++j) {
+        const LayerWeights<Scalar>& L = m.layer(b, j);
+        detail::layer_norm(x, d, xn, d, S, d, L.norm1_w, L.norm1_b, c.norm_eps);
+        detail::linear<Scalar>(xn, d, S, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d);
+        for (Index r = 0; r < S; ++r) {
+          FixedKVCache<Scalar>& cache = *caches[r];
+          const Index i = cache.window_rows();
+          Scalar* row = qkv + r * 3 * d;
+          detail::rope(row, 3 * d, 1, 2 * d, dh, cache.context_length() + i, m.rope_theta());
+          Scalar* K = cache.window_keys(b, j);
+          Scalar* V = cache.window_values(b, j);
+          std::memcpy(K + i * d, row + d, sizeof(Scalar) * d);
+          std::memcpy(V + i * d, row + 2 * d, sizeof(Scalar) * d);
+          Scalar* out = att + r * d;
+          detail::attend_one(row, K, V, d, i + 1, heads, dh, s.scores.data(), out, false);
+          if (j >= 1 && cache.z_rows() > 0) {
+            detail::attend_one(row, cache.z_keys(b, j), cache.z_values(b, j), d, cache.z_rows(),
+                               heads, dh, s.scores.data(), out, true);
+          } else if (j == 0 && context_kv[r] != nullptr && context_kv[r]->rows() > 0) {
+            detail::attend_one(row, context_kv[r]->keys(b), context_kv[r]->values(b), d,
+                               context_kv[r]->rows(), heads, dh, s.scores.data(), out, true);
+          }
+        }
+        detail::linear<Scalar>(att, d, S, L.out_w.mat(), L.out_b.data, xn, d);
+        detail::RowsMap<Scalar>(x, S, d, Eigen::OuterStride<>(d)) +=
+            detail::ConstRowsMap<Scalar>(xn, S, d, Eigen::OuterStride<>(d));
+        detail::ffn_residual(x, d, S, L, c.norm_eps, xn, s.h1.data(), s.h3.data());
+      }
+    }
+    for (Index r = 0; r < S; ++r) caches[r]->set_window_rows(caches[r]->window_rows() + 1);
+    detail::final_norm(m, S, s);
   }
 };
 

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -176,6 +177,66 @@ class Scheduler final : public Session<Scalar> {
     if (nl > 0) std::memcpy(logits_.data(), logits, nl * sizeof(Scalar));
     resyncs_ = resyncs;
     stale_ = false;
+  }
+
+  /// Advances several sessions of one model by one token each, reading the weights once for all
+  /// of them: equivalent to sessions[i]->feed(tokens[i]) for every i (logits identical up to
+  /// rounding). Sessions due a resync run it first, each on its own. All ids are checked before
+  /// any session changes. `scratch` is reused across calls (it grows to the largest batch).
+  static void feed_streams(const std::vector<Scheduler*>& sessions,
+                           const std::vector<int32_t>& tokens,
+                           detail::WindowScratch<Scalar>& scratch) {
+    if (sessions.size() != tokens.size()) {
+      throw Error("feed_streams: " + std::to_string(sessions.size()) + " sessions but " +
+                  std::to_string(tokens.size()) + " tokens");
+    }
+    if (sessions.empty()) return;
+    const Model<Scalar>& m = *sessions[0]->model_;
+    const ModelConfig& c = m.config();
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      Scheduler& s = *sessions[i];
+      if (&s.model() != &m) throw Error("feed_streams: the sessions use different models");
+      for (size_t k = 0; k < i; ++k) {
+        if (sessions[k] == sessions[i]) throw Error("feed_streams: a session appears twice");
+      }
+      s.ensure_fresh();
+      detail::check_ids(c, s.options_, s.position(), &tokens[i], 1);
+    }
+    std::vector<FixedKVCache<Scalar>*> caches;
+    std::vector<const GrowingKV<Scalar>*> contexts;
+    Index keys = std::max(c.generate_window, c.history_window);
+    const Index S = static_cast<Index>(sessions.size());
+    const Index V = c.vocab_size;
+    try {
+      for (Scheduler* s : sessions) {
+        const int64_t p = s->position();
+        if (p > 0 && p % c.generate_window == 0) {
+          s->reserve_log(p + c.generate_window);
+          s->resync(p);  // context t[0..p): the log before this token
+        }
+        caches.push_back(&s->cache_);
+        contexts.push_back(s->context_kv_.get());
+        if (s->context_kv_) keys = std::max(keys, s->context_kv_->rows());
+      }
+      scratch.reserve(S, keys, c.n_embd, c.ffn_hidden);
+      if (static_cast<Index>(scratch.batch_logits.size()) < S * V) {
+        scratch.batch_logits.resize(static_cast<size_t>(S * V));
+      }
+      GenerationPath<Scalar>::run_streams(m, caches.data(), contexts.data(), tokens.data(), S,
+                                          scratch);
+    } catch (...) {
+      // Whatever was half done is rebuilt from each session's (unchanged) token log.
+      for (Scheduler* s : sessions) s->stale_ = true;
+      throw;
+    }
+    // logits[S, V] = LN_f(x) E^T: the head, too, is read once for all streams.
+    detail::linear<Scalar>(scratch.xn.data(), c.n_embd, S, m.lm_head().mat(), nullptr,
+                           scratch.batch_logits.data(), V);
+    for (Index r = 0; r < S; ++r) {
+      Scheduler& s = *sessions[static_cast<size_t>(r)];
+      s.log_.push_back(tokens[static_cast<size_t>(r)]);
+      std::memcpy(s.logits_.data(), scratch.batch_logits.data() + r * V, sizeof(Scalar) * V);
+    }
   }
 
   /// The fixed cache (read-only: its size and storage never change).
