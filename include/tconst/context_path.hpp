@@ -44,6 +44,12 @@ struct ContextScratch {
   std::vector<S> scores;  // [R * R]
   OnlineAttention<S> online;
 
+  /// Frees the buffers whose size grows with the history (C, Qc); the chunk buffers stay.
+  void release_stream() {
+    std::vector<S>().swap(C);
+    std::vector<S>().swap(Qc);
+  }
+
   size_t bytes() const {
     return sizeof(S) * (C.capacity() + Qc.capacity() + zq.capacity() + zkv.capacity() +
                         Zc.capacity() + xn.capacity() + qkv.capacity() + att.capacity() +

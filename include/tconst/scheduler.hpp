@@ -243,7 +243,7 @@ class Scheduler final : public Session<Scalar> {
   const FixedKVCache<Scalar>& cache() const { return cache_; }
   /// TLinFormer's growing context keys and values; nullptr for TConstFormer.
   const GrowingKV<Scalar>* context_cache() const { return context_kv_.get(); }
-  /// Bytes held by the resync's reusable buffers (they grow with the longest history resynced).
+  /// Bytes held now by the resync's buffers (0 between resyncs unless keep_resync_buffers).
   size_t resync_buffer_bytes() const { return cs_.bytes(); }
 
  private:
@@ -282,6 +282,7 @@ class Scheduler final : public Session<Scalar> {
     ws_.reserve(c.generate_window, keys, c.n_embd, c.ffn_hidden);
     ContextPath<Scalar>::resync(*model_, log_.data(), Lc, cache_, context_kv_.get(), cs_);
     ++resyncs_;
+    if (!options_.keep_resync_buffers) cs_.release_stream();
   }
 
   // Consumes ids[0..n): the window segments from `first` on, each after the resync that starts it.

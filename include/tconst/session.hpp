@@ -26,6 +26,11 @@ struct SessionOptions {
   /// The longest stream a session accepts; feeding past it throws Error and changes nothing.
   /// The token log (4 bytes a token) is the only state of a TConstFormer session that grows.
   int64_t max_context = int64_t{1} << 30;
+  /// A resync needs the context stream and the compress queries, 2 * Lc * d scalars. By default
+  /// they are freed when the resync ends, so that between resyncs a session holds only its fixed
+  /// cache and token log; keeping them saves one allocation per resync (W tokens) in exchange
+  /// for memory that grows with the stream.
+  bool keep_resync_buffers = false;
 };
 
 template <typename Scalar>
