@@ -171,6 +171,21 @@ TEST(Cli, InfoReportsTheFixedCache) {
   EXPECT_THAT(j.out, HasSubstr("\"fixed_cache_bytes\": 28672"));
 }
 
+TEST(Cli, TokenizeAndDetokenizeBytes) {
+  const std::string text = "In the beginning \xC3\xA9\xE2\x9C\x93\n";
+  write(tmp("in.txt"), text);
+  const std::string out = tmp("ids.txt");
+  const int raw = std::system((kBin + " tokenize --tokenizer bytes <" + tmp("in.txt") + " >" + out).c_str());
+  ASSERT_EQ(WEXITSTATUS(raw), 0);
+  const auto ids = tconst::parse_ids(tconst::read_file(out));
+  ASSERT_EQ(ids.size(), text.size());
+  EXPECT_EQ(ids[0], 'I');
+  const std::string back = tmp("back.txt");
+  const int raw2 = std::system((kBin + " detokenize --tokenizer bytes <" + out + " >" + back).c_str());
+  ASSERT_EQ(WEXITSTATUS(raw2), 0);
+  EXPECT_EQ(tconst::read_file(back), text);
+}
+
 TEST(Cli, PerplexityOfIds) {
   const Outcome r = run("perplexity --model " + kModel + " --ids " + kGolden + "tconst_D4_W8_H8/ids.txt");
   ASSERT_EQ(r.status, 0) << r.err;
