@@ -91,8 +91,9 @@ class TransformerSession final : public Session<Scalar> {
     if (n > static_cast<uint64_t>(options_.max_context)) {
       throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
     }
-    std::vector<int32_t> log(static_cast<size_t>(n));
+    // The tokens must be there before anything is sized by n (a short file may claim 2^30).
     const uint8_t* tokens = r.span<int32_t>(n, "token log");
+    std::vector<int32_t> log(static_cast<size_t>(n));
     if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
     for (int32_t t : log) {
       if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
@@ -157,7 +158,7 @@ class TransformerSession final : public Session<Scalar> {
     const Index d = c.n_embd;
     const Index pos0 = static_cast<Index>(position());
     kv_.reserve(pos0 + n);
-    ws_.reserve(std::min<Index>(n, kPrefillChunk), pos0 + n, d, c.ffn_hidden);
+    ws_.reserve(std::min<Index>(n, kPrefillChunk), pos0 + n, d, c.ffn_hidden, c.n_head);
     log_.reserve(log_.size() + static_cast<size_t>(n));
     Scalar* x = ws_.x.data();
     detail::embed(*model_, ids, n, x);

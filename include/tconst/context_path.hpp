@@ -99,7 +99,7 @@ class ContextPath {
     grow(s.att, R * d);
     grow(s.h1, R * f);
     grow(s.h3, R * f);
-    grow(s.scores, R * R);
+    grow(s.scores, std::max(R * R, heads * R));
     s.online.reset(s.zq.data(), d, Z, heads, dh);  // sizes its accumulators
     if (context_kv != nullptr) context_kv->reserve(N);
 

@@ -35,7 +35,7 @@ struct WindowScratch {
   std::vector<S> scores;  // attention scores of one query block
   std::vector<S> batch_logits;  // [streams, V], only for several streams stepped together
 
-  void reserve(Index n_rows, Index n_keys, Index d, Index f) {
+  void reserve(Index n_rows, Index n_keys, Index d, Index f, Index heads) {
     if (n_rows > rows) {
       rows = n_rows;
       x.resize(static_cast<size_t>(rows * d));
@@ -45,11 +45,10 @@ struct WindowScratch {
       h1.resize(static_cast<size_t>(rows * f));
       h3.resize(static_cast<size_t>(rows * f));
     }
-    if (n_keys > keys || scores.empty()) {
-      keys = std::max(keys, n_keys);
-      const Index need = std::max(keys, std::min(rows * keys, kScoreBudget));
-      if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
-    }
+    keys = std::max(keys, n_keys);
+    // One query row needs heads * keys (all heads at once); a block of rows, one head at a time.
+    const Index need = std::max(heads * keys, std::min(rows * keys, kScoreBudget));
+    if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
   }
 };
 

@@ -116,26 +116,34 @@ void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
 }
 
 /// One query row against nk key rows: out[d] (+)= concat_h softmax(q_h K_h^T / sqrt(dh)) V_h.
-/// `scores` holds at least nk scalars. The cache-hit attention.
+/// The cache-hit attention. Keys and values are each read in one pass for all heads (a key row
+/// holds every head's slice side by side), which keeps long caches streaming from memory instead
+/// of being walked once per head. `scores` holds at least heads * nk scalars.
 template <typename S>
 void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
                 S* scores, S* out, bool accumulate) noexcept {
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
-  Eigen::Map<Vector<S>> sc(scores, nk);
+  // P[h, j] = scale * q_h . K[j, h]
+  Eigen::Map<MatrixRM<S>> P(scores, heads, nk);
+  for (Index j = 0; j < nk; ++j) {
+    const S* kj = K + j * ld_kv;
+    for (Index h = 0; h < heads; ++h) {
+      P(h, j) = scale * Eigen::Map<const Vector<S>>(q + h * dh, dh)
+                            .dot(Eigen::Map<const Vector<S>>(kj + h * dh, dh));
+    }
+  }
   for (Index h = 0; h < heads; ++h) {
-    Eigen::Map<const Vector<S>> qh(q + h * dh, dh);
-    ConstRowsMap<S> Kh(K + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
-    ConstRowsMap<S> Vh(V + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
-    sc.noalias() = Kh * qh;
-    sc *= scale;
-    const S mx = sc.maxCoeff();
-    sc = (sc.array() - mx).exp();
-    sc /= sc.sum();
-    Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>> oh(out + h * dh, dh);
-    if (accumulate) {
-      oh.noalias() += sc.transpose() * Vh;
-    } else {
-      oh.noalias() = sc.transpose() * Vh;
+    auto row = P.row(h);
+    const S mx = row.maxCoeff();
+    row = (row.array() - mx).exp();
+    row /= row.sum();
+  }
+  Eigen::Map<Vector<S>> o(out, heads * dh);
+  if (!accumulate) o.setZero();
+  for (Index j = 0; j < nk; ++j) {
+    const S* vj = V + j * ld_kv;
+    for (Index h = 0; h < heads; ++h) {
+      o.segment(h * dh, dh) += P(h, j) * Eigen::Map<const Vector<S>>(vj + h * dh, dh);
     }
   }
 }
@@ -143,7 +151,7 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
 /// nq query rows against nk key rows, per head, separate softmax per call (SPEC §2):
 /// out[nq, d] (+)= Attn(Q, K, V). With causal_base >= 0, query row r sees keys j <= causal_base + r
 /// only (the window's causal mask, rows offset by the cache rows already present).
-/// `scores` holds at least nq * nk scalars.
+/// `scores` holds at least max(nq, heads) * nk scalars.
 template <typename S>
 void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
                  Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,

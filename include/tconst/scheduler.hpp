@@ -42,7 +42,7 @@ class Scheduler final : public Session<Scalar> {
       context_kv_ = std::make_unique<GrowingKV<Scalar>>(c.n_block, c.n_embd);
     }
     ws_.reserve(c.generate_window, std::max(c.generate_window, c.history_window), c.n_embd,
-                c.ffn_hidden);
+                c.ffn_hidden, c.n_head);
     log_.reserve(static_cast<size_t>(c.generate_window));
   }
 
@@ -218,7 +218,7 @@ class Scheduler final : public Session<Scalar> {
         contexts.push_back(s->context_kv_.get());
         if (s->context_kv_) keys = std::max(keys, s->context_kv_->rows());
       }
-      scratch.reserve(S, keys, c.n_embd, c.ffn_hidden);
+      scratch.reserve(S, keys, c.n_embd, c.ffn_hidden, c.n_head);
       if (static_cast<Index>(scratch.batch_logits.size()) < S * V) {
         scratch.batch_logits.resize(static_cast<size_t>(S * V));
       }
@@ -279,7 +279,7 @@ class Scheduler final : public Session<Scalar> {
     const ModelConfig& c = model_->config();
     const Index keys = std::max({c.generate_window, c.history_window,
                                  context_kv_ ? static_cast<Index>(Lc) : Index{0}});
-    ws_.reserve(c.generate_window, keys, c.n_embd, c.ffn_hidden);
+    ws_.reserve(c.generate_window, keys, c.n_embd, c.ffn_hidden, c.n_head);
     ContextPath<Scalar>::resync(*model_, log_.data(), Lc, cache_, context_kv_.get(), cs_);
     ++resyncs_;
     if (!options_.keep_resync_buffers) cs_.release_stream();

@@ -1,0 +1,438 @@
+// Micro-benchmarks of the kernels in tconst/ops.hpp at the paper's 41M shape, in float, on random
+// data, plus two machine figures that bound them: memory read bandwidth and GEMM rate.
+//
+//   d = 432, h = 12, dh = 36, f = 1280, V = 50257, W = Hh = 256
+//
+// Cache-hit step: the GEMVs (qkv, out, w1/w3, w2, head) report bytes processed (GB/s), to compare
+// with BM_MemoryReadBandwidth; attention of one query over 256 window or compressed keys.
+// Resync: the GEMMs of a 256-row chunk, the online (chunked) attention and the Z x Z attention
+// report GFLOP/s, to compare with BM_GemmRate. LayerNorm and RoPE on 1 and 256 rows.
+//
+// Arguments: `threads` sets OpenMP's and Eigen's thread count (1 and up to omp_get_max_threads(),
+// which follows OMP_NUM_THREADS); `cold` = 1 cycles through copies of the matrix spread over a
+// 1 GiB pool so every call streams its weights from DRAM, as in a real step, whose ~164 MB of
+// weights do not stay in any cache; `cold` = 0 reuses one copy, which then sits in cache.
+// Every benchmark uses wall-clock time (UseRealTime): threads must not hide in CPU time.
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "tconst/ops.hpp"
+#include "tconst/weights.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+using Eigen::Index;
+namespace td = tconst::detail;
+
+// The paper's 41M shape (examples/cli_bench.hpp, paper_41m).
+constexpr Index kD = 432;
+constexpr Index kHeads = 12;
+constexpr Index kDh = kD / kHeads;  // 36
+constexpr Index kF = 1280;
+constexpr Index kVocab = 50257;
+constexpr Index kW = 256;            // W = Hh: window rows, compressed rows Z, resync chunk
+constexpr int64_t kPos = 16384;      // an absolute position for RoPE
+constexpr size_t kPoolBytes = size_t{1} << 30;
+
+// ---- helpers --------------------------------------------------------------------------------
+
+std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::vector<float> v(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& e : v) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    e = scale * (static_cast<float>(x >> 40) / 8388608.0f - 1.0f);  // U(-scale, scale)
+  }
+  return v;
+}
+
+/// 1 GiB of random floats, made once: read by the bandwidth benchmark and the cold GEMVs.
+const std::vector<float>& pool() {
+  static const std::vector<float> p = random_floats(kPoolBytes / sizeof(float), 7, 0.05f);
+  return p;
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();  // read before any benchmark changes it
+#else
+  return 1;
+#endif
+}
+
+/// 1, 2, 4, ... below the maximum, then the maximum.
+std::vector<int64_t> thread_counts() {
+  static const std::vector<int64_t> counts = [] {
+    const int64_t mx = max_threads();
+    std::vector<int64_t> c;
+    for (int64_t t = 1; t < mx; t *= 2) c.push_back(t);
+    c.push_back(mx);
+    return c;
+  }();
+  return counts;
+}
+
+void set_threads(int64_t t) {
+#ifdef _OPENMP
+  omp_set_num_threads(static_cast<int>(t));
+#endif
+  Eigen::setNbThreads(static_cast<int>(t));
+}
+
+// Rates. Google Benchmark prints a rate counter as "NAME=value/s": "GB=19.7/s" is 19.7 * 10^9
+// bytes per second, "GFLOP=15.4/s" 15.4 * 10^9 FLOP per second (JSON: the value per second).
+// bytes_per_second (from SetBytesProcessed) is the same rate with binary prefixes (G = 2^30).
+
+/// Bytes per iteration: bytes_per_second and GB (10^9 bytes) per second.
+void report_bytes(benchmark::State& state, double bytes_per_iter) {
+  state.SetBytesProcessed(static_cast<int64_t>(bytes_per_iter) * state.iterations());
+  state.counters["GB"] =
+      benchmark::Counter(bytes_per_iter * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void report_flops(benchmark::State& state, double flops_per_iter) {
+  state.counters["GFLOP"] =
+      benchmark::Counter(flops_per_iter * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+tconst::WeightView<float> view(const std::vector<float>& v, Index rows, Index cols) {
+  return {v.data(), rows, cols};
+}
+
+const bool kContext = [] {
+  benchmark::AddCustomContext("tconst_shape",
+                              "paper 41M, float: d=432 h=12 dh=36 f=1280 V=50257 W=Hh=256");
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("omp_max_threads", std::to_string(max_threads()));
+  return true;
+}();
+
+// ---- machine figures ------------------------------------------------------------------------
+
+/// Sum of n floats with 8 independent packet accumulators, so that the adds keep up with memory.
+float sum_floats(const float* p, Index n) {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  constexpr Index P = Eigen::internal::packet_traits<float>::size;
+  Packet a0 = Eigen::internal::pset1<Packet>(0.f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
+         a6 = a0, a7 = a0;
+  Index i = 0;
+  for (; i + 8 * P <= n; i += 8 * P) {
+    a0 = Eigen::internal::padd(a0, Eigen::internal::ploadu<Packet>(p + i));
+    a1 = Eigen::internal::padd(a1, Eigen::internal::ploadu<Packet>(p + i + P));
+    a2 = Eigen::internal::padd(a2, Eigen::internal::ploadu<Packet>(p + i + 2 * P));
+    a3 = Eigen::internal::padd(a3, Eigen::internal::ploadu<Packet>(p + i + 3 * P));
+    a4 = Eigen::internal::padd(a4, Eigen::internal::ploadu<Packet>(p + i + 4 * P));
+    a5 = Eigen::internal::padd(a5, Eigen::internal::ploadu<Packet>(p + i + 5 * P));
+    a6 = Eigen::internal::padd(a6, Eigen::internal::ploadu<Packet>(p + i + 6 * P));
+    a7 = Eigen::internal::padd(a7, Eigen::internal::ploadu<Packet>(p + i + 7 * P));
+  }
+  a0 = Eigen::internal::padd(Eigen::internal::padd(Eigen::internal::padd(a0, a1),
+                                                   Eigen::internal::padd(a2, a3)),
+                             Eigen::internal::padd(Eigen::internal::padd(a4, a5),
+                                                   Eigen::internal::padd(a6, a7)));
+  float s = Eigen::internal::predux(a0);
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+/// Memory read bandwidth: one pass over a 1 GiB float array per iteration, split over `threads`.
+/// The "weight-streaming limit" of a cache-hit step is its weight bytes over this rate.
+void BM_MemoryReadBandwidth(benchmark::State& state) {
+  const int64_t threads = state.range(0);
+  set_threads(threads);
+  const std::vector<float>& a = pool();
+  const Index n = static_cast<Index>(a.size());
+  for (auto _ : state) {
+    float total = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
+    for (int64_t c = 0; c < threads; ++c) {
+      const Index r0 = n * c / threads, r1 = n * (c + 1) / threads;
+      total += sum_floats(a.data() + r0, r1 - r0);
+    }
+#else
+    total = sum_floats(a.data(), n);
+#endif
+    benchmark::DoNotOptimize(total);
+  }
+  report_bytes(state, static_cast<double>(kPoolBytes));
+}
+BENCHMARK(BM_MemoryReadBandwidth)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+/// Single-precision GEMM rate: Eigen's 1024 x 1024 x 1024 product (2 * 1024^3 FLOP).
+void BM_GemmRate(benchmark::State& state) {
+  set_threads(state.range(0));
+  const Index n = 1024;
+  Eigen::MatrixXf A = Eigen::Map<const Eigen::MatrixXf>(random_floats(n * n, 1).data(), n, n);
+  Eigen::MatrixXf B = Eigen::Map<const Eigen::MatrixXf>(random_floats(n * n, 2).data(), n, n);
+  Eigen::MatrixXf C(n, n);
+  for (auto _ : state) {
+    C.noalias() = A * B;
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * n * n * n);
+}
+BENCHMARK(BM_GemmRate)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// ---- cache-hit step: GEMVs ------------------------------------------------------------------
+
+/// y = W x (+ b), W [rows, cols]: one token through one weight matrix (detail::gemv).
+void BM_Gemv(benchmark::State& state, Index rows, Index cols, bool with_bias) {
+  set_threads(state.range(0));
+  const bool cold = state.range(1) != 0;
+  const size_t mat = static_cast<size_t>(rows * cols);
+  std::vector<float> hot;
+  const float* base;
+  size_t copies = 1;
+  if (cold) {
+    base = pool().data();
+    copies = std::max<size_t>(1, pool().size() / mat);
+  } else {
+    hot = random_floats(mat, 3, 0.05f);
+    base = hot.data();
+  }
+  const std::vector<float> x = random_floats(static_cast<size_t>(cols), 4);
+  const std::vector<float> bias = random_floats(static_cast<size_t>(rows), 5);
+  std::vector<float> y(static_cast<size_t>(rows));
+  size_t i = 0;
+  for (auto _ : state) {
+    const tconst::ConstMatrixMap<float> W(base + i * mat, rows, cols);
+    td::gemv<float>(W, x.data(), with_bias ? bias.data() : nullptr, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+    if (++i == copies) i = 0;
+  }
+  report_bytes(state, 4.0 * (static_cast<double>(mat) + cols + rows + (with_bias ? rows : 0)));
+  report_flops(state, 2.0 * static_cast<double>(mat));
+  state.SetItemsProcessed(state.iterations());  // tokens
+}
+#define TCONST_GEMV(name, rows, cols, bias)                  \
+  BENCHMARK_CAPTURE(BM_Gemv, name, rows, cols, bias)         \
+      ->ArgsProduct({thread_counts(), {0, 1}})               \
+      ->ArgNames({"threads", "cold"})                        \
+      ->UseRealTime()                                        \
+      ->Unit(benchmark::kMicrosecond)
+TCONST_GEMV(qkv_1296x432, 3 * kD, kD, true);
+TCONST_GEMV(out_432x432, kD, kD, true);
+TCONST_GEMV(w1_w3_1280x432, kF, kD, false);
+TCONST_GEMV(w2_432x1280, kD, kF, false);
+TCONST_GEMV(head_50257x432, kVocab, kD, false);
+#undef TCONST_GEMV
+
+// ---- cache-hit step: attention of one query -------------------------------------------------
+
+/// One query row over nk = range(0) keys and values of 12 heads (detail::attend_one), K and V
+/// [nk, d] row-major as in the caches. `accumulate`: added to the output, as a cross-attention.
+void BM_AttendOne(benchmark::State& state, bool accumulate) {
+  set_threads(1);
+  const Index nk = state.range(0);
+  const std::vector<float> q = random_floats(kD, 11);
+  const std::vector<float> K = random_floats(static_cast<size_t>(nk * kD), 12);
+  const std::vector<float> V = random_floats(static_cast<size_t>(nk * kD), 13);
+  std::vector<float> scores(static_cast<size_t>(kHeads * nk));  // all heads at once
+  std::vector<float> out(kD, 0.0f);
+  for (auto _ : state) {
+    td::attend_one(q.data(), K.data(), V.data(), kD, nk, kHeads, kDh, scores.data(), out.data(),
+                   accumulate);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  report_bytes(state, 4.0 * 2 * static_cast<double>(nk) * kD);  // K and V
+  report_flops(state, 4.0 * static_cast<double>(nk) * kD);       // q K^T and p V
+  state.SetItemsProcessed(nk * state.iterations());
+  state.SetLabel("items = keys");
+}
+// The window: self-attention over the rows so far (1 .. W within a span of W tokens).
+BENCHMARK_CAPTURE(BM_AttendOne, window, false)
+    ->Arg(1)->Arg(64)->Arg(128)->Arg(kW)
+    ->ArgNames({"keys"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+// The compressed Kz, Vz of a hidden or restore layer: Z = Hh = 256 rows.
+BENCHMARK_CAPTURE(BM_AttendOne, compressed, true)
+    ->Arg(kW)->ArgNames({"keys"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+// For comparison, keys that grow with the context: TLinFormer's compress layer (Kc, Vc) and the
+// baseline transformer's KV cache, per layer.
+BENCHMARK_CAPTURE(BM_AttendOne, context, true)
+    ->RangeMultiplier(4)->Range(1024, 65536)
+    ->ArgNames({"keys"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// ---- resync: GEMMs and attention of 256-row chunks ------------------------------------------
+
+/// out[n, rows] = in[n, cols] W^T (+ b) (detail::linear), n = range(0) rows.
+void BM_Linear(benchmark::State& state, Index rows, Index cols, bool with_bias) {
+  const Index n = state.range(0);
+  set_threads(state.range(1));
+  const std::vector<float> W = random_floats(static_cast<size_t>(rows * cols), 21, 0.05f);
+  const std::vector<float> bias = random_floats(static_cast<size_t>(rows), 22);
+  const std::vector<float> in = random_floats(static_cast<size_t>(n * cols), 23);
+  std::vector<float> out(static_cast<size_t>(n * rows));
+  const tconst::ConstMatrixMap<float> Wm(W.data(), rows, cols);
+  for (auto _ : state) {
+    td::linear<float>(in.data(), cols, n, Wm, with_bias ? bias.data() : nullptr, out.data(), rows);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * static_cast<double>(n) * rows * cols);
+  state.SetItemsProcessed(n * state.iterations());  // tokens
+}
+#define TCONST_LINEAR(name, rows, cols, bias)                \
+  BENCHMARK_CAPTURE(BM_Linear, name, rows, cols, bias)       \
+      ->ArgsProduct({{kW}, thread_counts()})                 \
+      ->ArgNames({"rows", "threads"})                        \
+      ->UseRealTime()                                        \
+      ->Unit(benchmark::kMicrosecond)
+TCONST_LINEAR(qkv_1296x432, 3 * kD, kD, true);
+TCONST_LINEAR(restore_kv_864x432, 2 * kD, kD, true);
+TCONST_LINEAR(out_432x432, kD, kD, true);
+TCONST_LINEAR(w1_w3_1280x432, kF, kD, false);
+TCONST_LINEAR(w2_432x1280, kD, kF, false);
+#undef TCONST_LINEAR
+
+/// The compress layer's context attention: Z = 256 queries fold in one chunk of range(0) keys
+/// (OnlineAttention::add, keys and values read from a [chunk, 3d] qkv buffer as in the resync).
+void BM_OnlineAttentionAdd(benchmark::State& state) {
+  const Index nk = state.range(0), nq = kW;
+  set_threads(state.range(1));
+  const std::vector<float> Q = random_floats(static_cast<size_t>(nq * kD), 31);
+  const std::vector<float> qkv = random_floats(static_cast<size_t>(nk * 3 * kD), 32);
+  std::vector<float> scores(static_cast<size_t>(nq * nk));
+  td::OnlineAttention<float> online;
+  online.reset(Q.data(), kD, nq, kHeads, kDh);
+  for (auto _ : state) {
+    online.add(qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk, scores.data());
+    benchmark::DoNotOptimize(scores.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 4.0 * static_cast<double>(nq) * nk * kD);
+  state.SetItemsProcessed(nk * state.iterations());
+  state.SetLabel("items = keys");
+}
+BENCHMARK(BM_OnlineAttentionAdd)
+    ->ArgsProduct({{kW}, thread_counts()})
+    ->ArgNames({"keys", "threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+/// Non-causal attention of 256 query rows over 256 keys (detail::attend_rows): a hidden layer's
+/// self-attention over Z rows, or the restore layer's chunk of context queries over Kz, Vz.
+void BM_AttendRows(benchmark::State& state) {
+  const Index nq = state.range(0), nk = kW;
+  set_threads(state.range(1));
+  const std::vector<float> qkv = random_floats(static_cast<size_t>(std::max(nq, nk) * 3 * kD), 41);
+  std::vector<float> scores(static_cast<size_t>(nq * nk));
+  std::vector<float> out(static_cast<size_t>(nq * kD));
+  for (auto _ : state) {
+    td::attend_rows(qkv.data(), 3 * kD, nq, qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk,
+                    kHeads, kDh, Index{-1}, out.data(), kD, false, scores.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 4.0 * static_cast<double>(nq) * nk * kD);
+  state.SetItemsProcessed(nq * state.iterations());  // tokens (query rows)
+}
+BENCHMARK(BM_AttendRows)
+    ->ArgsProduct({{kW}, thread_counts()})
+    ->ArgNames({"rows", "threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// ---- per-row kernels ------------------------------------------------------------------------
+
+/// The SwiGLU FFN with its LayerNorm and residual (detail::ffn_residual) on range(0) rows:
+/// w1, w3 and w2 are three GEMVs on one row (a cache-hit step), three GEMMs on 256.
+void BM_FfnResidual(benchmark::State& state) {
+  const Index n = state.range(0);
+  set_threads(state.range(1));
+  const std::vector<float> ones(kD, 1.0f), zeros(kD, 0.0f);
+  const std::vector<float> w1 = random_floats(static_cast<size_t>(kF * kD), 51, 0.05f);
+  const std::vector<float> w3 = random_floats(static_cast<size_t>(kF * kD), 52, 0.05f);
+  const std::vector<float> w2 = random_floats(static_cast<size_t>(kD * kF), 53, 0.03f);
+  tconst::LayerWeights<float> L;
+  L.norm2_w = view(ones, kD, 1);
+  L.norm2_b = view(zeros, kD, 1);
+  L.w1 = view(w1, kF, kD);
+  L.w3 = view(w3, kF, kD);
+  L.w2 = view(w2, kD, kF);
+  std::vector<float> x = random_floats(static_cast<size_t>(n * kD), 54);
+  const std::vector<float> x0 = x;
+  std::vector<float> xn(static_cast<size_t>(n * kD)), h1(static_cast<size_t>(n * kF)),
+      h3(static_cast<size_t>(n * kF));
+  int64_t k = 0;
+  for (auto _ : state) {
+    td::ffn_residual(x.data(), kD, n, L, 1e-5, xn.data(), h1.data(), h3.data());
+    benchmark::DoNotOptimize(x.data());
+    benchmark::ClobberMemory();
+    if (++k % 64 == 0) {  // keep the residual stream from growing without bound
+      state.PauseTiming();
+      x = x0;
+      state.ResumeTiming();
+    }
+  }
+  report_flops(state, 2.0 * 3 * static_cast<double>(n) * kF * kD);
+  if (n == 1) report_bytes(state, 4.0 * 3 * kF * kD);
+  state.SetItemsProcessed(n * state.iterations());  // tokens
+}
+BENCHMARK(BM_FfnResidual)
+    ->ArgsProduct({{1, kW}, thread_counts()})
+    ->ArgNames({"rows", "threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+/// LayerNorm of range(0) rows of d (detail::layer_norm).
+void BM_LayerNorm(benchmark::State& state) {
+  set_threads(1);
+  const Index n = state.range(0);
+  const std::vector<float> w = random_floats(kD, 61), b = random_floats(kD, 62);
+  const std::vector<float> in = random_floats(static_cast<size_t>(n * kD), 63);
+  std::vector<float> out(static_cast<size_t>(n * kD));
+  for (auto _ : state) {
+    td::layer_norm(in.data(), kD, out.data(), kD, n, kD, view(w, kD, 1), view(b, kD, 1), 1e-5);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  report_bytes(state, 4.0 * 2 * static_cast<double>(n) * kD);
+  state.SetItemsProcessed(n * state.iterations());  // tokens
+}
+BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(kW)->ArgNames({"rows"})->UseRealTime();
+
+/// RoPE of q and k (2d columns of a [n, 3d] qkv buffer) for range(0) rows (detail::rope),
+/// at positions from 16384.
+void BM_Rope(benchmark::State& state) {
+  set_threads(1);
+  const Index n = state.range(0);
+  std::vector<double> theta;
+  for (Index m = 0; m < kDh / 2; ++m) {
+    theta.push_back(std::pow(10000.0, -2.0 * static_cast<double>(m) / static_cast<double>(kDh)));
+  }
+  std::vector<float> qkv = random_floats(static_cast<size_t>(n * 3 * kD), 71);
+  for (auto _ : state) {
+    td::rope(qkv.data(), 3 * kD, n, 2 * kD, kDh, kPos, theta);
+    benchmark::DoNotOptimize(qkv.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(n * state.iterations());  // tokens
+}
+BENCHMARK(BM_Rope)->Arg(1)->Arg(kW)->ArgNames({"rows"})->UseRealTime();
+
+}  // namespace
