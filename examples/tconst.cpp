@@ -48,7 +48,7 @@ const char* const kUsage =
     "              [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
     "              [--seed S] [--stop TEXT]... [--stop-id ID]... [--print-ids] [--quiet]\n"
     "              [--save-session FILE] [--load-session FILE]\n"
-    "  perplexity  --model FILE (--text FILE | --ids FILE) [--quiet]\n"
+    "  perplexity  --model FILE (--text FILE | --ids FILE) [--segment L] [--quiet]\n"
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
@@ -313,32 +313,41 @@ int cmd_perplexity(const Args& args) {
   auto session = tconst::make_session(model);
   const bool progress = !args.flag("quiet") && ::isatty(2);
   // Every token after the first is predicted from all before it (SPEC §5); score() runs the
-  // batched pass, one resync per window.
+  // batched pass, one resync per window. With --segment L the text is cut into pieces of L + 1
+  // tokens overlapping by one (each predicts its last L from its own context only), as a
+  // training script evaluates; the cost of a whole-text pass grows with the square of its length.
+  const int64_t segment = args.integer("segment", 0, 0, int64_t{1} << 40);
   double nll = 0.0;
   int64_t bytes = 0;
   const size_t n = ids.size();
-  const size_t chunk = static_cast<size_t>(std::max<int64_t>(c.generate_window, 256)) * 16;
+  const size_t seg = segment > 0 ? static_cast<size_t>(segment) : n;
   const auto t0 = std::chrono::steady_clock::now();
-  for (size_t a = 0; a < n; a += chunk) {
-    const size_t len = std::min(chunk, n - a);
-    session->score(ids.data() + a, len, [&](size_t i, const tconst::Vector<Scalar>& logits) {
-      const size_t p = a + i;  // logits after token p predict token p + 1
-      if (p + 1 >= n) return;
-      const double mx = static_cast<double>(logits.maxCoeff());
-      double sum = 0.0;
-      for (Eigen::Index v = 0; v < logits.size(); ++v) {
-        sum += std::exp(static_cast<double>(logits[v]) - mx);
+  for (size_t start = 0; start + 1 < n; start += seg) {
+    const size_t end = std::min(n, start + seg + 1);
+    session->reset();
+    // Long pieces go in chunks so that the progress bar moves.
+    const size_t chunk = static_cast<size_t>(std::max<int64_t>(c.generate_window, 256)) * 16;
+    for (size_t a = start; a < end; a += chunk) {
+      const size_t len = std::min(chunk, end - a);
+      session->score(ids.data() + a, len, [&](size_t i, const tconst::Vector<Scalar>& logits) {
+        const size_t p = a + i;  // logits after token p predict token p + 1
+        if (p + 1 >= end) return;
+        const double mx = static_cast<double>(logits.maxCoeff());
+        double sum = 0.0;
+        for (Eigen::Index v = 0; v < logits.size(); ++v) {
+          sum += std::exp(static_cast<double>(logits[v]) - mx);
+        }
+        nll += mx + std::log(sum) - static_cast<double>(logits[ids[p + 1]]);
+        bytes += tok ? static_cast<int64_t>(tok->token_bytes(ids[p + 1]).size()) : 0;
+      });
+      if (progress) {
+        const double done = static_cast<double>(a + len) / n;
+        const int width = 30;
+        const int filled = static_cast<int>(done * width);
+        std::fprintf(stderr, "\r[%s%s] %5.1f%%", std::string(filled, '#').c_str(),
+                     std::string(width - filled, '.').c_str(), 100.0 * done);
+        std::fflush(stderr);
       }
-      nll += mx + std::log(sum) - static_cast<double>(logits[ids[p + 1]]);
-      bytes += tok ? static_cast<int64_t>(tok->token_bytes(ids[p + 1]).size()) : 0;
-    });
-    if (progress) {
-      const double done = static_cast<double>(a + len) / n;
-      const int width = 30;
-      const int filled = static_cast<int>(done * width);
-      std::fprintf(stderr, "\r[%s%s] %5.1f%%", std::string(filled, '#').c_str(),
-                   std::string(width - filled, '.').c_str(), 100.0 * done);
-      std::fflush(stderr);
     }
   }
   if (progress) std::fprintf(stderr, "\r\033[K");
@@ -428,7 +437,7 @@ int run(int argc, char** argv) {
     return with_precision(a, [&](auto s) { return cmd_generate<decltype(s)>(a); });
   }
   if (cmd == "perplexity") {
-    Args a(cmd, n, rest, flags({"model", "text", "ids"}), {"quiet"});
+    Args a(cmd, n, rest, flags({"model", "text", "ids", "segment"}), {"quiet"});
     set_threads(a);
     return with_precision(a, [&](auto s) { return cmd_perplexity<decltype(s)>(a); });
   }
