@@ -16,14 +16,13 @@
 
 #include <benchmark/benchmark.h>
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "tconst/ops.hpp"
 #include "tconst/weights.hpp"
@@ -43,8 +42,8 @@ constexpr Index kHeads = 12;
 constexpr Index kDh = kD / kHeads;  // 36
 constexpr Index kF = 1280;
 constexpr Index kVocab = 50257;
-constexpr Index kW = 256;            // W = Hh: window rows, compressed rows Z, resync chunk
-constexpr int64_t kPos = 16384;      // an absolute position for RoPE
+constexpr Index kW = 256;        // W = Hh: window rows, compressed rows Z, resync chunk
+constexpr int64_t kPos = 16384;  // an absolute position for RoPE
 constexpr size_t kPoolBytes = size_t{1} << 30;
 
 // ---- helpers --------------------------------------------------------------------------------
@@ -139,10 +138,9 @@ float sum_floats(const float* p, Index n) {
     a6 = Eigen::internal::padd(a6, Eigen::internal::ploadu<Packet>(p + i + 6 * P));
     a7 = Eigen::internal::padd(a7, Eigen::internal::ploadu<Packet>(p + i + 7 * P));
   }
-  a0 = Eigen::internal::padd(Eigen::internal::padd(Eigen::internal::padd(a0, a1),
-                                                   Eigen::internal::padd(a2, a3)),
-                             Eigen::internal::padd(Eigen::internal::padd(a4, a5),
-                                                   Eigen::internal::padd(a6, a7)));
+  a0 = Eigen::internal::padd(
+      Eigen::internal::padd(Eigen::internal::padd(a0, a1), Eigen::internal::padd(a2, a3)),
+      Eigen::internal::padd(Eigen::internal::padd(a4, a5), Eigen::internal::padd(a6, a7)));
   float s = Eigen::internal::predux(a0);
   for (; i < n; ++i) s += p[i];
   return s;
@@ -228,11 +226,11 @@ void BM_Gemv(benchmark::State& state, Index rows, Index cols, bool with_bias) {
   report_flops(state, 2.0 * static_cast<double>(mat));
   state.SetItemsProcessed(state.iterations());  // tokens
 }
-#define TCONST_GEMV(name, rows, cols, bias)                  \
-  BENCHMARK_CAPTURE(BM_Gemv, name, rows, cols, bias)         \
-      ->ArgsProduct({thread_counts(), {0, 1}})               \
-      ->ArgNames({"threads", "cold"})                        \
-      ->UseRealTime()                                        \
+#define TCONST_GEMV(name, rows, cols, bias)          \
+  BENCHMARK_CAPTURE(BM_Gemv, name, rows, cols, bias) \
+      ->ArgsProduct({thread_counts(), {0, 1}})       \
+      ->ArgNames({"threads", "cold"})                \
+      ->UseRealTime()                                \
       ->Unit(benchmark::kMicrosecond)
 TCONST_GEMV(qkv_1296x432, 3 * kD, kD, true);
 TCONST_GEMV(out_432x432, kD, kD, true);
@@ -260,22 +258,33 @@ void BM_AttendOne(benchmark::State& state, bool accumulate) {
     benchmark::ClobberMemory();
   }
   report_bytes(state, 4.0 * 2 * static_cast<double>(nk) * kD);  // K and V
-  report_flops(state, 4.0 * static_cast<double>(nk) * kD);       // q K^T and p V
+  report_flops(state, 4.0 * static_cast<double>(nk) * kD);      // q K^T and p V
   state.SetItemsProcessed(nk * state.iterations());
   state.SetLabel("items = keys");
 }
 // The window: self-attention over the rows so far (1 .. W within a span of W tokens).
 BENCHMARK_CAPTURE(BM_AttendOne, window, false)
-    ->Arg(1)->Arg(64)->Arg(128)->Arg(kW)
-    ->ArgNames({"keys"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->Arg(1)
+    ->Arg(64)
+    ->Arg(128)
+    ->Arg(kW)
+    ->ArgNames({"keys"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 // The compressed Kz, Vz of a hidden or restore layer: Z = Hh = 256 rows.
 BENCHMARK_CAPTURE(BM_AttendOne, compressed, true)
-    ->Arg(kW)->ArgNames({"keys"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->Arg(kW)
+    ->ArgNames({"keys"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 // For comparison, keys that grow with the context: TLinFormer's compress layer (Kc, Vc) and the
 // baseline transformer's KV cache, per layer.
 BENCHMARK_CAPTURE(BM_AttendOne, context, true)
-    ->RangeMultiplier(4)->Range(1024, 65536)
-    ->ArgNames({"keys"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->RangeMultiplier(4)
+    ->Range(1024, 65536)
+    ->ArgNames({"keys"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // ---- resync: GEMMs and attention of 256-row chunks ------------------------------------------
 
@@ -296,11 +305,11 @@ void BM_Linear(benchmark::State& state, Index rows, Index cols, bool with_bias) 
   report_flops(state, 2.0 * static_cast<double>(n) * rows * cols);
   state.SetItemsProcessed(n * state.iterations());  // tokens
 }
-#define TCONST_LINEAR(name, rows, cols, bias)                \
-  BENCHMARK_CAPTURE(BM_Linear, name, rows, cols, bias)       \
-      ->ArgsProduct({{kW}, thread_counts()})                 \
-      ->ArgNames({"rows", "threads"})                        \
-      ->UseRealTime()                                        \
+#define TCONST_LINEAR(name, rows, cols, bias)          \
+  BENCHMARK_CAPTURE(BM_Linear, name, rows, cols, bias) \
+      ->ArgsProduct({{kW}, thread_counts()})           \
+      ->ArgNames({"rows", "threads"})                  \
+      ->UseRealTime()                                  \
       ->Unit(benchmark::kMicrosecond)
 TCONST_LINEAR(qkv_1296x432, 3 * kD, kD, true);
 TCONST_LINEAR(restore_kv_864x432, 2 * kD, kD, true);

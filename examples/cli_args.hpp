@@ -101,8 +101,8 @@ class Args {
     size_t start = 0;
     while (start <= s.size()) {
       const size_t comma = s.find(',', start);
-      const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos
-                                                                          : comma - start);
+      const std::string item =
+          s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
       char* end = nullptr;
       errno = 0;
       const long long v = std::strtoll(item.c_str(), &end, 10);

@@ -16,10 +16,9 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cli_args.hpp"
 #include "tconst/tconst.hpp"
@@ -65,7 +64,7 @@ inline std::vector<uint8_t> random_model_bytes(const tconst::ModelConfig& c, uin
     for (int64_t j = 0; j < c.layers_per_block(); ++j) {
       std::string p = "transformer.transformer_layers." + std::to_string(b);
       if (!c.is_baseline()) {
-        p += j == 0                    ? ".compress_context_layer"
+        p += j == 0                   ? ".compress_context_layer"
              : j == c.inner_depth - 1 ? ".restore_context_shape_layer"
                                       : ".hidden_layers." + std::to_string(j - 1);
       }
@@ -101,7 +100,8 @@ inline std::vector<uint8_t> random_model_bytes(const tconst::ModelConfig& c, uin
   for (const T& t : ts) {
     int64_t n = 1;
     for (int64_t s : t.shape) n *= s;
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
+    header[t.name] = {
+        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
     offset += 4 * static_cast<uint64_t>(n);
   }
   std::string text = header.dump();
@@ -221,8 +221,8 @@ inline BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, 
 
 /// Throughput of S streams stepped together (one weight read per step for all of them) against
 /// the same S streams stepped one after another, over `steps` tokens each from `depth`.
-inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
-                                    int64_t S, int64_t steps) {
+inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model,
+                                    int64_t depth, int64_t S, int64_t steps) {
   using clock = std::chrono::steady_clock;
   const tconst::ModelConfig& c = model->config();
   if (c.is_baseline()) throw UsageError("--streams needs a tconstformer or tlinformer model");
@@ -307,7 +307,8 @@ inline int cmd_bench(int argc, char** argv) {
          {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
           "precision", "seed", "streams"},
          {"json"});
-  if (a.has("model") == a.has("preset")) throw UsageError("give exactly one of --model or --preset");
+  if (a.has("model") == a.has("preset"))
+    throw UsageError("give exactly one of --model or --preset");
   if (a.has("preset") && a.str("preset") != "paper-41m") {
     throw UsageError("unknown preset '" + a.str("preset") + "' (known: paper-41m)");
   }
@@ -340,10 +341,11 @@ inline int cmd_bench(int argc, char** argv) {
     nlohmann::json arr = nlohmann::json::array();
     for (const std::string& arch : archs) {
       if (arch == "transformer") continue;
-      auto model = arch.empty() ? tconst::Model<float>::load(a.str("model"))
-                                : tconst::Model<float>::load_from_bytes(
-                                      random_model_bytes(paper_41m(tconst::parse_architecture(arch)), 1),
-                                      "paper-41m " + arch);
+      auto model = arch.empty()
+                       ? tconst::Model<float>::load(a.str("model"))
+                       : tconst::Model<float>::load_from_bytes(
+                             random_model_bytes(paper_41m(tconst::parse_architecture(arch)), 1),
+                             "paper-41m " + arch);
       for (int64_t depth : depths) arr.push_back(bench_streams(model, depth, S, n_gen));
     }
     if (json) {
@@ -405,7 +407,8 @@ inline int cmd_bench(int argc, char** argv) {
       std::string text;
       char buf[65536];
       ssize_t got;
-      while ((got = ::read(fds[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(got));
+      while ((got = ::read(fds[0], buf, sizeof buf)) > 0)
+        text.append(buf, static_cast<size_t>(got));
       ::close(fds[0]);
       int status = 0;
       ::waitpid(pid, &status, 0);
@@ -428,8 +431,7 @@ inline int cmd_bench(int argc, char** argv) {
       r.trace_resync = j["trace_resync"].get<std::vector<int>>();
       if (!json) {
         std::fprintf(stderr, "  %-12s depth %8lld  hit %.3f ms%s\n", r.arch.c_str(),
-                     (long long)r.depth, r.hit_ms_median,
-                     r.synthetic ? "  (synthetic cache)" : "");
+                     (long long)r.depth, r.hit_ms_median, r.synthetic ? "  (synthetic cache)" : "");
       }
       results.push_back(r);
     }
@@ -474,8 +476,9 @@ inline int cmd_bench(int argc, char** argv) {
                 r.cache_bytes / 1e6, r.peak_rss_bytes / 1e6, r.synthetic ? "  *" : "");
   }
   if (any_synthetic) {
-    std::printf("* synthetic key/value cache instead of a real O(depth^2) prefill; per-token cost "
-                "does not depend on the values\n");
+    std::printf(
+        "* synthetic key/value cache instead of a real O(depth^2) prefill; per-token cost "
+        "does not depend on the values\n");
   }
   return 0;
 }

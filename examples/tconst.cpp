@@ -11,6 +11,8 @@
 // Any bad input gives one line on standard error and a non-zero exit status: 1 for bad data
 // (model, ids, files), 2 for a bad command line.
 
+#include "tconst/tconst.hpp"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -27,7 +29,6 @@
 #include "cli_bench.hpp"
 #include "tconst/generate.hpp"
 #include "tconst/sampling.hpp"
-#include "tconst/tconst.hpp"
 #include "tconst/tokenizer/tokenizer.hpp"
 
 #ifdef _OPENMP
@@ -52,13 +53,16 @@ const char* const kUsage =
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
-    "common flags: --precision float|double (default float), --threads N,\n"
+    "common flags: --precision float|double (default float), --threads N (default 1),\n"
     "              --tokenizer PATH (GPT-2 vocabulary files for gpt2 models)\n";
 
+// One thread unless asked: a cache-hit step is bound by memory bandwidth, which one core all but
+// saturates on common machines, and OpenMP threads that compete with other processes for cores
+// can make a step many times slower. More threads speed up the resync's matrix products.
 void set_threads(const Args& args) {
-  const int64_t threads = args.integer("threads", 0, 0, 1024);
+  const int64_t threads = args.integer("threads", 1, 1, 1024);
 #ifdef _OPENMP
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  omp_set_num_threads(static_cast<int>(threads));
 #else
   (void)threads;
 #endif
@@ -192,8 +196,7 @@ class StatusLine {
     if (!enabled_) return;
     const double rate = seconds > 0 ? generated / seconds : 0.0;
     std::fprintf(stderr, "\r\033[K[pos %lld | %.1f tok/s | resyncs %lld | cache %.2f MB]",
-                 (long long)s.position(), rate, (long long)s.resync_count(),
-                 s.cache_bytes() / 1e6);
+                 (long long)s.position(), rate, (long long)s.resync_count(), s.cache_bytes() / 1e6);
     std::fflush(stderr);
   }
   void clear() {
@@ -260,8 +263,7 @@ int cmd_generate(const Args& args) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
     }
-    const double sec =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     status.update(*session, static_cast<int64_t>(generated.size()), sec);
     return true;
   };
@@ -280,7 +282,8 @@ int cmd_generate(const Args& args) {
   std::fflush(stdout);
   if (args.has("save-session")) tconst::save_session(*session, args.str("save-session"));
   if (!quiet && !print_ids) {
-    std::fprintf(stderr, "[%lld prompt tokens in %.3f s, %lld generated in %.3f s (%.1f tok/s), %s]\n",
+    std::fprintf(stderr,
+                 "[%lld prompt tokens in %.3f s, %lld generated in %.3f s (%.1f tok/s), %s]\n",
                  (long long)stats.prompt_tokens, stats.prefill_seconds, (long long)stats.generated,
                  stats.generate_seconds,
                  stats.generate_seconds > 0 ? stats.generated / stats.generate_seconds : 0.0,
@@ -306,7 +309,8 @@ int cmd_perplexity(const Args& args) {
     }
   }
   for (int32_t id : ids) {
-    if (id < 0 || id >= c.vocab_size) throw tconst::Error("tokenizer produced an id outside the model's vocabulary");
+    if (id < 0 || id >= c.vocab_size)
+      throw tconst::Error("tokenizer produced an id outside the model's vocabulary");
   }
   if (ids.size() < 2) throw tconst::Error("perplexity needs at least two tokens");
 

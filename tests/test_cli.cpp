@@ -63,7 +63,8 @@ class CliGolden : public ::testing::TestWithParam<const char*> {};
 TEST_P(CliGolden, LogitsMatchTheReference) {
   const std::string dir = kGolden + GetParam() + "/";
   const std::string out = tmp("logits.f32");
-  const Outcome r = run("logits --model " + dir + "model.safetensors --ids " + dir + "ids.txt --out " + out);
+  const Outcome r =
+      run("logits --model " + dir + "model.safetensors --ids " + dir + "ids.txt --out " + out);
   ASSERT_EQ(r.status, 0) << r.err;
   const std::string got = tconst::read_file(out), ref = tconst::read_file(dir + "ref_logits.f32");
   ASSERT_EQ(got.size(), ref.size());
@@ -81,9 +82,9 @@ TEST_P(CliGolden, LogitsMatchTheReference) {
 TEST_P(CliGolden, GreedyIdsMatchTheReference) {
   const std::string dir = kGolden + GetParam() + "/";
   const auto expected = tconst::read_ids_file(dir + "ref_greedy.txt");
-  const Outcome r = run("generate --model " + dir + "model.safetensors --ids " + dir +
-                    "prompt.txt --max-new " + std::to_string(expected.size()) +
-                    " --greedy --print-ids");
+  const Outcome r =
+      run("generate --model " + dir + "model.safetensors --ids " + dir + "prompt.txt --max-new " +
+          std::to_string(expected.size()) + " --greedy --print-ids");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(tconst::parse_ids(r.out), expected);
 }
@@ -93,13 +94,15 @@ TEST_P(CliGolden, GreedyIdsMatchTheReference) {
 TEST_P(CliGolden, SaveAndLoadSessionAcrossProcesses) {
   const std::string dir = kGolden + GetParam() + "/";
   const std::string m = "--model " + dir + "model.safetensors ";
-  const Outcome all = run("generate " + m + "--ids " + dir + "prompt.txt --max-new 40 --greedy --print-ids");
+  const Outcome all =
+      run("generate " + m + "--ids " + dir + "prompt.txt --max-new 40 --greedy --print-ids");
   ASSERT_EQ(all.status, 0) << all.err;
   const std::string snap = tmp("session.snap");
   const Outcome first = run("generate " + m + "--ids " + dir + "prompt.txt --max-new 15 --greedy " +
-                        "--print-ids --save-session " + snap);
+                            "--print-ids --save-session " + snap);
   ASSERT_EQ(first.status, 0) << first.err;
-  const Outcome second = run("generate " + m + "--load-session " + snap + " --max-new 25 --greedy --print-ids");
+  const Outcome second =
+      run("generate " + m + "--load-session " + snap + " --max-new 25 --greedy --print-ids");
   ASSERT_EQ(second.status, 0) << second.err;
   auto ids = tconst::parse_ids(first.out);
   for (int32_t id : tconst::parse_ids(second.out)) ids.push_back(id);
@@ -126,15 +129,17 @@ TEST(CliErrors, IdOutOfRange) {
   write(tmp("ids.txt"), "1 2 61");
   expect_error(run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
                "outside [0, 61)");
-  expect_error(run("generate --model " + kModel + " --ids " + tmp("ids.txt") + " --greedy --print-ids"),
-               "outside [0, 61)");
+  expect_error(
+      run("generate --model " + kModel + " --ids " + tmp("ids.txt") + " --greedy --print-ids"),
+      "outside [0, 61)");
 }
 
 TEST(CliErrors, MalformedIdsFile) {
   for (const char* text : {"1 2 three", "1 -2", "1.5", "99999999999999999999", "1,2"}) {
     write(tmp("ids.txt"), text);
-    expect_error(run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
-                 "ids file");
+    expect_error(
+        run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
+        "ids file");
   }
   expect_error(run("logits --model " + kModel + " --ids " + tmp("none.txt") + " --out " + tmp("o")),
                "cannot open");
@@ -175,19 +180,22 @@ TEST(Cli, TokenizeAndDetokenizeBytes) {
   const std::string text = "In the beginning \xC3\xA9\xE2\x9C\x93\n";
   write(tmp("in.txt"), text);
   const std::string out = tmp("ids.txt");
-  const int raw = std::system((kBin + " tokenize --tokenizer bytes <" + tmp("in.txt") + " >" + out).c_str());
+  const int raw =
+      std::system((kBin + " tokenize --tokenizer bytes <" + tmp("in.txt") + " >" + out).c_str());
   ASSERT_EQ(WEXITSTATUS(raw), 0);
   const auto ids = tconst::parse_ids(tconst::read_file(out));
   ASSERT_EQ(ids.size(), text.size());
   EXPECT_EQ(ids[0], 'I');
   const std::string back = tmp("back.txt");
-  const int raw2 = std::system((kBin + " detokenize --tokenizer bytes <" + out + " >" + back).c_str());
+  const int raw2 =
+      std::system((kBin + " detokenize --tokenizer bytes <" + out + " >" + back).c_str());
   ASSERT_EQ(WEXITSTATUS(raw2), 0);
   EXPECT_EQ(tconst::read_file(back), text);
 }
 
 TEST(Cli, PerplexityOfIds) {
-  const Outcome r = run("perplexity --model " + kModel + " --ids " + kGolden + "tconst_D4_W8_H8/ids.txt");
+  const Outcome r =
+      run("perplexity --model " + kModel + " --ids " + kGolden + "tconst_D4_W8_H8/ids.txt");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("perplexity"));
 }

@@ -42,8 +42,12 @@ void check_logits(const std::string& name) {
   }
 }
 
-TEST_P(Golden, LogitsFloat) { check_logits<float>(GetParam()); }
-TEST_P(Golden, LogitsDouble) { check_logits<double>(GetParam()); }
+TEST_P(Golden, LogitsFloat) {
+  check_logits<float>(GetParam());
+}
+TEST_P(Golden, LogitsDouble) {
+  check_logits<double>(GetParam());
+}
 
 TEST_P(Golden, GreedyContinuation) {
   const std::string name = GetParam();

@@ -94,9 +94,13 @@ void check_stream(const Case& c, double tol) {
   ::testing::Test::RecordProperty("max_abs_diff", std::to_string(worst));
 }
 
-TEST_P(SessionVsReference, StreamingEqualsFullForwardDouble) { check_stream<double>(GetParam(), 1e-9); }
+TEST_P(SessionVsReference, StreamingEqualsFullForwardDouble) {
+  check_stream<double>(GetParam(), 1e-9);
+}
 
-TEST_P(SessionVsReference, StreamingEqualsFullForwardFloat) { check_stream<float>(GetParam(), 1e-4); }
+TEST_P(SessionVsReference, StreamingEqualsFullForwardFloat) {
+  check_stream<float>(GetParam(), 1e-4);
+}
 
 // Prefill of any length leaves the state of token-by-token feeding; so does score(), which must
 // also report every row's logits.
@@ -205,7 +209,8 @@ TEST(FixedCache, NeverGrowsOrMoves) {
   auto model = tconst::Model<float>::load(path);
   tconst::Scheduler<float> s(model);
   const size_t formula = static_cast<size_t>(shape.B) *
-                         ((shape.D - 1) * shape.Hh + shape.D * shape.W) * 2 * shape.d * sizeof(float);
+                         ((shape.D - 1) * shape.Hh + shape.D * shape.W) * 2 * shape.d *
+                         sizeof(float);
   EXPECT_EQ(s.cache_bytes(), formula);
   EXPECT_EQ(s.cache().bytes(), formula);
   const float* storage = s.cache().data();
@@ -263,7 +268,8 @@ TEST(FeedStreams, EqualsFeedingEachSession) {
     tconst::detail::WindowScratch<double> scratch;
     for (int step = 0; step < 5 * shape.W + 3; ++step) {
       std::vector<int32_t> tokens;
-      for (size_t i = 0; i < S; ++i) tokens.push_back(static_cast<int32_t>((step * 7 + i * 3) % 29));
+      for (size_t i = 0; i < S; ++i)
+        tokens.push_back(static_cast<int32_t>((step * 7 + i * 3) % 29));
       tconst::Scheduler<double>::feed_streams(ptrs, tokens, scratch);
       for (size_t i = 0; i < S; ++i) {
         const auto& expected = alone[i]->feed(tokens[i]);
@@ -274,8 +280,9 @@ TEST(FeedStreams, EqualsFeedingEachSession) {
     }
     // A bad id changes nothing in any stream.
     const auto before = batched[0]->position();
-    EXPECT_THROW(tconst::Scheduler<double>::feed_streams(ptrs, std::vector<int32_t>(S, 29), scratch),
-                 tconst::Error);
+    EXPECT_THROW(
+        tconst::Scheduler<double>::feed_streams(ptrs, std::vector<int32_t>(S, 29), scratch),
+        tconst::Error);
     EXPECT_EQ(batched[0]->position(), before);
   }
 }

@@ -35,7 +35,9 @@ const tconst_test::RefShape kShapes[] = {
     {"transformer", 23, 16, 4, 3, 0, 0, 0, 24},
 };
 
-std::string read_bytes(const std::string& p) { return tconst::read_file(p); }
+std::string read_bytes(const std::string& p) {
+  return tconst::read_file(p);
+}
 void write_bytes(const std::string& p, const std::string& b) {
   std::ofstream(p, std::ios::binary | std::ios::trunc).write(b.data(), (std::streamsize)b.size());
 }
@@ -111,9 +113,15 @@ class BadSnapshot : public ::testing::Test {
   tconst::Vector<double> before_;
 };
 
-TEST_F(BadSnapshot, Truncated) { expect_rejected(good_.substr(0, good_.size() / 2), "truncated"); }
-TEST_F(BadSnapshot, Empty) { expect_rejected("", "not a tconst session snapshot"); }
-TEST_F(BadSnapshot, NotASnapshot) { expect_rejected(std::string(100, 'x'), "not a tconst"); }
+TEST_F(BadSnapshot, Truncated) {
+  expect_rejected(good_.substr(0, good_.size() / 2), "truncated");
+}
+TEST_F(BadSnapshot, Empty) {
+  expect_rejected("", "not a tconst session snapshot");
+}
+TEST_F(BadSnapshot, NotASnapshot) {
+  expect_rejected(std::string(100, 'x'), "not a tconst");
+}
 TEST_F(BadSnapshot, Corrupted) {
   std::string b = good_;
   b[b.size() / 2] ^= 0x40;

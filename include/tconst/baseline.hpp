@@ -26,7 +26,8 @@ class TransformerSession final : public Session<Scalar> {
   /// Rows of a prompt run through the layers together (bounds the batched pass's buffers).
   static constexpr Index kPrefillChunk = 256;
 
-  explicit TransformerSession(std::shared_ptr<const Model<Scalar>> model, SessionOptions options = {})
+  explicit TransformerSession(std::shared_ptr<const Model<Scalar>> model,
+                              SessionOptions options = {})
       : model_(checked(std::move(model))),
         options_(options),
         kv_(model_->config().n_block, model_->config().n_embd),
@@ -182,7 +183,7 @@ class TransformerSession final : public Session<Scalar> {
 
   std::shared_ptr<const Model<Scalar>> model_;
   SessionOptions options_;
-  GrowingKV<Scalar> kv_;               // per layer [L, d] rotated keys and values
+  GrowingKV<Scalar> kv_;              // per layer [L, d] rotated keys and values
   detail::WindowScratch<Scalar> ws_;  // [<= kPrefillChunk, ...] pass buffers
   std::vector<int32_t> log_;
   Logits logits_;

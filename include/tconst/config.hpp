@@ -93,7 +93,8 @@ struct ModelConfig {
     constexpr int64_t kMaxDim = int64_t{1} << 24;
     auto positive = [&](int64_t v, const char* name) {
       if (v <= 0) throw Error(std::string(name) + " must be positive, got " + std::to_string(v));
-      if (v > kMaxDim) throw Error(std::string(name) + " is implausibly large: " + std::to_string(v));
+      if (v > kMaxDim)
+        throw Error(std::string(name) + " is implausibly large: " + std::to_string(v));
     };
     positive(vocab_size, "vocab_size");
     positive(n_embd, "n_embd");

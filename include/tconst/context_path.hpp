@@ -162,8 +162,8 @@ class ContextPath {
         detail::linear<Scalar>(xn, d, Z, Pj.qkv_w.mat(), Pj.qkv_b.data, qkv, 3 * d);
         detail::rope(qkv, 3 * d, Z, 2 * d, dh, hs, theta);
         store_z(cache, b, j, qkv + d, qkv + 2 * d, 3 * d, Z, d);
-        detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1}, att,
-                            d, false, s.scores.data());
+        detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
+                            att, d, false, s.scores.data());
         detail::linear<Scalar>(att, d, Z, Pj.out_w.mat(), Pj.out_b.data, xn, d);
         Eigen::Map<Vector<Scalar>>(Zc, Z * d) += Eigen::Map<const Vector<Scalar>>(xn, Z * d);
         detail::ffn_residual(Zc, d, Z, Pj, eps, xn, s.h1.data(), s.h3.data());

@@ -1,5 +1,6 @@
 #pragma once
-// GenerationPath: window tokens through every layer (SPEC §4 window stream, SPEC §5 cache-hit step).
+// GenerationPath: window tokens through every layer (SPEC §4 window stream, SPEC §5 cache-hit
+// step).
 //
 // A pass over n new window rows (n = 1 for a cache-hit step, up to W for a batched prefill)
 // projects each row once per layer, appends its rotated key and its value to that layer's window
@@ -27,12 +28,12 @@ constexpr Index kScoreBudget = Index{1} << 16;
 template <typename S>
 struct WindowScratch {
   Index rows = 0, keys = 0;
-  std::vector<S> x;       // [rows, d] residual stream
-  std::vector<S> xn;      // [rows, d] normalised stream; after a pass, LN_f of every row
-  std::vector<S> qkv;     // [rows, 3d] q | k | v, q and k rotated
-  std::vector<S> att;     // [rows, d] attention output
-  std::vector<S> h1, h3;  // [rows, f] FFN hidden
-  std::vector<S> scores;  // attention scores of one query block
+  std::vector<S> x;             // [rows, d] residual stream
+  std::vector<S> xn;            // [rows, d] normalised stream; after a pass, LN_f of every row
+  std::vector<S> qkv;           // [rows, 3d] q | k | v, q and k rotated
+  std::vector<S> att;           // [rows, d] attention output
+  std::vector<S> h1, h3;        // [rows, f] FFN hidden
+  std::vector<S> scores;        // attention scores of one query block
   std::vector<S> batch_logits;  // [streams, V], only for several streams stepped together
 
   void reserve(Index n_rows, Index n_keys, Index d, Index f, Index heads) {
@@ -75,7 +76,8 @@ template <typename S>
 void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
                     Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
                     S* scores) {
-  const Index block = std::max<Index>(1, std::min<Index>(nq, kScoreBudget / std::max<Index>(nk, 1)));
+  const Index block =
+      std::max<Index>(1, std::min<Index>(nq, kScoreBudget / std::max<Index>(nk, 1)));
   for (Index r0 = 0; r0 < nq; r0 += block) {
     const Index n = std::min(block, nq - r0);
     attend_rows(Q + r0 * ld_q, ld_q, n, K, V, ld_kv, nk, heads, dh,
@@ -110,7 +112,8 @@ void layer_forward(const Model<S>& m, const LayerWeights<S>& L, S* x, Index n, i
                    Index{-1}, att, d, true, s.scores.data());
   }
   linear<S>(att, d, n, L.out_w.mat(), L.out_b.data, xn, d);
-  RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) += ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
+  RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) +=
+      ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
   ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data());
 }
 
@@ -160,7 +163,8 @@ class GenerationPath {
     detail::embed(m, tokens, n, x);
     for (Index b = 0; b < c.n_block; ++b) {
       for (Index j = 0; j < D; ++j) {
-        const detail::SelfKV<Scalar> self{cache.window_keys(b, j), cache.window_values(b, j), d, i0};
+        const detail::SelfKV<Scalar> self{cache.window_keys(b, j), cache.window_values(b, j), d,
+                                          i0};
         detail::CrossKV<Scalar> cross[1];
         int n_cross = 0;
         if (j >= 1 && cache.z_rows() > 0) {

@@ -6,15 +6,14 @@
 // keys and values ([W, d] each, one row per token since the last resync). Its size is
 // B * ((D-1)*Hh + D*W) * 2d scalars, fixed at construction; nothing ever reallocates it.
 
+#include <Eigen/Core>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <string>
 #include <vector>
-#include <algorithm>
-
-#include <Eigen/Core>
 
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"

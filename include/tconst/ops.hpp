@@ -5,13 +5,12 @@
 // kernels read and write straight into the cache and scratch buffers. The single-row variants are
 // the cache-hit hot path: they allocate nothing and are noexcept.
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "tconst/weights.hpp"
 
@@ -63,7 +62,7 @@ void gemv(const ConstMatrixMap<S>& W, const S* x, const S* bias, S* y) noexcept 
   const int threads = omp_get_max_threads();
   if (threads > 1 && rows >= 2 * kMinRowsPerThread && !omp_in_parallel()) {
     const Index nchunks = std::min<Index>(threads, rows / kMinRowsPerThread);
-#pragma omp parallel for num_threads(static_cast<int>(nchunks)) schedule(static)
+#pragma omp parallel for num_threads(static_cast <int>(nchunks)) schedule(static)
     for (Index c = 0; c < nchunks; ++c) {
       const Index r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
       Eigen::Map<Vector<S>> yc(y + r0, r1 - r0);

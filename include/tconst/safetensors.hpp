@@ -9,11 +9,10 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"
@@ -119,8 +118,12 @@ class FileBytes {
     return f;
   }
 
-  const uint8_t* data() const { return bytes_; }
-  size_t size() const { return size_; }
+  const uint8_t* data() const {
+    return bytes_;
+  }
+  size_t size() const {
+    return size_;
+  }
 
  private:
   void* mapped_ = nullptr;
@@ -136,10 +139,10 @@ inline int64_t dtype_size(const std::string& name, DType* kind) {
     DType kind;
   };
   static const Entry kTable[] = {
-      {"F64", 8, DType::kF64},    {"F32", 4, DType::kF32},    {"F16", 2, DType::kF16},
-      {"BF16", 2, DType::kBF16},  {"I64", 8, DType::kOther},  {"I32", 4, DType::kOther},
-      {"I16", 2, DType::kOther},  {"I8", 1, DType::kOther},   {"U64", 8, DType::kOther},
-      {"U32", 4, DType::kOther},  {"U16", 2, DType::kOther},  {"U8", 1, DType::kOther},
+      {"F64", 8, DType::kF64},    {"F32", 4, DType::kF32},       {"F16", 2, DType::kF16},
+      {"BF16", 2, DType::kBF16},  {"I64", 8, DType::kOther},     {"I32", 4, DType::kOther},
+      {"I16", 2, DType::kOther},  {"I8", 1, DType::kOther},      {"U64", 8, DType::kOther},
+      {"U32", 4, DType::kOther},  {"U16", 2, DType::kOther},     {"U8", 1, DType::kOther},
       {"BOOL", 1, DType::kOther}, {"F8_E4M3", 1, DType::kOther}, {"F8_E5M2", 1, DType::kOther},
   };
   for (const Entry& e : kTable) {
@@ -186,7 +189,8 @@ class SafetensorsFile {
   void parse() {
     const size_t size = bytes_->size();
     const uint8_t* p = bytes_->data();
-    if (size < 8) fail("truncated: " + std::to_string(size) + " bytes, no room for the header length");
+    if (size < 8)
+      fail("truncated: " + std::to_string(size) + " bytes, no room for the header length");
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | p[i];
     if (header_len > size - 8) {
@@ -213,7 +217,8 @@ class SafetensorsFile {
       if (name == "__metadata__") {
         if (!v.is_object()) fail("__metadata__ is not an object");
         for (auto m = v.begin(); m != v.end(); ++m) {
-          if (!m.value().is_string()) fail("__metadata__ value of '" + m.key() + "' is not a string");
+          if (!m.value().is_string())
+            fail("__metadata__ value of '" + m.key() + "' is not a string");
           metadata_[m.key()] = m.value().get<std::string>();
         }
         continue;
@@ -246,7 +251,8 @@ class SafetensorsFile {
       }
       t.numel = numel;
       for (const auto& o : *off) {
-        if (!o.is_number_unsigned()) fail("tensor '" + name + "' has a negative or non-integer offset");
+        if (!o.is_number_unsigned())
+          fail("tensor '" + name + "' has a negative or non-integer offset");
       }
       const uint64_t begin = (*off)[0].get<uint64_t>();
       const uint64_t end = (*off)[1].get<uint64_t>();

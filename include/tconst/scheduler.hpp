@@ -250,7 +250,8 @@ class Scheduler final : public Session<Scalar> {
   static std::shared_ptr<const Model<Scalar>> checked(std::shared_ptr<const Model<Scalar>> m) {
     if (!m) throw Error("Scheduler needs a model");
     if (m->config().is_baseline()) {
-      throw Error("a transformer model has no fixed cache; use make_session() or TransformerSession");
+      throw Error(
+          "a transformer model has no fixed cache; use make_session() or TransformerSession");
     }
     return m;
   }
@@ -277,8 +278,8 @@ class Scheduler final : public Session<Scalar> {
 
   void resync(int64_t Lc) {
     const ModelConfig& c = model_->config();
-    const Index keys = std::max({c.generate_window, c.history_window,
-                                 context_kv_ ? static_cast<Index>(Lc) : Index{0}});
+    const Index keys = std::max(
+        {c.generate_window, c.history_window, context_kv_ ? static_cast<Index>(Lc) : Index{0}});
     ws_.reserve(c.generate_window, keys, c.n_embd, c.ffn_hidden, c.n_head);
     ContextPath<Scalar>::resync(*model_, log_.data(), Lc, cache_, context_kv_.get(), cs_);
     ++resyncs_;

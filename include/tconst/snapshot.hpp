@@ -137,7 +137,8 @@ void load_session(Session<Scalar>& session, const std::string& path) {
       throw Error("format version " + std::to_string(version) + " is newer than this library's " +
                   std::to_string(kSnapshotVersion));
     }
-    if (version != kSnapshotVersion) throw Error("unknown format version " + std::to_string(version));
+    if (version != kSnapshotVersion)
+      throw Error("unknown format version " + std::to_string(version));
     const uint32_t scalar = r.get<uint32_t>("header");
     const uint64_t identity = r.get<uint64_t>("header");
     const uint64_t state_len = r.get<uint64_t>("header");

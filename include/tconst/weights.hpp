@@ -5,6 +5,7 @@
 // (F16, BF16, or F32 for a double model) are converted once at load. A Model is never modified
 // after load() returns, so one instance may serve any number of sessions on any number of threads.
 
+#include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -12,8 +13,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"
@@ -94,7 +93,8 @@ inline float bf16_to_float(uint16_t b) {
 }
 
 // Element i of a little-endian tensor as Scalar. (Hosts are assumed little-endian, as everywhere
-// Eigen's vectorised paths run; a static_assert in model loading would be the place for big-endian.)
+// Eigen's vectorised paths run; a static_assert in model loading would be the place for
+// big-endian.)
 template <typename Scalar>
 Scalar load_element(const TensorInfo& t, int64_t i) {
   const uint8_t* p = t.data;
@@ -221,8 +221,8 @@ class Model {
           for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
           return out + "]";
         };
-        throw fail("tensor '" + name + "' has shape " + str(t->shape) + ", expected " +
-                   str(shape) + " from the metadata");
+        throw fail("tensor '" + name + "' has shape " + str(t->shape) + ", expected " + str(shape) +
+                   " from the metadata");
       }
       if (t->dtype == DType::kOther) {
         throw fail("tensor '" + name + "' has unsupported dtype " + t->dtype_name +
@@ -314,7 +314,8 @@ class Model {
       return v;
     }
     std::vector<Scalar> buf(static_cast<size_t>(t.numel));
-    for (int64_t i = 0; i < t.numel; ++i) buf[static_cast<size_t>(i)] = detail::load_element<Scalar>(t, i);
+    for (int64_t i = 0; i < t.numel; ++i)
+      buf[static_cast<size_t>(i)] = detail::load_element<Scalar>(t, i);
     converted_bytes_ += buf.size() * sizeof(Scalar);
     owned_.push_back(std::move(buf));
     v.data = owned_.back().data();
