@@ -111,6 +111,21 @@ class TestCppLogits(unittest.TestCase):
             with self.subTest(dtype=dtype):
                 self.check("tconstformer", dtype=dtype, length=20, seed=11)
 
+    def test_bundled_demo_models(self):
+        """The trained byte-level models in models/ on a KJV excerpt: with
+        W = Hh = 64, 300 bytes cross four resyncs with a compressed context."""
+        with open(os.path.join(ROOT, "models", "kjv_val.txt"), "rb") as f:
+            ids = list(f.read(300))
+        for name in ("kjv-tconst.safetensors", "kjv-transformer.safetensors"):
+            path = os.path.join(ROOT, "models", name)
+            if not os.path.exists(path):
+                continue
+            with self.subTest(model=name):
+                ref = self.torch_logits(path, ids)
+                got = self.cpp_logits(path, ids, 256)
+                tol = 1e-4 * (1.0 + np.abs(ref).max())
+                self.assertLess(np.abs(got - ref).max(), tol, name)
+
     def test_greedy_generate(self):
         model = fresh_model("tconstformer", 13)
         path = os.path.join(self.dir, "g.safetensors")
