@@ -9,6 +9,7 @@
 // path holds no state: the cache and the scratch are passed in.
 
 #include <algorithm>
+#include <cassert>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -159,6 +160,9 @@ class GenerationPath {
     const Index d = c.n_embd, D = c.inner_depth;
     const Index i0 = cache.window_rows();  // first new window row
     const int64_t pos0 = cache.context_length() + i0;
+    assert(i0 + n <= cache.window_capacity() && n <= s.rows);
+    assert(c.n_head * std::max({i0 + n, cache.z_rows(), context_kv ? context_kv->rows() : 0}) <=
+           static_cast<Index>(s.scores.size()));
     Scalar* x = s.x.data();
     detail::embed(m, tokens, n, x);
     for (Index b = 0; b < c.n_block; ++b) {
@@ -195,6 +199,13 @@ class GenerationPath {
     Scalar* xn = s.xn.data();
     Scalar* qkv = s.qkv.data();
     Scalar* att = s.att.data();
+    assert(S <= s.rows);
+    for (Index r = 0; r < S; ++r) {
+      assert(caches[r]->window_rows() < caches[r]->window_capacity());
+      assert(heads * std::max({caches[r]->window_rows() + 1, caches[r]->z_rows(),
+                               context_kv[r] ? context_kv[r]->rows() : 0}) <=
+             static_cast<Index>(s.scores.size()));
+    }
     detail::embed(m, tokens, S, x);
     for (Index b = 0; b < c.n_block; ++b) {
       for (Index j = 0; j < D; ++j) {

@@ -165,6 +165,9 @@ class Scheduler final : public Session<Scalar> {
     reserve_log(expect_lc + W);
     log.reserve(log_.capacity());
     if (context_kv_) context_kv_->reserve(static_cast<Index>(ctx_rows));
+    // The window pass attends to every restored context row (TLinFormer).
+    ws_.reserve(W, std::max({W, c.history_window, static_cast<Index>(ctx_rows)}), d, c.ffn_hidden,
+                c.n_head);
     log_.swap(log);
     std::memcpy(cache_.data(), cache, cache_.bytes());
     cache_.set_context(Lc, static_cast<Index>(z));
