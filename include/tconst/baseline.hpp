@@ -127,7 +127,8 @@ class TransformerSession final : public Session<Scalar> {
   /// not depend on the values; the logits that follow are not those of any real stream.
   void fill_synthetic(int64_t depth, uint64_t seed = 1) {
     reset();
-    kv_.reserve(static_cast<Index>(depth) + 1);
+    // Headroom, so that the steps timed after this do not include a reallocation of the cache.
+    kv_.reserve(static_cast<Index>(depth) + 4096);
     const Index d = model_->config().n_embd;
     uint64_t x = seed;
     for (Index l = 0; l < kv_.layers(); ++l) {
