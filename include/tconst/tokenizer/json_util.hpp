@@ -56,14 +56,23 @@ inline std::string describe_json(const nlohmann::json& v) {
   return std::string(v.type_name()) + " " + text;
 }
 
+/// Deepest nesting of arrays and objects that parse_json_strict accepts. Tokenizer files nest
+/// four or five levels; the limit matters because copying or printing a json value recurses once
+/// per level, so a file of a million '[' would overflow the stack.
+constexpr int kMaxJsonDepth = 128;
+
 /// Parses JSON text. Unlike nlohmann's default, a key that appears twice in one object is an error
-/// (the default keeps the last one silently, which would hide a corrupt vocabulary).
+/// (the default keeps the last one silently, which would hide a corrupt vocabulary), and so is
+/// nesting deeper than kMaxJsonDepth.
 inline nlohmann::json parse_json_strict(std::string_view text, const std::string& source) {
   // One set of keys per open object; parsing is depth first, so a stack suffices.
   std::vector<std::unordered_set<std::string>> open_objects;
-  auto check_keys = [&](int /*depth*/, nlohmann::json::parse_event_t event,
-                        nlohmann::json& parsed) {
+  auto check_keys = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
     using Event = nlohmann::json::parse_event_t;
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxJsonDepth) {
+      throw Error(source + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
+                  " levels");
+    }
     if (event == Event::object_start) {
       open_objects.emplace_back();
     } else if (event == Event::object_end) {
