@@ -369,14 +369,15 @@ int cmd_perplexity(const Args& args) {
   return 0;
 }
 
+// The tokenizer a model names (--model), or the one given by --tokenizer.
+std::unique_ptr<tconst::Tokenizer> tokenizer_from_flags(const Args& args) {
+  if (!args.has("model")) return tokenizer_for(nullptr, args);
+  auto model = tconst::Model<float>::load(args.str("model"));
+  return tokenizer_for(&model->config(), args);
+}
+
 int cmd_tokenize(const Args& args) {
-  std::unique_ptr<tconst::Tokenizer> tok;
-  if (args.has("model")) {
-    auto model = tconst::Model<float>::load(args.str("model"));
-    tok = tokenizer_for(&model->config(), args);
-  } else {
-    tok = tokenizer_for(nullptr, args);
-  }
+  const auto tok = tokenizer_from_flags(args);
   const auto ids = tok->encode(read_stdin());
   for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);
   std::printf("\n");
@@ -384,13 +385,7 @@ int cmd_tokenize(const Args& args) {
 }
 
 int cmd_detokenize(const Args& args) {
-  std::unique_ptr<tconst::Tokenizer> tok;
-  if (args.has("model")) {
-    auto model = tconst::Model<float>::load(args.str("model"));
-    tok = tokenizer_for(&model->config(), args);
-  } else {
-    tok = tokenizer_for(nullptr, args);
-  }
+  const auto tok = tokenizer_from_flags(args);
   const auto ids = tconst::parse_ids(read_stdin(), tok->vocab_size());
   const std::string text = tok->decode(ids);
   std::fwrite(text.data(), 1, text.size(), stdout);

@@ -88,17 +88,8 @@ class TransformerSession final : public Session<Scalar> {
     const ModelConfig& c = model_->config();
     const Index d = c.n_embd;
     detail::ByteReader r(data, size);
-    const uint64_t n = r.get<uint64_t>("token log");
-    if (n > static_cast<uint64_t>(options_.max_context)) {
-      throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
-    }
-    // The tokens must be there before anything is sized by n (a short file may claim 2^30).
-    const uint8_t* tokens = r.span<int32_t>(n, "token log");
-    std::vector<int32_t> log(static_cast<size_t>(n));
-    if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
-    for (int32_t t : log) {
-      if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
-    }
+    std::vector<int32_t> log = detail::read_token_log(r, c, options_);
+    const uint64_t n = log.size();
     std::vector<const uint8_t*> kv;
     for (Index l = 0; l < kv_.layers(); ++l) {
       kv.push_back(r.span<Scalar>(n * d, "key/value cache"));

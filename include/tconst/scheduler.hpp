@@ -122,16 +122,8 @@ class Scheduler final : public Session<Scalar> {
     const ModelConfig& c = model_->config();
     const Index d = c.n_embd, W = c.generate_window;
     detail::ByteReader r(data, size);
-    const uint64_t n = r.get<uint64_t>("token log");
-    if (n > static_cast<uint64_t>(options_.max_context)) {
-      throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
-    }
-    const uint8_t* tokens = r.span<int32_t>(n, "token log");
-    std::vector<int32_t> log(static_cast<size_t>(n));
-    if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
-    for (int32_t t : log) {
-      if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
-    }
+    std::vector<int32_t> log = detail::read_token_log(r, c, options_);
+    const uint64_t n = log.size();
     const int64_t resyncs = r.get<int64_t>("state");
     const int64_t Lc = r.get<int64_t>("state");
     const int64_t z = r.get<int64_t>("state");

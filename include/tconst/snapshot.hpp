@@ -80,6 +80,23 @@ class ByteReader {
   size_t left_;
 };
 
+/// Reads a snapshot's token log: at most max_context tokens, every id in [0, V). The bytes must
+/// be present before anything is sized by the claimed count (a short file may claim 2^30).
+inline std::vector<int32_t> read_token_log(ByteReader& r, const ModelConfig& c,
+                                           const SessionOptions& o) {
+  const uint64_t n = r.get<uint64_t>("token log");
+  if (n > static_cast<uint64_t>(o.max_context)) {
+    throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
+  }
+  const uint8_t* tokens = r.span<int32_t>(n, "token log");
+  std::vector<int32_t> log(static_cast<size_t>(n));
+  if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
+  for (int32_t t : log) {
+    if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
+  }
+  return log;
+}
+
 }  // namespace detail
 
 /// Saves the session to `path` (atomically: temporary file, then rename).
