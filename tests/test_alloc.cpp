@@ -6,35 +6,10 @@
 #include <new>
 #include <string>
 
+#include "support/counting_new.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "tconst/tconst.hpp"
-
-namespace {
-std::atomic<long> g_allocations{0};
-}
-
-// noinline: GCC otherwise pairs the inlined malloc with a sized delete and warns of a mismatch.
-[[gnu::noinline]] void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t n) {
-  return operator new(n);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace {
 
@@ -49,10 +24,10 @@ void check_no_allocation(const tconst_test::RefShape& shape) {
   long hit_allocations = 0, hits = 0, resyncs = 0;
   for (int p = 0; p < 10 * shape.W; ++p) {
     const bool hit = p == 0 || p % shape.W != 0;
-    const long before = g_allocations.load();
+    const long before = tconst_test::heap_allocations();
     s.feed(p % shape.V);
     if (hit) {
-      hit_allocations += g_allocations.load() - before;
+      hit_allocations += tconst_test::heap_allocations() - before;
       ++hits;
     } else {
       ++resyncs;
@@ -74,10 +49,10 @@ TEST(Allocation, TLinFormerHitStepsAllocateNothing) {
 
 // The counter itself works (so a zero above means something).
 TEST(Allocation, CounterCounts) {
-  const long before = g_allocations.load();
+  const long before = tconst_test::heap_allocations();
   auto* v = new std::string(100, 'x');
   delete v;
-  EXPECT_GT(g_allocations.load(), before);
+  EXPECT_GT(tconst_test::heap_allocations(), before);
 }
 
 }  // namespace

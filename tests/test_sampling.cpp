@@ -21,39 +21,12 @@
 #include <unistd.h>
 #endif
 
+#include "support/counting_new.hpp"  // proves that sample() reuses its buffers
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "tconst/generate.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/tconst.hpp"
-
-// Counting every plain heap allocation lets a test prove that sample() reuses its buffers.
-namespace {
-std::atomic<long> g_heap_allocations{0};
-}  // namespace
-
-// None of these is inlined: GCC would otherwise see free() applied to the result of a
-// new-expression (or operator delete to that of malloc) and warn, -Wmismatched-new-delete.
-[[gnu::noinline]] void* operator new(std::size_t size) {
-  g_heap_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t size) {
-  return ::operator new(size);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace {
 
@@ -473,9 +446,9 @@ TEST(Sampler, NoAllocationAfterTheFirstCall) {
   for (size_t i = 0; i < configs.size(); ++i) {
     Sampler<float> s(configs[i]);
     s.sample(logits, history);
-    const long before = g_heap_allocations.load();
+    const long before = tconst_test::heap_allocations();
     for (int k = 0; k < 100; ++k) s.sample(logits, history);
-    EXPECT_EQ(g_heap_allocations.load() - before, 0) << "config " << i;
+    EXPECT_EQ(tconst_test::heap_allocations() - before, 0) << "config " << i;
   }
 }
 

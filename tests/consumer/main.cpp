@@ -1,7 +1,6 @@
 // Streams a model's greedy continuation of a few ids: proves the installed package is usable.
 #include <cstdio>
 #include <cstdlib>
-
 #include <tconst/tconst.hpp>
 
 int main(int argc, char** argv) {
