@@ -95,12 +95,8 @@ class TransformerSession final : public Session<Scalar> {
       kv.push_back(r.span<Scalar>(n * d, "key/value cache"));
       kv.push_back(r.span<Scalar>(n * d, "key/value cache"));
     }
-    const uint64_t nl = r.get<uint64_t>("logits");
-    if (nl != (n > 0 ? static_cast<uint64_t>(c.vocab_size) : 0)) {
-      throw Error("snapshot logits disagree with the model");
-    }
-    const uint8_t* logits = r.span<Scalar>(nl, "logits");
-    if (r.left() != 0) throw Error("snapshot has trailing bytes");
+    uint64_t nl = 0;
+    const uint8_t* logits = detail::read_logits_tail<Scalar>(r, c, n, &nl);
     kv_.reserve(static_cast<Index>(n));
     log_.swap(log);
     for (Index l = 0; l < kv_.layers(); ++l) {

@@ -146,12 +146,8 @@ class Scheduler final : public Session<Scalar> {
       ctx.push_back(r.span<Scalar>(ctx_rows * d, "context cache"));
       ctx.push_back(r.span<Scalar>(ctx_rows * d, "context cache"));
     }
-    const uint64_t nl = r.get<uint64_t>("logits");
-    if (nl != (n > 0 ? static_cast<uint64_t>(c.vocab_size) : 0)) {
-      throw Error("snapshot logits disagree with the model");
-    }
-    const uint8_t* logits = r.span<Scalar>(nl, "logits");
-    if (r.left() != 0) throw Error("snapshot has trailing bytes");
+    uint64_t nl = 0;
+    const uint8_t* logits = detail::read_logits_tail<Scalar>(r, c, n, &nl);
 
     // Everything checked; allocate what may grow, then commit (nothing below throws).
     reserve_log(expect_lc + W);

@@ -97,6 +97,21 @@ inline std::vector<int32_t> read_token_log(ByteReader& r, const ModelConfig& c,
   return log;
 }
 
+/// Reads the last part of a snapshot's state: the logits after the last token (none before the
+/// first), and checks that nothing follows them. Returns where the V scalars start.
+template <typename Scalar>
+const uint8_t* read_logits_tail(ByteReader& r, const ModelConfig& c, uint64_t n_tokens,
+                                uint64_t* count) {
+  const uint64_t nl = r.get<uint64_t>("logits");
+  if (nl != (n_tokens > 0 ? static_cast<uint64_t>(c.vocab_size) : 0)) {
+    throw Error("snapshot logits disagree with the model");
+  }
+  const uint8_t* logits = r.span<Scalar>(nl, "logits");
+  if (r.left() != 0) throw Error("snapshot has trailing bytes");
+  *count = nl;
+  return logits;
+}
+
 }  // namespace detail
 
 /// Saves the session to `path` (atomically: temporary file, then rename).
