@@ -307,7 +307,7 @@ void BM_Linear(benchmark::State& state, Index rows, Index cols, bool with_bias) 
 }
 #define TCONST_LINEAR(name, rows, cols, bias)          \
   BENCHMARK_CAPTURE(BM_Linear, name, rows, cols, bias) \
-      ->ArgsProduct({{kW}, thread_counts()})           \
+      ->ArgsProduct({{8, kW}, thread_counts()})        \
       ->ArgNames({"rows", "threads"})                  \
       ->UseRealTime()                                  \
       ->Unit(benchmark::kMicrosecond)
@@ -317,6 +317,12 @@ TCONST_LINEAR(out_432x432, kD, kD, true);
 TCONST_LINEAR(w1_w3_1280x432, kF, kD, false);
 TCONST_LINEAR(w2_432x1280, kD, kF, false);
 #undef TCONST_LINEAR
+// The head for 8 streams stepped together (256 rows would be a 51 MB output).
+BENCHMARK_CAPTURE(BM_Linear, head_50257x432, kVocab, kD, false)
+    ->ArgsProduct({{8}, thread_counts()})
+    ->ArgNames({"rows", "threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 /// The compress layer's context attention: Z = 256 queries fold in one chunk of range(0) keys
 /// (OnlineAttention::add, keys and values read from a [chunk, 3d] qkv buffer as in the resync).

@@ -10,8 +10,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "tconst/rows_gemm.hpp"
 #include "tconst/weights.hpp"
 
 #ifdef _OPENMP
@@ -52,35 +54,68 @@ void layer_norm(const S* in, Index ld_in, S* out, Index ld_out, Index n, Index d
   }
 }
 
-/// y[o] = W[o, :] . x (+ bias[o]) for one row; the hot GEMV. Rows of W are split over threads when
-/// OpenMP is enabled and the matrix is large enough to pay for it.
-template <typename S>
-void gemv(const ConstMatrixMap<S>& W, const S* x, const S* bias, S* y) noexcept {
-  const Index rows = W.rows(), cols = W.cols();
-  Eigen::Map<const Vector<S>> xv(x, cols);
+/// Calls f(r0, r1) over [0, rows) split into contiguous ranges, one per OpenMP thread when OpenMP
+/// is enabled and there are enough rows to pay for the fork; otherwise f(0, rows) once.
+template <typename F>
+void for_row_ranges(Index rows, const F& f) {
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
   if (threads > 1 && rows >= 2 * kMinRowsPerThread && !omp_in_parallel()) {
     const Index nchunks = std::min<Index>(threads, rows / kMinRowsPerThread);
 #pragma omp parallel for num_threads(static_cast <int>(nchunks)) schedule(static)
     for (Index c = 0; c < nchunks; ++c) {
-      const Index r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
-      Eigen::Map<Vector<S>> yc(y + r0, r1 - r0);
-      yc.noalias() = W.middleRows(r0, r1 - r0) * xv;
-      if (bias != nullptr) yc += Eigen::Map<const Vector<S>>(bias + r0, r1 - r0);
+      // Range starts on a multiple of 8 rows, so that register blocks do not straddle ranges.
+      const Index r0 = rows * c / nchunks / 8 * 8;
+      const Index r1 = c + 1 == nchunks ? rows : rows * (c + 1) / nchunks / 8 * 8;
+      f(r0, r1);
     }
     return;
   }
 #endif
-  Eigen::Map<Vector<S>> yv(y, rows);
-  yv.noalias() = W * xv;
-  if (bias != nullptr) yv += Eigen::Map<const Vector<S>>(bias, rows);
+  f(0, rows);
+}
+
+/// Input rows up to which linear() uses the few-row kernel of rows_gemm.hpp (where the CPU has
+/// one) instead of Eigen's matrix product, which packs the weights on every call.
+constexpr Index kRowsGemmMaxRows = 16;
+
+/// out[n, o] = in[n, i] W^T (+ bias) with the few-row kernel, or false when there is none for S
+/// or this CPU, or n is too large for it.
+template <typename S>
+bool linear_few_rows(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias,
+                     S* out, Index ld_out) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    const RowsGemmFn fn = active_rows_gemm();
+    if (fn == nullptr || n > kRowsGemmMaxRows) return false;
+    const Index k = W.cols();
+    for_row_ranges(W.rows(), [&](Index r0, Index r1) {
+      fn(W.data(), k, r0, r1, in, ld_in, n, bias, out, ld_out);
+    });
+    return true;
+  } else {
+    (void)in, (void)ld_in, (void)n, (void)W, (void)bias, (void)out, (void)ld_out;
+    return false;
+  }
+}
+
+/// y[o] = W[o, :] . x (+ bias[o]) for one row; the hot GEMV. Rows of W are split over threads when
+/// OpenMP is enabled and the matrix is large enough to pay for it.
+template <typename S>
+void gemv(const ConstMatrixMap<S>& W, const S* x, const S* bias, S* y) noexcept {
+  if (linear_few_rows(x, W.cols(), 1, W, bias, y, W.rows())) return;
+  Eigen::Map<const Vector<S>> xv(x, W.cols());
+  for_row_ranges(W.rows(), [&](Index r0, Index r1) {
+    Eigen::Map<Vector<S>> yc(y + r0, r1 - r0);
+    yc.noalias() = W.middleRows(r0, r1 - r0) * xv;
+    if (bias != nullptr) yc += Eigen::Map<const Vector<S>>(bias + r0, r1 - r0);
+  });
 }
 
 /// out[n, o] = in[n, i] W^T + bias, W stored [o, i] (PyTorch layout).
 template <typename S>
 void linear(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias, S* out,
             Index ld_out) {
+  if (linear_few_rows(in, ld_in, n, W, bias, out, ld_out)) return;
   if (n == 1) {
     gemv(W, in, bias, out);
     return;
@@ -257,11 +292,12 @@ void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double ep
   Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(h1, n * f);
   Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> g(h3, n * f);
   a = a / (S(1) + (-a).exp()) * g;
-  if (n == 1) {
-    Eigen::Map<Vector<S>> xv(x, d);
-    Eigen::Map<Vector<S>> tmp(xn, d);  // xn is free again: reuse it for w2's output
-    gemv<S>(L.w2.mat(), h1, nullptr, tmp.data());
-    xv += tmp;
+  if (n <= kRowsGemmMaxRows) {
+    // Few rows (a step): w2's product into xn, free again, then the residual, so that the product
+    // takes the few-row path.
+    linear<S>(h1, f, n, L.w2.mat(), nullptr, xn, d);
+    RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)) +=
+        ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
     return;
   }
   RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)).noalias() +=

@@ -1,0 +1,145 @@
+#pragma once
+// Few-row matrix products in float, out[n, o] = in[n, k] W[o, k]^T (+ bias), for the steps that
+// push one row (a cache-hit step) or a handful of rows (S streams stepped together) through a
+// weight matrix. Each weight row is read once and multiplied against every input row while it is
+// in registers: no packing, no temporary. On x86-64 with GCC or Clang the kernel is compiled for
+// AVX-512 and for AVX2 + FMA and the best one the CPU supports is picked at run time, so a build
+// for the baseline x86-64 still runs at the machine's vector width. Elsewhere (other compilers or
+// CPUs, double precision) the callers use Eigen.
+//
+// TCONST_ISA=avx512|avx2|none in the environment caps the choice (read once, on first use), for
+// comparing the paths; a choice the CPU cannot run falls back to the next one down.
+
+#include <Eigen/Core>
+#include <cstdlib>
+#include <cstring>
+
+#if !defined(TCONST_NO_DISPATCH) && (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define TCONST_X86_DISPATCH 1
+#include <immintrin.h>
+#else
+#define TCONST_X86_DISPATCH 0
+#endif
+
+#if TCONST_X86_DISPATCH
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#define TCONST_ISA_NS avx512
+#define TCONST_ISA_LANES 16
+#define TCONST_ISA_ROWS 4
+#define TCONST_ISA_GROUP 4
+#include "tconst/rows_gemm_isa.inl"
+#undef TCONST_ISA_NS
+#undef TCONST_ISA_LANES
+#undef TCONST_ISA_ROWS
+#undef TCONST_ISA_GROUP
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define TCONST_ISA_NS avx2
+#define TCONST_ISA_LANES 8
+#define TCONST_ISA_ROWS 4
+#define TCONST_ISA_GROUP 2
+#include "tconst/rows_gemm_isa.inl"
+#undef TCONST_ISA_NS
+#undef TCONST_ISA_LANES
+#undef TCONST_ISA_ROWS
+#undef TCONST_ISA_GROUP
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#endif  // TCONST_X86_DISPATCH
+
+namespace tconst {
+namespace detail {
+
+/// The instruction sets a few-row kernel exists for, best last.
+enum class Isa { none, avx2, avx512 };
+
+/// out[g, o] = in[g, :] . W[o, :] (+ bias[o]) for g < n, o in [o0, o1); W is [rows, k] row-major,
+/// input rows ld_in apart, output rows ld_out apart. Allocates nothing.
+using RowsGemmFn = void (*)(const float* W, Eigen::Index k, Eigen::Index o0, Eigen::Index o1,
+                            const float* in, Eigen::Index ld_in, Eigen::Index n, const float* bias,
+                            float* out, Eigen::Index ld_out);
+
+/// The kernel for `isa`, or nullptr when this build or this CPU cannot run it.
+inline RowsGemmFn rows_gemm_for(Isa isa) {
+#if TCONST_X86_DISPATCH
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::avx512:
+      if (__builtin_cpu_supports("avx512f")) return &avx512::rows_gemm;
+      return nullptr;
+    case Isa::avx2:
+      if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2::rows_gemm;
+      return nullptr;
+    case Isa::none:
+      return nullptr;
+  }
+#endif
+  (void)isa;
+  return nullptr;
+}
+
+/// Name of an instruction set as TCONST_ISA spells it.
+inline const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::none:
+      break;
+  }
+  return "none";
+}
+
+/// The instruction set the few-row kernel uses in this process: the best one the CPU runs, capped
+/// by TCONST_ISA. Chosen once.
+inline Isa active_isa() {
+  static const Isa chosen = [] {
+    Isa cap = Isa::avx512;
+    if (const char* env = std::getenv("TCONST_ISA")) {
+      if (std::strcmp(env, "avx2") == 0) cap = Isa::avx2;
+      if (std::strcmp(env, "none") == 0) cap = Isa::none;
+    }
+    for (Isa isa : {Isa::avx512, Isa::avx2}) {
+      if (static_cast<int>(isa) <= static_cast<int>(cap) && rows_gemm_for(isa) != nullptr) {
+        return isa;
+      }
+    }
+    return Isa::none;
+  }();
+  return chosen;
+}
+
+/// The kernel of active_isa(), or nullptr (then use Eigen).
+inline RowsGemmFn active_rows_gemm() {
+  static const RowsGemmFn fn = rows_gemm_for(active_isa());
+  return fn;
+}
+
+}  // namespace detail
+}  // namespace tconst

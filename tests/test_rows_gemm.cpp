@@ -1,0 +1,149 @@
+// The few-row float kernels of rows_gemm.hpp against a double-precision dot product: every
+// instruction set this CPU runs, over row counts, column counts and input counts that exercise each
+// register block and every tail (columns not a multiple of the vector width, rows not a multiple
+// of the row block, input rows not a multiple of the group), with and without bias, with padded
+// strides (padding must stay untouched) and sub-ranges of output rows. Then linear() and gemv(),
+// which pick the kernel, against Eigen.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tconst/ops.hpp"
+#include "tconst/rows_gemm.hpp"
+
+namespace {
+
+using Eigen::Index;
+using tconst::detail::Isa;
+
+constexpr float kPad = -7777.0f;
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(gen);
+  return v;
+}
+
+struct Case {
+  Index rows, k, n;
+};
+
+/// Runs `fn` on out rows [o0, o1) of a rows x k matrix against n padded input rows, and checks
+/// every output against a double dot product and every other entry against the padding.
+void check_kernel(tconst::detail::RowsGemmFn fn, const Case& c, Index o0, Index o1, bool bias,
+                  uint32_t seed) {
+  SCOPED_TRACE("rows " + std::to_string(c.rows) + " k " + std::to_string(c.k) + " n " +
+               std::to_string(c.n) + " o [" + std::to_string(o0) + ", " + std::to_string(o1) +
+               ") bias " + std::to_string(bias));
+  const Index ld_in = c.k + 3, ld_out = c.rows + 5;
+  const std::vector<float> W = random_floats(static_cast<size_t>(c.rows * c.k), seed);
+  const std::vector<float> in = random_floats(static_cast<size_t>(c.n * ld_in), seed + 1);
+  const std::vector<float> b = random_floats(static_cast<size_t>(c.rows), seed + 2);
+  std::vector<float> out(static_cast<size_t>(c.n * ld_out), kPad);
+  fn(W.data(), c.k, o0, o1, in.data(), ld_in, c.n, bias ? b.data() : nullptr, out.data(), ld_out);
+  for (Index g = 0; g < c.n; ++g) {
+    for (Index o = 0; o < ld_out; ++o) {
+      const float got = out[static_cast<size_t>(g * ld_out + o)];
+      if (o < o0 || o >= o1) {
+        ASSERT_EQ(got, kPad) << "wrote outside its range at input row " << g << ", column " << o;
+        continue;
+      }
+      double want = bias ? b[static_cast<size_t>(o)] : 0.0;
+      double mag = std::abs(want);
+      for (Index j = 0; j < c.k; ++j) {
+        const double t = static_cast<double>(W[static_cast<size_t>(o * c.k + j)]) *
+                         in[static_cast<size_t>(g * ld_in + j)];
+        want += t;
+        mag += std::abs(t);
+      }
+      ASSERT_NEAR(got, want, 1e-6 * mag + 1e-6) << "input row " << g << ", output " << o;
+    }
+  }
+}
+
+std::vector<Isa> runnable_isas() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (tconst::detail::rows_gemm_for(isa) != nullptr) isas.push_back(isa);
+  }
+  return isas;
+}
+
+TEST(RowsGemm, EveryRunnableKernelMatchesADoubleDotProduct) {
+  const std::vector<Isa> isas = runnable_isas();
+  if (isas.empty()) GTEST_SKIP() << "no few-row kernel runs on this CPU or compiler";
+  const Index ks[] = {1, 5, 8, 15, 16, 17, 31, 33, 36, 432};
+  const Index rows[] = {1, 3, 4, 7, 8, 9, 13, 17, 35};
+  uint32_t seed = 1;
+  for (Isa isa : isas) {
+    SCOPED_TRACE(tconst::detail::isa_name(isa));
+    const tconst::detail::RowsGemmFn fn = tconst::detail::rows_gemm_for(isa);
+    for (Index k : ks) {
+      for (Index r : rows) {
+        for (Index n = 1; n <= 17; ++n) {
+          check_kernel(fn, {r, k, n}, 0, r, (n + r) % 2 == 0, seed++);
+          if (r > 2) check_kernel(fn, {r, k, n}, 1, r - 1, n % 2 == 0, seed++);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+TEST(RowsGemm, IsaNamesAndAvailability) {
+  EXPECT_STREQ(tconst::detail::isa_name(Isa::avx512), "avx512");
+  EXPECT_STREQ(tconst::detail::isa_name(Isa::avx2), "avx2");
+  EXPECT_STREQ(tconst::detail::isa_name(Isa::none), "none");
+  EXPECT_EQ(tconst::detail::rows_gemm_for(Isa::none), nullptr);
+  // The active choice is one the CPU runs, and its kernel is the one active_rows_gemm() returns.
+  const Isa active = tconst::detail::active_isa();
+  EXPECT_EQ(tconst::detail::active_rows_gemm(), tconst::detail::rows_gemm_for(active));
+  if (active != Isa::none) {
+    EXPECT_NE(tconst::detail::active_rows_gemm(), nullptr);
+  }
+}
+
+/// linear() and gemv() (whichever path they take for float: kernel or Eigen) against Eigen's own
+/// product, for input counts on both sides of kRowsGemmMaxRows.
+TEST(RowsGemm, LinearAndGemvAgreeWithEigen) {
+  const Index rows = 67, k = 45, ld_in = 50, ld_out = 70;
+  const std::vector<float> W = random_floats(static_cast<size_t>(rows * k), 91);
+  const std::vector<float> b = random_floats(static_cast<size_t>(rows), 92);
+  const tconst::ConstMatrixMap<float> Wm(W.data(), rows, k);
+  for (Index n : {Index{1}, Index{2}, Index{8}, tconst::detail::kRowsGemmMaxRows,
+                  tconst::detail::kRowsGemmMaxRows + 1, Index{40}}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    const std::vector<float> in = random_floats(static_cast<size_t>(n * ld_in), 93 + n);
+    std::vector<float> out(static_cast<size_t>(n * ld_out), kPad);
+    tconst::detail::linear<float>(in.data(), ld_in, n, Wm, b.data(), out.data(), ld_out);
+    const Eigen::Map<const tconst::MatrixRM<float>, 0, Eigen::OuterStride<>> X(
+        in.data(), n, k, Eigen::OuterStride<>(ld_in));
+    const tconst::MatrixRM<float> want =
+        (X * Wm.transpose()).rowwise() + Eigen::Map<const Eigen::RowVectorXf>(b.data(), rows);
+    for (Index g = 0; g < n; ++g) {
+      for (Index o = 0; o < ld_out; ++o) {
+        const float got = out[static_cast<size_t>(g * ld_out + o)];
+        if (o >= rows) {
+          ASSERT_EQ(got, kPad);
+        } else {
+          ASSERT_NEAR(got, want(g, o), 2e-5f) << "row " << g << ", output " << o;
+        }
+      }
+    }
+    if (n == 1) {
+      std::vector<float> y(static_cast<size_t>(rows));
+      tconst::detail::gemv<float>(Wm, in.data(), nullptr, y.data());
+      for (Index o = 0; o < rows; ++o) {
+        ASSERT_NEAR(y[static_cast<size_t>(o)], want(0, o) - b[static_cast<size_t>(o)], 2e-5f);
+      }
+    }
+  }
+}
+
+}  // namespace
