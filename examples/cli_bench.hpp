@@ -338,6 +338,9 @@ inline int cmd_bench(int argc, char** argv) {
     }
   }
 
+  std::fprintf(stderr,
+               "tconst bench: few-row float kernel %s (TCONST_ISA=avx512|avx2|none caps it)\n",
+               tconst::detail::isa_name(tconst::detail::active_isa()));
   if (a.has("streams")) {
     const int64_t S = a.integer("streams", 8, 1, 1024);
 #ifdef _OPENMP

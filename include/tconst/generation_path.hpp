@@ -25,6 +25,15 @@ namespace detail {
 /// scores (or one row, when a row alone has more keys).
 constexpr Index kScoreBudget = Index{1} << 16;
 
+/// Threads an OpenMP parallel region would use now (1 without OpenMP).
+inline Index max_threads() noexcept {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
 /// Working buffers of a window pass, sized once for `rows` rows and `keys` attended keys.
 template <typename S>
 struct WindowScratch {
@@ -48,8 +57,10 @@ struct WindowScratch {
       h3.resize(static_cast<size_t>(rows * f));
     }
     keys = std::max(keys, n_keys);
-    // One query row needs heads * keys (all heads at once); a block of rows, one head at a time.
-    const Index need = std::max(heads * keys, std::min(rows * keys, kScoreBudget));
+    // One query row needs heads * keys (all heads at once); a block of rows, one head at a time;
+    // several streams stepped together, heads * keys for each thread attending at once.
+    const Index lanes = std::min<Index>(rows, max_threads());
+    const Index need = std::max(lanes * heads * keys, std::min(rows * keys, kScoreBudget));
     if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
   }
 };
@@ -200,19 +211,34 @@ class GenerationPath {
     Scalar* qkv = s.qkv.data();
     Scalar* att = s.att.data();
     assert(S <= s.rows);
+    // Scores of one stream's attention: heads * its most keys. As many threads attend at once as
+    // the score buffer has room for (reserve() made room for the thread count of that time).
+    Index per_lane = 0;
     for (Index r = 0; r < S; ++r) {
       assert(caches[r]->window_rows() < caches[r]->window_capacity());
-      assert(heads * std::max({caches[r]->window_rows() + 1, caches[r]->z_rows(),
-                               context_kv[r] ? context_kv[r]->rows() : 0}) <=
-             static_cast<Index>(s.scores.size()));
+      per_lane =
+          std::max(per_lane, heads * std::max({caches[r]->window_rows() + 1, caches[r]->z_rows(),
+                                               context_kv[r] ? context_kv[r]->rows() : 0}));
     }
+    assert(per_lane <= static_cast<Index>(s.scores.size()));
+    const Index lanes = std::max<Index>(
+        1, std::min({S, detail::max_threads(), static_cast<Index>(s.scores.size()) / per_lane}));
     detail::embed(m, tokens, S, x);
     for (Index b = 0; b < c.n_block; ++b) {
       for (Index j = 0; j < D; ++j) {
         const LayerWeights<Scalar>& L = m.layer(b, j);
         detail::layer_norm(x, d, xn, d, S, d, L.norm1_w, L.norm1_b, c.norm_eps);
         detail::linear<Scalar>(xn, d, S, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d);
+        // Each stream attends to its own caches: the streams are split over threads.
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast <int>(lanes)) schedule(static) if (lanes > 1)
+#endif
         for (Index r = 0; r < S; ++r) {
+#ifdef _OPENMP
+          Scalar* scores = s.scores.data() + omp_get_thread_num() * per_lane;
+#else
+          Scalar* scores = s.scores.data();
+#endif
           FixedKVCache<Scalar>& cache = *caches[r];
           const Index i = cache.window_rows();
           Scalar* row = qkv + r * 3 * d;
@@ -222,13 +248,13 @@ class GenerationPath {
           std::memcpy(K + i * d, row + d, sizeof(Scalar) * d);
           std::memcpy(V + i * d, row + 2 * d, sizeof(Scalar) * d);
           Scalar* out = att + r * d;
-          detail::attend_one(row, K, V, d, i + 1, heads, dh, s.scores.data(), out, false);
+          detail::attend_one(row, K, V, d, i + 1, heads, dh, scores, out, false);
           if (j >= 1 && cache.z_rows() > 0) {
             detail::attend_one(row, cache.z_keys(b, j), cache.z_values(b, j), d, cache.z_rows(),
-                               heads, dh, s.scores.data(), out, true);
+                               heads, dh, scores, out, true);
           } else if (j == 0 && context_kv[r] != nullptr && context_kv[r]->rows() > 0) {
             detail::attend_one(row, context_kv[r]->keys(b), context_kv[r]->values(b), d,
-                               context_kv[r]->rows(), heads, dh, s.scores.data(), out, true);
+                               context_kv[r]->rows(), heads, dh, scores, out, true);
           }
         }
         detail::linear<Scalar>(att, d, S, L.out_w.mat(), L.out_b.data, xn, d);
