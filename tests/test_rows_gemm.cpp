@@ -96,6 +96,23 @@ TEST(RowsGemm, EveryRunnableKernelMatchesADoubleDotProduct) {
   }
 }
 
+/// Many input rows are done in tiles of input rows (fewer the longer a row); tiles that do and do
+/// not divide the count.
+TEST(RowsGemm, ManyInputRowsInTiles) {
+  const std::vector<Isa> isas = runnable_isas();
+  if (isas.empty()) GTEST_SKIP() << "no few-row kernel runs on this CPU or compiler";
+  uint32_t seed = 500;
+  for (Isa isa : isas) {
+    SCOPED_TRACE(tconst::detail::isa_name(isa));
+    for (Index k : {Index{432}, Index{1280}, Index{3001}}) {
+      for (Index n : {Index{49}, Index{150}, Index{300}}) {
+        check_kernel(tconst::detail::rows_gemm_for(isa), {9, k, n}, 0, 9, n % 2 == 1, seed++);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
 TEST(RowsGemm, IsaNamesAndAvailability) {
   EXPECT_STREQ(tconst::detail::isa_name(Isa::avx512), "avx512");
   EXPECT_STREQ(tconst::detail::isa_name(Isa::avx2), "avx2");
@@ -110,14 +127,13 @@ TEST(RowsGemm, IsaNamesAndAvailability) {
 }
 
 /// linear() and gemv() (whichever path they take for float: kernel or Eigen) against Eigen's own
-/// product, for input counts on both sides of kRowsGemmMaxRows.
+/// product, for input counts on both sides of kRowsGemmMaxRows in builds that have a limit.
 TEST(RowsGemm, LinearAndGemvAgreeWithEigen) {
   const Index rows = 67, k = 45, ld_in = 50, ld_out = 70;
   const std::vector<float> W = random_floats(static_cast<size_t>(rows * k), 91);
   const std::vector<float> b = random_floats(static_cast<size_t>(rows), 92);
   const tconst::ConstMatrixMap<float> Wm(W.data(), rows, k);
-  for (Index n : {Index{1}, Index{2}, Index{8}, tconst::detail::kRowsGemmMaxRows,
-                  tconst::detail::kRowsGemmMaxRows + 1, Index{40}}) {
+  for (Index n : {Index{1}, Index{2}, Index{8}, Index{16}, Index{17}, Index{40}, Index{300}}) {
     SCOPED_TRACE("n " + std::to_string(n));
     const std::vector<float> in = random_floats(static_cast<size_t>(n * ld_in), 93 + n);
     std::vector<float> out(static_cast<size_t>(n * ld_out), kPad);

@@ -221,8 +221,10 @@ class GenerationPath {
                                                context_kv[r] ? context_kv[r]->rows() : 0}));
     }
     assert(per_lane <= static_cast<Index>(s.scores.size()));
+#ifdef _OPENMP
     const Index lanes = std::max<Index>(
         1, std::min({S, detail::max_threads(), static_cast<Index>(s.scores.size()) / per_lane}));
+#endif
     detail::embed(m, tokens, S, x);
     for (Index b = 0; b < c.n_block; ++b) {
       for (Index j = 0; j < D; ++j) {

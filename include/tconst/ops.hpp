@@ -75,12 +75,18 @@ void for_row_ranges(Index rows, const F& f) {
   f(0, rows);
 }
 
-/// Input rows up to which linear() uses the few-row kernel of rows_gemm.hpp (where the CPU has
-/// one) instead of Eigen's matrix product, which packs the weights on every call.
+/// Input rows up to which linear() uses the kernel of rows_gemm.hpp (where the CPU has one)
+/// instead of Eigen's matrix product. Eigen packs the weights on every call, which costs more than
+/// it saves for a few rows. With more rows (a resync's chunks) Eigen's product wins when Eigen was
+/// compiled for AVX or wider; compiled for the baseline SSE2 it is the slower one at any size.
+#if defined(EIGEN_VECTORIZE_AVX)
 constexpr Index kRowsGemmMaxRows = 16;
+#else
+constexpr Index kRowsGemmMaxRows = std::numeric_limits<Index>::max();
+#endif
 
-/// out[n, o] = in[n, i] W^T (+ bias) with the few-row kernel, or false when there is none for S
-/// or this CPU, or n is too large for it.
+/// out[n, o] = in[n, i] W^T (+ bias) with the kernel of rows_gemm.hpp, or false when there is none
+/// for S or this CPU, or n is above kRowsGemmMaxRows.
 template <typename S>
 bool linear_few_rows(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias,
                      S* out, Index ld_out) noexcept {
@@ -293,8 +299,8 @@ void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double ep
   Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> g(h3, n * f);
   a = a / (S(1) + (-a).exp()) * g;
   if (n <= kRowsGemmMaxRows) {
-    // Few rows (a step): w2's product into xn, free again, then the residual, so that the product
-    // takes the few-row path.
+    // w2's product into xn, free again, then the residual, so that the product can take the
+    // kernel of rows_gemm.hpp.
     linear<S>(h1, f, n, L.w2.mat(), nullptr, xn, d);
     RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)) +=
         ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));

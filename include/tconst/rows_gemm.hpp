@@ -11,6 +11,7 @@
 // comparing the paths; a choice the CPU cannot run falls back to the next one down.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 

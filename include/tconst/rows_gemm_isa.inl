@@ -147,6 +147,16 @@ inline void row_block(const float* W, Index k, const float* in, Index ld_in, Ind
 /// out[g, o] = in[g, :] . W[o, :] (+ bias[o]) for g < n, o in [o0, o1); W is [rows, k] row-major.
 inline void rows_gemm(const float* W, Index k, Index o0, Index o1, const float* in, Index ld_in,
                       Index n, const float* bias, float* out, Index ld_out) {
+  // Many input rows (a resync's chunk) go in tiles that stay in L2 while the weights pass by.
+  constexpr Index kTileBytes = Index{256} << 10;
+  const Index tile = std::max<Index>(kGroup, kTileBytes / (k * Index{sizeof(float)}) / kGroup * kGroup);
+  if (n > tile) {
+    for (Index g0 = 0; g0 < n; g0 += tile) {
+      rows_gemm(W, k, o0, o1, in + g0 * ld_in, ld_in, std::min(tile, n - g0), bias,
+                out + g0 * ld_out, ld_out);
+    }
+    return;
+  }
   Index o = o0;
   if (n == 1) {  // a GEMV: more rows in flight keep more of memory's bandwidth busy
     for (; o + 8 <= o1; o += 8) {
