@@ -115,6 +115,8 @@ const bool kContext = [] {
   benchmark::AddCustomContext("tconst_shape",
                               "paper 41M, float: d=432 h=12 dh=36 f=1280 V=50257 W=Hh=256");
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("rows_gemm_isa",
+                              tconst::detail::isa_name(tconst::detail::active_isa()));
   benchmark::AddCustomContext("omp_max_threads", std::to_string(max_threads()));
   return true;
 }();

@@ -1,0 +1,92 @@
+// The threaded paths (built with OpenMP): products split by output rows over threads, and several
+// streams stepped together attending on several threads. In float, with 3 threads (an uneven
+// split), a session's logits and those of streams stepped together equal, within float rounding,
+// the same sessions fed one token at a time on one thread, across several resyncs.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/ref_model.hpp"
+#include "support/safetensors_writer.hpp"
+#include "tconst/tconst.hpp"
+
+namespace {
+
+using tconst_test::RefShape;
+
+/// Wide enough that the head (V rows) and qkv (3d rows) are split over threads.
+std::shared_ptr<const tconst::Model<float>> model_for(const std::string& arch) {
+  const RefShape shape{arch, 301, 48, 4, 2, 3, 6, 5, 40};
+  const std::string path = ::testing::TempDir() + "tconst_openmp_" + arch + ".safetensors";
+  tconst_test::write_model(tconst_test::make_random_model(shape, 29), path, "F32");
+  return tconst::Model<float>::load(path);
+}
+
+/// Restores the thread count when a test ends, however it ends.
+struct Threads {
+  explicit Threads(int n) : before(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~Threads() { omp_set_num_threads(before); }
+  int before;
+};
+
+float max_rel_diff(const Eigen::VectorXf& a, const Eigen::VectorXf& b) {
+  return (a - b).cwiseAbs().maxCoeff() / std::max(1.0f, b.cwiseAbs().maxCoeff());
+}
+
+TEST(OpenMP, ThreadedSessionEqualsOneThread) {
+  for (const char* arch : {"tconstformer", "tlinformer"}) {
+    auto model = model_for(arch);
+    tconst::Scheduler<float> threaded(model), single(model);
+    for (int step = 0; step < 40; ++step) {  // W = 6: six resyncs
+      const int32_t token = (step * 37 + 11) % 301;
+      Eigen::VectorXf want;
+      {
+        Threads one(1);
+        want = single.feed(token);
+      }
+      Threads three(3);
+      ASSERT_LE(max_rel_diff(threaded.feed(token), want), 1e-5f) << arch << " step " << step;
+    }
+  }
+}
+
+TEST(OpenMP, StreamsSteppedTogetherOnThreadsEqualEachAlone) {
+  for (const char* arch : {"tconstformer", "tlinformer"}) {
+    auto model = model_for(arch);
+    for (size_t S : {size_t{5}, size_t{9}}) {
+      std::vector<std::unique_ptr<tconst::Scheduler<float>>> batched, alone;
+      std::vector<tconst::Scheduler<float>*> ptrs;
+      for (size_t i = 0; i < S; ++i) {
+        batched.push_back(std::make_unique<tconst::Scheduler<float>>(model));
+        alone.push_back(std::make_unique<tconst::Scheduler<float>>(model));
+        for (size_t k = 0; k < i; ++k) {  // stream i starts at position i
+          batched.back()->feed(static_cast<int32_t>(k + 1));
+          alone.back()->feed(static_cast<int32_t>(k + 1));
+        }
+        ptrs.push_back(batched.back().get());
+      }
+      tconst::detail::WindowScratch<float> scratch;
+      for (int step = 0; step < 20; ++step) {
+        std::vector<int32_t> tokens;
+        for (size_t i = 0; i < S; ++i)
+          tokens.push_back(static_cast<int32_t>((step * 13 + i) % 301));
+        {
+          Threads three(3);
+          tconst::Scheduler<float>::feed_streams(ptrs, tokens, scratch);
+        }
+        Threads one(1);
+        for (size_t i = 0; i < S; ++i) {
+          const Eigen::VectorXf want = alone[i]->feed(tokens[i]);
+          ASSERT_LE(max_rel_diff(batched[i]->logits(), want), 1e-5f)
+              << arch << " S " << S << " stream " << i << " step " << step;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
