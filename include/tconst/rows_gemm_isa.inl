@@ -1,8 +1,8 @@
 // One instruction set's few-row matrix product, included by rows_gemm.hpp once per instruction
-// set with TCONST_ISA_NS (namespace), TCONST_ISA_LANES (16: AVX-512, 8: AVX2 + FMA),
+// set, inside a region that compiles every function for that instruction set, with its
+// parameters defined: TCONST_ISA_NS (namespace), TCONST_ISA_LANES (16: AVX-512, 8: AVX2 + FMA),
 // TCONST_ISA_ROWS and TCONST_ISA_GROUP (the register block: weight rows by input rows; one input
-// row takes 8 weight rows) defined, inside a region that compiles
-// every function for that instruction set. No include guard: it is meant to be read twice.
+// row takes 8 weight rows). Undefines them at its end. No include guard: it is read twice.
 
 namespace tconst {
 namespace detail {
@@ -174,3 +174,8 @@ inline void rows_gemm(const float* W, Index k, Index o0, Index o1, const float* 
 }  // namespace TCONST_ISA_NS
 }  // namespace detail
 }  // namespace tconst
+
+#undef TCONST_ISA_NS
+#undef TCONST_ISA_LANES
+#undef TCONST_ISA_ROWS
+#undef TCONST_ISA_GROUP
