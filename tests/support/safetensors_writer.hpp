@@ -6,6 +6,8 @@
 // relative to the start of the data section.
 #pragma once
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -167,20 +169,31 @@ inline std::string format_double_exact(double x) {
 // ---------------------------------------------------------------------------------------------
 // Raw file writers.
 
-// Writes 8-byte LE length of header_json, the header text verbatim, then `data`.
+// Writes 8-byte LE length of header_json, the header text verbatim, then `data`. The bytes go to a
+// file named after this process first, which is then renamed over `path`: ctest runs the tests of
+// one program as parallel processes, and a model file that another process has memory-mapped must
+// be replaced, never rewritten in place (a mapped file cut short under its reader raises SIGBUS).
 inline void write_raw_file(const std::string& path, const std::string& header_json,
                            const std::vector<uint8_t>& data) {
-  std::ofstream os(path, std::ios::binary | std::ios::trunc);
-  if (!os) throw std::runtime_error("cannot open '" + path + "' for writing");
-  const uint64_t n = header_json.size();
-  char len[8];
-  for (int b = 0; b < 8; ++b) len[b] = static_cast<char>((n >> (8 * b)) & 0xFFu);
-  os.write(len, 8);
-  os.write(header_json.data(), static_cast<std::streamsize>(header_json.size()));
-  if (!data.empty()) {
-    os.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  const std::string part = path + ".part" + std::to_string(::getpid());
+  {
+    std::ofstream os(part, std::ios::binary | std::ios::trunc);
+    if (!os) throw std::runtime_error("cannot open '" + part + "' for writing");
+    const uint64_t n = header_json.size();
+    char len[8];
+    for (int b = 0; b < 8; ++b) len[b] = static_cast<char>((n >> (8 * b)) & 0xFFu);
+    os.write(len, 8);
+    os.write(header_json.data(), static_cast<std::streamsize>(header_json.size()));
+    if (!data.empty()) {
+      os.write(reinterpret_cast<const char*>(data.data()),
+               static_cast<std::streamsize>(data.size()));
+    }
+    if (!os.flush()) throw std::runtime_error("error writing '" + part + "'");
   }
-  if (!os) throw std::runtime_error("error writing '" + path + "'");
+  if (std::rename(part.c_str(), path.c_str()) != 0) {
+    std::remove(part.c_str());
+    throw std::runtime_error("cannot rename '" + part + "' to '" + path + "'");
+  }
 }
 
 // The JSON header for `tensors` laid out contiguously in the given order (no padding). Exposed so
