@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -246,27 +247,32 @@ inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> 
   std::vector<std::unique_ptr<tconst::Session<float>>> copies;
   for (auto* s : sessions) copies.push_back(s->copy());
   tconst::detail::WindowScratch<float> scratch;
-  std::vector<int32_t> tokens(static_cast<size_t>(S), 1);
-  const auto t0 = clock::now();
+  std::vector<int32_t> tokens(static_cast<size_t>(S), 1), solo = tokens;
+  // Rounds alternate: one step of the S streams together, then one step of each copy alone, so
+  // that the machine's drift (shared cores, clock) falls on both figures alike.
+  double batched = 0, single = 0;
+  std::vector<double> round_ratio;
   for (int64_t k = 0; k < steps; ++k) {
+    const auto t0 = clock::now();
     tconst::Scheduler<float>::feed_streams(sessions, tokens, scratch);
     for (int64_t i = 0; i < S; ++i) {
       Eigen::Index best;
       sessions[static_cast<size_t>(i)]->logits().maxCoeff(&best);
       tokens[static_cast<size_t>(i)] = static_cast<int32_t>(best);
     }
-  }
-  const double batched = std::chrono::duration<double>(clock::now() - t0).count();
-  std::vector<int32_t> solo(static_cast<size_t>(S), 1);
-  const auto t1 = clock::now();
-  for (int64_t k = 0; k < steps; ++k) {
+    const auto t1 = clock::now();
     for (int64_t i = 0; i < S; ++i) {
       Eigen::Index best;
       copies[static_cast<size_t>(i)]->feed(solo[static_cast<size_t>(i)]).maxCoeff(&best);
       solo[static_cast<size_t>(i)] = static_cast<int32_t>(best);
     }
+    const auto t2 = clock::now();
+    const double b = std::chrono::duration<double>(t1 - t0).count();
+    const double o = std::chrono::duration<double>(t2 - t1).count();
+    batched += b;
+    single += o;
+    round_ratio.push_back(o / b);
   }
-  const double single = std::chrono::duration<double>(clock::now() - t1).count();
   const double tokens_total = static_cast<double>(S * steps);
   return {{"arch", tconst::to_string(c.arch)},
           {"depth", depth},
@@ -274,7 +280,59 @@ inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> 
           {"steps", steps},
           {"batched_tokens_per_s", tokens_total / batched},
           {"one_at_a_time_tokens_per_s", tokens_total / single},
-          {"speedup", single / batched}};
+          {"speedup", single / batched},
+          {"speedup_median_round", median(round_ratio)}};
+}
+
+/// Cache-hit steps at several depths measured side by side: one session per depth, all sharing the
+/// model, stepped in turn (one token each per round), so that every depth sees the same machine
+/// state. Reports each depth's median cache-hit step and its ratio to the first depth's.
+inline nlohmann::json bench_interleaved(std::shared_ptr<const tconst::Model<float>> model,
+                                        const std::vector<int64_t>& depths, int64_t n_gen,
+                                        int threads) {
+  using clock = std::chrono::steady_clock;
+  const tconst::ModelConfig& c = model->config();
+  std::vector<std::unique_ptr<tconst::Session<float>>> sessions;
+  std::vector<bool> synthetic;
+  for (int64_t depth : depths) {
+    sessions.push_back(tconst::make_session(model));
+    synthetic.push_back(c.is_baseline() && depth > kBaselineRealPrefillMax);
+    if (synthetic.back()) {
+      static_cast<tconst::TransformerSession<float>&>(*sessions.back()).fill_synthetic(depth);
+    } else {
+      std::vector<int32_t> prompt(static_cast<size_t>(std::max<int64_t>(depth, 1)));
+      for (size_t k = 0; k < prompt.size(); ++k) {
+        prompt[k] = static_cast<int32_t>((k * 7919 + 17) % static_cast<size_t>(c.vocab_size));
+      }
+      sessions.back()->prefill(prompt);
+    }
+  }
+  std::vector<std::vector<double>> hits(depths.size());
+  std::vector<int32_t> tok(depths.size(), 1);
+  for (int64_t k = 0; k < n_gen; ++k) {
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      const int64_t before = sessions[i]->resync_count();
+      const auto t0 = clock::now();
+      Eigen::Index best;
+      sessions[i]->feed(tok[i]).maxCoeff(&best);
+      const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+      if (sessions[i]->resync_count() == before) hits[i].push_back(ms);
+      tok[i] = static_cast<int32_t>(best);
+    }
+  }
+  nlohmann::json arr = nlohmann::json::array();
+  const double first = median(hits[0]);
+  for (size_t i = 0; i < depths.size(); ++i) {
+    const double m = median(hits[i]);
+    arr.push_back({{"arch", tconst::to_string(c.arch)},
+                   {"depth", depths[i]},
+                   {"threads", threads},
+                   {"hit_steps", hits[i].size()},
+                   {"hit_ms_median", m},
+                   {"ratio_to_first_depth", first > 0 ? m / first : 0.0},
+                   {"synthetic", static_cast<bool>(synthetic[i])}});
+  }
+  return arr;
 }
 
 inline nlohmann::json to_json(const BenchResult& r) {
@@ -292,14 +350,18 @@ inline nlohmann::json to_json(const BenchResult& r) {
 
 const char* const kBenchUsage =
     "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
-    "                    [--n-gen N] [--threads T] [--json] [--trace-steps N --trace-out FILE]\n"
+    "                    [--n-gen N] [--threads T] [--seed N] [--json]\n"
+    "                    [--trace-steps N --trace-out FILE] [--streams S | --interleave]\n"
     "  --arch    comma-separated: tconstformer,tlinformer,transformer (preset only)\n"
     "  --depths  comma-separated context lengths to prefill before timing (default\n"
     "            1024,4096,16384,65536)\n"
     "  --n-gen   steps timed after the prefill (at least W for the windowed architectures)\n"
+    "  --seed    seed of the preset's random weights (default 1)\n"
     "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n"
     "  --streams S  instead: total tokens/s of S streams stepped together (weights read once per\n"
-    "            step) against the same streams stepped one at a time, over cache-hit steps\n";
+    "            step) against the same streams stepped one at a time, over cache-hit steps\n"
+    "  --interleave  instead: one session per depth in one process, stepped in turn for n-gen\n"
+    "            rounds; each depth's median cache-hit step and its ratio to the first depth's\n";
 
 inline int cmd_bench(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
@@ -311,13 +373,15 @@ inline int cmd_bench(int argc, char** argv) {
   Args a("bench", argc, argv,
          {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
           "precision", "seed", "streams"},
-         {"json"});
+         {"json", "interleave"});
   if (a.has("model") == a.has("preset"))
     throw UsageError("give exactly one of --model or --preset");
   if (a.has("preset") && a.str("preset") != "paper-41m") {
     throw UsageError("unknown preset '" + a.str("preset") + "' (known: paper-41m)");
   }
   if (a.str("precision", "float") != "float") throw UsageError("bench runs in float only");
+  if (a.has("model") && (a.has("arch") || a.has("seed")))
+    throw UsageError("--arch and --seed apply to --preset only (a model file has its own)");
   const auto depths = a.integer_list("depths", "1024,4096,16384,65536");
   const int64_t n_gen = a.integer("n-gen", 64, 1, 1 << 20);
   const int threads = static_cast<int>(a.integer("threads", 1, 1, 1024));
@@ -338,9 +402,23 @@ inline int cmd_bench(int argc, char** argv) {
     }
   }
 
-  std::fprintf(stderr,
-               "tconst bench: few-row float kernel %s (TCONST_ISA=avx512|avx2|none caps it)\n",
-               tconst::detail::isa_name(tconst::detail::active_isa()));
+  const uint64_t seed =
+      static_cast<uint64_t>(a.integer("seed", 1, 0, std::numeric_limits<int64_t>::max()));
+  if (a.has("streams") && a.flag("interleave"))
+    throw UsageError("give at most one of --streams and --interleave");
+  auto make_model = [&](const std::string& arch) {
+    return arch.empty() ? tconst::Model<float>::load(a.str("model"))
+                        : tconst::Model<float>::load_from_bytes(
+                              random_model_bytes(paper_41m(tconst::parse_architecture(arch)), seed),
+                              "paper-41m " + arch);
+  };
+
+  // Said once the figures are in (an error stays the only line on stderr).
+  auto note_kernel = []() {
+    std::fprintf(stderr,
+                 "tconst bench: few-row float kernel %s (TCONST_ISA=avx512|avx2|none caps it)\n",
+                 tconst::detail::isa_name(tconst::detail::active_isa()));
+  };
   if (a.has("streams")) {
     const int64_t S = a.integer("streams", 8, 1, 1024);
 #ifdef _OPENMP
@@ -349,23 +427,53 @@ inline int cmd_bench(int argc, char** argv) {
     nlohmann::json arr = nlohmann::json::array();
     for (const std::string& arch : archs) {
       if (arch == "transformer") continue;
-      auto model = arch.empty()
-                       ? tconst::Model<float>::load(a.str("model"))
-                       : tconst::Model<float>::load_from_bytes(
-                             random_model_bytes(paper_41m(tconst::parse_architecture(arch)), 1),
-                             "paper-41m " + arch);
+      auto model = make_model(arch);
       for (int64_t depth : depths) arr.push_back(bench_streams(model, depth, S, n_gen));
     }
+    note_kernel();
     if (json) {
       std::printf("%s\n", arr.dump(2).c_str());
     } else {
-      std::printf("%-13s %8s %8s %16s %16s %8s\n", "arch", "depth", "streams", "batched tok/s",
-                  "one-by-one tok/s", "speedup");
+      std::printf("%-13s %8s %8s %6s %14s %17s %8s %14s\n", "arch", "depth", "streams", "steps",
+                  "batched tok/s", "one-by-one tok/s", "speedup", "median round");
       for (const auto& j : arr) {
-        std::printf("%-13s %8lld %8lld %16.1f %16.1f %8.2f\n", j["arch"].get<std::string>().c_str(),
-                    (long long)j["depth"].get<int64_t>(), (long long)j["streams"].get<int64_t>(),
+        std::printf("%-13s %8lld %8lld %6lld %14.1f %17.1f %8.2f %14.2f\n",
+                    j["arch"].get<std::string>().c_str(), (long long)j["depth"].get<int64_t>(),
+                    (long long)j["streams"].get<int64_t>(), (long long)j["steps"].get<int64_t>(),
                     j["batched_tokens_per_s"].get<double>(),
-                    j["one_at_a_time_tokens_per_s"].get<double>(), j["speedup"].get<double>());
+                    j["one_at_a_time_tokens_per_s"].get<double>(), j["speedup"].get<double>(),
+                    j["speedup_median_round"].get<double>());
+      }
+    }
+    return 0;
+  }
+  if (a.flag("interleave")) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    nlohmann::json arr = nlohmann::json::array();
+    for (const std::string& arch : archs) {
+      for (const auto& j : bench_interleaved(make_model(arch), depths, n_gen, threads))
+        arr.push_back(j);
+    }
+    note_kernel();
+    if (json) {
+      std::printf("%s\n", arr.dump(2).c_str());
+    } else {
+      std::printf("%-13s %8s %7s %9s %12s %14s\n", "arch", "depth", "threads", "hit steps",
+                  "hit ms", "vs first depth");
+      for (const auto& j : arr) {
+        std::printf("%-13s %8lld %7d %9lld %12.3f %14.3f%s\n", j["arch"].get<std::string>().c_str(),
+                    (long long)j["depth"].get<int64_t>(), j["threads"].get<int>(),
+                    (long long)j["hit_steps"].get<int64_t>(), j["hit_ms_median"].get<double>(),
+                    j["ratio_to_first_depth"].get<double>(),
+                    j["synthetic"].get<bool>() ? "  *" : "");
+      }
+      for (const auto& j : arr) {
+        if (j["synthetic"].get<bool>()) {
+          std::printf("* synthetic key/value cache instead of a real O(depth^2) prefill\n");
+          break;
+        }
       }
     }
     return 0;
@@ -386,11 +494,7 @@ inline int cmd_bench(int argc, char** argv) {
 #ifdef _OPENMP
           omp_set_num_threads(threads);
 #endif
-          auto model = arch.empty()
-                           ? tconst::Model<float>::load(a.str("model"))
-                           : tconst::Model<float>::load_from_bytes(
-                                 random_model_bytes(paper_41m(tconst::parse_architecture(arch)), 1),
-                                 "paper-41m " + arch);
+          auto model = make_model(arch);
           const BenchResult r = bench_one(model, depth, n_gen, trace_steps, threads);
           nlohmann::json j = to_json(r);
           j["synthetic"] = r.synthetic;
@@ -458,6 +562,7 @@ inline int cmd_bench(int argc, char** argv) {
   }
   bool any_synthetic = false;
   for (const auto& r : results) any_synthetic |= r.synthetic;
+  note_kernel();
   if (json) {
     nlohmann::json arr = nlohmann::json::array();
     for (const auto& r : results) arr.push_back(to_json(r));

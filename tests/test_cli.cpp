@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -198,6 +200,89 @@ TEST(Cli, PerplexityOfIds) {
       run("perplexity --model " + kModel + " --ids " + kGolden + "tconst_D4_W8_H8/ids.txt");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("perplexity"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// tconst bench, on the small golden models (the figures are timings; what is asserted is the
+// report's shape and what does not depend on the machine: cache sizes, counts, the baseline's
+// missing resync).
+
+nlohmann::json bench_json(const std::string& args) {
+  const Outcome r = run("bench " + args + " --json");
+  EXPECT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << r.out;
+  return j;
+}
+
+TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
+  const auto arr = bench_json("--model " + kModel + " --depths 0,20,100 --n-gen 8");
+  ASSERT_TRUE(arr.is_array());
+  ASSERT_EQ(arr.size(), 3u);
+  const std::set<std::string> keys = {"arch",          "depth",         "threads",
+                                      "hit_ms_median", "resync_ms",     "amortized_ms_per_token",
+                                      "cache_bytes",   "peak_rss_bytes"};
+  const int64_t depths[] = {0, 20, 100};
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const auto& o = arr[i];
+    std::set<std::string> got;
+    for (const auto& kv : o.items()) got.insert(kv.key());
+    EXPECT_EQ(got, keys);
+    EXPECT_EQ(o["arch"], "tconstformer");
+    EXPECT_EQ(o["depth"], depths[i]);
+    EXPECT_EQ(o["threads"], 1);
+    EXPECT_GT(o["hit_ms_median"].get<double>(), 0.0);
+    EXPECT_TRUE(o["resync_ms"].is_number());
+    EXPECT_GT(o["amortized_ms_per_token"].get<double>(), 0.0);
+    EXPECT_EQ(o["cache_bytes"], 28672) << "the fixed cache of info --json";
+    EXPECT_GT(o["peak_rss_bytes"].get<int64_t>(), 0);
+  }
+}
+
+TEST(CliBench, BaselineHasNoResyncAndItsCacheGrowsByARowPerToken) {
+  const std::string model = kGolden + "transformer_L4/model.safetensors";
+  const auto arr = bench_json("--model " + model + " --depths 1,41 --n-gen 8");
+  ASSERT_EQ(arr.size(), 2u);
+  EXPECT_TRUE(arr[0]["resync_ms"].is_null());
+  EXPECT_TRUE(arr[1]["resync_ms"].is_null());
+  // 1 + 8 rows, then 41 + 8 rows: the same bytes per row.
+  const int64_t a = arr[0]["cache_bytes"], b = arr[1]["cache_bytes"];
+  ASSERT_GT(a, 0);
+  EXPECT_EQ(a % 9, 0);
+  EXPECT_EQ(b, a / 9 * 49);
+}
+
+TEST(CliBench, StreamsSteppedTogetherAndInterleavedDepths) {
+  const auto streams =
+      bench_json("--model " + kGolden + "tlin_D4_W8_H8/model.safetensors --depths 20 --streams 3" +
+                 " --n-gen 4");
+  ASSERT_EQ(streams.size(), 1u);
+  EXPECT_EQ(streams[0]["streams"], 3);
+  EXPECT_EQ(streams[0]["arch"], "tlinformer");
+  EXPECT_GE(streams[0]["steps"].get<int64_t>(), 1);
+  EXPECT_GT(streams[0]["speedup"].get<double>(), 0.0);
+  EXPECT_GT(streams[0]["batched_tokens_per_s"].get<double>(), 0.0);
+
+  const auto inter = bench_json("--model " + kModel + " --depths 0,100 --n-gen 24 --interleave");
+  ASSERT_EQ(inter.size(), 2u);
+  EXPECT_EQ(inter[0]["depth"], 0);
+  EXPECT_EQ(inter[1]["depth"], 100);
+  EXPECT_EQ(inter[0]["ratio_to_first_depth"], 1.0);
+  // 24 steps with W = 8: three resyncs each, the rest cache hits.
+  EXPECT_EQ(inter[0]["hit_steps"], 21);
+  EXPECT_EQ(inter[1]["hit_steps"], 21);
+  EXPECT_GT(inter[1]["ratio_to_first_depth"].get<double>(), 0.0);
+}
+
+TEST(CliBench, BadFlags) {
+  expect_error(run("bench --depths 8"), "exactly one of --model or --preset");
+  expect_error(run("bench --preset paper-7b"), "unknown preset");
+  expect_error(run("bench --model " + kModel + " --arch transformer"), "--preset only");
+  expect_error(run("bench --model " + kModel + " --streams 2 --interleave"), "at most one");
+  expect_error(run("bench --model " + kModel + " --depths 8,x"), "--depths");
+  expect_error(run("bench --model " + kGolden + "transformer_L4/model.safetensors --streams 2"),
+               "--streams needs");
+  expect_error(run("bench --model " + kModel + " --precision double"), "float only");
 }
 
 }  // namespace
