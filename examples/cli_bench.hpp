@@ -106,7 +106,7 @@ inline std::vector<uint8_t> random_model_bytes(const tconst::ModelConfig& c, uin
     offset += 4 * static_cast<uint64_t>(n);
   }
   std::string text = header.dump();
-  while (text.size() % 8 != 0) text += ' ';
+  while ((8 + text.size()) % 64 != 0) text += ' ';  // data section on a cache line
   std::vector<uint8_t> out(8 + text.size() + offset);
   const uint64_t len = text.size();
   std::memcpy(out.data(), &len, 8);

@@ -327,10 +327,10 @@ TEST(JsonLimits, DeeplyNestedFilesAreRefused) {
       },
       {"nested deeper than"});
   const std::string header = "{\"__metadata__\":" + nest + "}";
-  std::vector<uint8_t> file(8);
+  std::vector<uint8_t> file(8 + header.size());
   for (int i = 0; i < 8; ++i)
     file[static_cast<size_t>(i)] = static_cast<uint8_t>(header.size() >> (8 * i));
-  file.insert(file.end(), header.begin(), header.end());
+  std::copy(header.begin(), header.end(), file.begin() + 8);
   expect_error([&] { tconst::Model<float>::load_from_bytes(file); }, {"__metadata__"});
 }
 

@@ -959,6 +959,27 @@ TEST(LoaderTest, LoadsMisalignedData) {
   }
 }
 
+TEST(LoaderTest, LoadFromBytesPutsTheDataSectionOnACacheLine) {
+  // Whatever the header's length, a model loaded from bytes keeps them where the data section
+  // starts on a 64-byte boundary, so a tensor at a multiple of 64 starts on a cache line; its
+  // values stay exact and in place (no conversion).
+  const RefModel m = tconst_test::make_random_model(kTConst, 13);
+  const std::vector<RawTensor> tensors = tconst_test::model_tensors(m, "F32");
+  const json header = tconst_test::safetensors_header(tensors, tconst_test::model_metadata(m));
+  const uint64_t begin = header["embedding.weight"]["data_offsets"][0].get<uint64_t>();
+  for (size_t start : {size_t{0}, size_t{8}, size_t{36}, size_t{56}}) {
+    SCOPED_TRACE("data section at " + std::to_string(start) + " mod 64");
+    std::string text = header.dump();
+    while ((8 + text.size()) % 64 != start) text.push_back(' ');
+    const std::string path = WriteText("cache_line_" + std::to_string(start), text,
+                                       tconst_test::concat_tensor_bytes(tensors));
+    const auto f = tconst::Model<float>::load_from_bytes(ReadBytes(path));
+    EXPECT_EQ(f->converted_bytes(), 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(f->embedding().data) % 64, begin % 64);
+    ExpectModelEquals(*f, tconst_test::rounded_copy(m, "F32"));
+  }
+}
+
 TEST(LoaderTest, IgnoresStoredRopeInvFreq) {
   const Parts plain = GoodParts();
   Parts p = GoodParts();

@@ -38,13 +38,14 @@ inline Index max_threads() noexcept {
 template <typename S>
 struct WindowScratch {
   Index rows = 0, keys = 0;
-  std::vector<S> x;             // [rows, d] residual stream
-  std::vector<S> xn;            // [rows, d] normalised stream; after a pass, LN_f of every row
-  std::vector<S> qkv;           // [rows, 3d] q | k | v, q and k rotated
-  std::vector<S> att;           // [rows, d] attention output
-  std::vector<S> h1, h3;        // [rows, f] FFN hidden
-  std::vector<S> scores;        // attention scores of one query block
-  std::vector<S> batch_logits;  // [streams, V], only for several streams stepped together
+  // Rows of d floats start on cache lines when d is a multiple of 16 (LineVector).
+  detail::LineVector<S> x;       // [rows, d] residual stream
+  detail::LineVector<S> xn;      // [rows, d] normalised stream; after a pass, LN_f of every row
+  detail::LineVector<S> qkv;     // [rows, 3d] q | k | v, q and k rotated
+  detail::LineVector<S> att;     // [rows, d] attention output
+  detail::LineVector<S> h1, h3;  // [rows, f] FFN hidden
+  detail::LineVector<S> scores;  // attention scores of one query block
+  detail::LineVector<S> batch_logits;  // [streams, V], only for several streams stepped together
 
   void reserve(Index n_rows, Index n_keys, Index d, Index f, Index heads) {
     if (n_rows > rows) {

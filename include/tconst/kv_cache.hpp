@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "tconst/big_buffer.hpp"
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"
 
@@ -42,21 +43,21 @@ class FixedKVCache {
 
   FixedKVCache copy() const {
     FixedKVCache out(*this, 0);
-    std::memcpy(out.storage_.get(), storage_.get(), bytes());
+    std::memcpy(out.storage_.data(), storage_.data(), bytes());
     return out;
   }
 
   /// [Hh, d] rotated compressed keys of block b, layer j in 1..D-1; row i is at position hs + i.
-  Scalar* z_keys(Index b, Index j) { return storage_.get() + z_offset(b, j); }
+  Scalar* z_keys(Index b, Index j) { return storage_.data() + z_offset(b, j); }
   /// [Hh, d] compressed values of block b, layer j in 1..D-1.
   Scalar* z_values(Index b, Index j) { return z_keys(b, j) + hist_ * d_; }
   /// [W, d] rotated window keys of block b, layer j in 0..D-1; row i is at position Lc + i.
-  Scalar* window_keys(Index b, Index j) { return storage_.get() + w_offset(b, j); }
+  Scalar* window_keys(Index b, Index j) { return storage_.data() + w_offset(b, j); }
   /// [W, d] window values of block b, layer j in 0..D-1.
   Scalar* window_values(Index b, Index j) { return window_keys(b, j) + win_ * d_; }
-  const Scalar* z_keys(Index b, Index j) const { return storage_.get() + z_offset(b, j); }
+  const Scalar* z_keys(Index b, Index j) const { return storage_.data() + z_offset(b, j); }
   const Scalar* z_values(Index b, Index j) const { return z_keys(b, j) + hist_ * d_; }
-  const Scalar* window_keys(Index b, Index j) const { return storage_.get() + w_offset(b, j); }
+  const Scalar* window_keys(Index b, Index j) const { return storage_.data() + w_offset(b, j); }
   const Scalar* window_values(Index b, Index j) const { return window_keys(b, j) + win_ * d_; }
 
   /// Lc: tokens summarised by the compressed rows (a multiple of W).
@@ -77,17 +78,12 @@ class FixedKVCache {
 
   /// Bytes of storage: B * ((D-1)*Hh + D*W) * 2d * sizeof(Scalar).
   size_t bytes() const { return static_cast<size_t>(scalars_) * sizeof(Scalar); }
-  const Scalar* data() const { return storage_.get(); }
-  Scalar* data() { return storage_.get(); }
+  const Scalar* data() const { return storage_.data(); }
+  Scalar* data() { return storage_.data(); }
 
  private:
-  static Scalar* allocate(int64_t scalars) {
-    try {
-      return new Scalar[static_cast<size_t>(scalars)]();
-    } catch (const std::bad_alloc&) {
-      throw Error("cannot allocate the fixed cache of " +
-                  std::to_string(static_cast<uint64_t>(scalars) * sizeof(Scalar)) + " bytes");
-    }
+  static detail::BigBuffer<Scalar> allocate(int64_t scalars) {
+    return detail::BigBuffer<Scalar>(static_cast<size_t>(scalars), "the fixed cache");
   }
 
   // Same geometry, fresh storage (contents copied by copy()).
@@ -98,7 +94,7 @@ class FixedKVCache {
         hist_(o.hist_),
         win_(o.win_),
         scalars_(o.scalars_),
-        storage_(new Scalar[static_cast<size_t>(scalars_)]),
+        storage_(allocate(scalars_)),
         context_length_(o.context_length_),
         z_rows_(o.z_rows_),
         window_rows_(o.window_rows_) {}
@@ -111,7 +107,7 @@ class FixedKVCache {
 
   Index n_block_, depth_, d_, hist_, win_;
   int64_t scalars_;
-  std::unique_ptr<Scalar[]> storage_;
+  detail::BigBuffer<Scalar> storage_;
   int64_t context_length_ = 0;
   Index z_rows_ = 0;
   Index window_rows_ = 0;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tconst/big_buffer.hpp"
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"
 #include "tconst/safetensors.hpp"
@@ -313,9 +314,8 @@ class Model {
       v.data = reinterpret_cast<const Scalar*>(t.data);
       return v;
     }
-    std::vector<Scalar> buf(static_cast<size_t>(t.numel));
-    for (int64_t i = 0; i < t.numel; ++i)
-      buf[static_cast<size_t>(i)] = detail::load_element<Scalar>(t, i);
+    detail::BigBuffer<Scalar> buf(static_cast<size_t>(t.numel), "a converted tensor");
+    for (int64_t i = 0; i < t.numel; ++i) buf.data()[i] = detail::load_element<Scalar>(t, i);
     converted_bytes_ += buf.size() * sizeof(Scalar);
     owned_.push_back(std::move(buf));
     v.data = owned_.back().data();
@@ -324,7 +324,7 @@ class Model {
 
   ModelConfig config_;
   std::shared_ptr<const detail::FileBytes> file_;
-  std::vector<std::vector<Scalar>> owned_;  // converted tensors; moving keeps data() stable
+  std::vector<detail::BigBuffer<Scalar>> owned_;  // converted tensors; moving keeps data() stable
   std::vector<LayerWeights<Scalar>> layers_;
   WeightView<Scalar> embedding_, lm_head_, norm_w_, norm_b_;
   std::vector<double> rope_theta_;

@@ -36,3 +36,26 @@ inline long heap_allocations() {
 [[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
   std::free(p);
 }
+// The over-aligned forms (the library's cache-line buffers use them) count too.
+[[gnu::noinline]] void* operator new(std::size_t size, std::align_val_t al) {
+  tconst_test::g_heap_allocations.fetch_add(1, std::memory_order_relaxed);
+  const std::size_t a = static_cast<std::size_t>(al);
+  const std::size_t rounded = ((size == 0 ? 1 : size) + a - 1) / a * a;
+  if (void* p = std::aligned_alloc(a, rounded)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new[](std::size_t size, std::align_val_t al) {
+  return ::operator new(size, al);
+}
+[[gnu::noinline]] void operator delete(void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
