@@ -3,7 +3,8 @@
 // register block and every tail (columns not a multiple of the vector width, rows not a multiple
 // of the row block, input rows not a multiple of the group), with and without bias, with padded
 // strides (padding must stay untouched) and sub-ranges of output rows. Then linear() and gemv(),
-// which pick the kernel, against Eigen.
+// which pick the kernel, against Eigen. Then the one-query attention kernels against a double
+// softmax attention.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -159,6 +160,106 @@ TEST(RowsGemm, LinearAndGemvAgreeWithEigen) {
         ASSERT_NEAR(y[static_cast<size_t>(o)], want(0, o) - b[static_cast<size_t>(o)], 2e-5f);
       }
     }
+  }
+}
+
+/// Double-precision attention of one query (SPEC §2) for out[h*dh, (h+1)*dh).
+std::vector<double> attention_in_double(const std::vector<float>& q, const std::vector<float>& K,
+                                        const std::vector<float>& V, Index ld, Index nk,
+                                        Index heads, Index dh) {
+  std::vector<double> out(static_cast<size_t>(heads * dh), 0.0);
+  for (Index h = 0; h < heads; ++h) {
+    std::vector<double> s(static_cast<size_t>(nk));
+    double mx = -INFINITY;
+    for (Index j = 0; j < nk; ++j) {
+      double dot = 0;
+      for (Index e = 0; e < dh; ++e) {
+        dot += static_cast<double>(q[static_cast<size_t>(h * dh + e)]) *
+               K[static_cast<size_t>(j * ld + h * dh + e)];
+      }
+      s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(dh));
+      mx = std::max(mx, s[static_cast<size_t>(j)]);
+    }
+    double sum = 0;
+    for (double& x : s) sum += (x = std::exp(x - mx));
+    for (Index j = 0; j < nk; ++j) {
+      for (Index e = 0; e < dh; ++e) {
+        out[static_cast<size_t>(h * dh + e)] +=
+            s[static_cast<size_t>(j)] / sum * V[static_cast<size_t>(j * ld + h * dh + e)];
+      }
+    }
+  }
+  return out;
+}
+
+/// Every runnable attention kernel against the double attention: head widths below, at and across
+/// the vector width, key counts around the key block (and a long one), query scales from flat to
+/// sharply peaked softmaxes (scores spanning e^-80), accumulating or not, keys with a padded
+/// stride whose padding must not matter.
+TEST(AttendOne, EveryRunnableKernelMatchesADoubleAttention) {
+  const std::vector<Isa> isas = runnable_isas();
+  if (isas.empty()) GTEST_SKIP() << "no vector kernel runs on this CPU or compiler";
+  struct Shape {
+    Index heads, dh;
+  };
+  const Shape shapes[] = {{1, 2}, {3, 6}, {2, 8}, {4, 12}, {1, 16}, {2, 18}, {12, 36}, {2, 64}};
+  const Index nks[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 48, 300};
+  uint32_t seed = 700;
+  for (Isa isa : isas) {
+    SCOPED_TRACE(tconst::detail::isa_name(isa));
+    const tconst::detail::AttendOneFn fn = tconst::detail::attend_one_for(isa);
+    ASSERT_NE(fn, nullptr);
+    for (const Shape& sh : shapes) {
+      const Index d = sh.heads * sh.dh, ld = d + 3;
+      for (Index nk : nks) {
+        for (float qscale : {0.1f, 1.0f, 8.0f}) {
+          for (bool acc : {false, true}) {
+            SCOPED_TRACE("heads " + std::to_string(sh.heads) + " dh " + std::to_string(sh.dh) +
+                         " nk " + std::to_string(nk) + " q scale " + std::to_string(qscale) +
+                         " accumulate " + std::to_string(acc));
+            std::vector<float> q = random_floats(static_cast<size_t>(d), seed++);
+            for (float& x : q) x *= qscale;
+            const std::vector<float> K = random_floats(static_cast<size_t>(nk * ld), seed++);
+            const std::vector<float> V = random_floats(static_cast<size_t>(nk * ld), seed++);
+            const std::vector<float> start = random_floats(static_cast<size_t>(d + 4), seed++);
+            std::vector<float> out = start;
+            std::vector<float> scores(static_cast<size_t>(sh.heads * nk), kPad);
+            fn(q.data(), K.data(), V.data(), ld, nk, sh.heads, sh.dh, scores.data(), out.data(),
+               acc);
+            const std::vector<double> want = attention_in_double(q, K, V, ld, nk, sh.heads, sh.dh);
+            for (Index i = 0; i < d; ++i) {
+              const double base = acc ? start[static_cast<size_t>(i)] : 0.0;
+              ASSERT_NEAR(out[static_cast<size_t>(i)], base + want[static_cast<size_t>(i)], 2e-6)
+                  << "column " << i;
+            }
+            for (Index i = d; i < d + 4; ++i) {
+              ASSERT_EQ(out[static_cast<size_t>(i)], start[static_cast<size_t>(i)])
+                  << "wrote past the output";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/// The same kernel through ops.hpp's attend_one (kernel or Eigen, whichever float takes) and the
+/// double-precision Eigen path agree, so switching paths cannot change a model's outputs beyond
+/// rounding.
+TEST(AttendOne, FloatPathAgreesWithDoublePath) {
+  const Index heads = 12, dh = 36, d = heads * dh, nk = 257;
+  const std::vector<float> q = random_floats(static_cast<size_t>(d), 801);
+  const std::vector<float> K = random_floats(static_cast<size_t>(nk * d), 802);
+  const std::vector<float> V = random_floats(static_cast<size_t>(nk * d), 803);
+  std::vector<float> out(static_cast<size_t>(d)), scores(static_cast<size_t>(heads * nk));
+  tconst::detail::attend_one<float>(q.data(), K.data(), V.data(), d, nk, heads, dh, scores.data(),
+                                    out.data(), false);
+  const std::vector<double> qd(q.begin(), q.end()), Kd(K.begin(), K.end()), Vd(V.begin(), V.end());
+  std::vector<double> outd(static_cast<size_t>(d)), scoresd(static_cast<size_t>(heads * nk));
+  tconst::detail::attend_one<double>(qd.data(), Kd.data(), Vd.data(), d, nk, heads, dh,
+                                     scoresd.data(), outd.data(), false);
+  for (Index i = 0; i < d; ++i) {
+    ASSERT_NEAR(out[static_cast<size_t>(i)], outd[static_cast<size_t>(i)], 2e-6) << i;
   }
 }
 

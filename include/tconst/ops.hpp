@@ -162,6 +162,12 @@ void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
 template <typename S>
 void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
                 S* scores, S* out, bool accumulate) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    if (const AttendOneFn fn = active_attend_one()) {
+      fn(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
+      return;
+    }
+  }
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
   // P[h, j] = scale * q_h . K[j, h]
   Eigen::Map<MatrixRM<S>> P(scores, heads, nk);

@@ -7,13 +7,19 @@
 // for the baseline x86-64 still runs at the machine's vector width. Elsewhere (other compilers or
 // CPUs, double precision) the callers use Eigen.
 //
+// The same instruction sets carry the attention of one query row over a cache (attend_one: the
+// scores of a block of keys for one head summed across lanes at once, the softmax with its own
+// vector exp, keys and values fetched ahead of use), which a cache-hit step runs in every layer.
+//
 // TCONST_ISA=avx512|avx2|none in the environment caps the choice (read once, on first use), for
 // comparing the paths; a choice the CPU cannot run falls back to the next one down.
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #if !defined(TCONST_NO_DISPATCH) && (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define TCONST_X86_DISPATCH 1
@@ -77,6 +83,11 @@ using RowsGemmFn = void (*)(const float* W, Eigen::Index k, Eigen::Index o0, Eig
                             const float* in, Eigen::Index ld_in, Eigen::Index n, const float* bias,
                             float* out, Eigen::Index ld_out);
 
+/// One query row's attention over nk key rows for every head (ops.hpp's attend_one in float).
+using AttendOneFn = void (*)(const float* q, const float* K, const float* V, Eigen::Index ld,
+                             Eigen::Index nk, Eigen::Index heads, Eigen::Index dh, float* scores,
+                             float* out, bool accumulate);
+
 /// The kernel for `isa`, or nullptr when this build or this CPU cannot run it.
 inline RowsGemmFn rows_gemm_for(Isa isa) {
 #if TCONST_X86_DISPATCH
@@ -88,6 +99,23 @@ inline RowsGemmFn rows_gemm_for(Isa isa) {
     case Isa::avx2:
       if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2::rows_gemm;
       return nullptr;
+    case Isa::none:
+      return nullptr;
+  }
+#endif
+  (void)isa;
+  return nullptr;
+}
+
+/// The attention kernel for `isa`, or nullptr when this build or this CPU cannot run it.
+inline AttendOneFn attend_one_for(Isa isa) {
+#if TCONST_X86_DISPATCH
+  if (rows_gemm_for(isa) == nullptr) return nullptr;
+  switch (isa) {
+    case Isa::avx512:
+      return &avx512::attend_one;
+    case Isa::avx2:
+      return &avx2::attend_one;
     case Isa::none:
       return nullptr;
   }
@@ -131,6 +159,12 @@ inline Isa active_isa() {
 /// The kernel of active_isa(), or nullptr (then use Eigen).
 inline RowsGemmFn active_rows_gemm() {
   static const RowsGemmFn fn = rows_gemm_for(active_isa());
+  return fn;
+}
+
+/// The attention kernel of active_isa(), or nullptr (then use Eigen).
+inline AttendOneFn active_attend_one() {
+  static const AttendOneFn fn = attend_one_for(active_isa());
   return fn;
 }
 

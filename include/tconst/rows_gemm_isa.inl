@@ -1,8 +1,9 @@
-// One instruction set's few-row matrix product, included by rows_gemm.hpp once per instruction
-// set, inside a region that compiles every function for that instruction set, with its
-// parameters defined: TCONST_ISA_NS (namespace), TCONST_ISA_LANES (16: AVX-512, 8: AVX2 + FMA),
-// TCONST_ISA_ROWS and TCONST_ISA_GROUP (the register block: weight rows by input rows; one input
-// row takes 8 weight rows). Undefines them at its end. No include guard: it is read twice.
+// One instruction set's few-row matrix product and one-query attention, included by
+// rows_gemm.hpp once per instruction set, inside a region that compiles every function for that
+// instruction set, with its parameters defined: TCONST_ISA_NS (namespace), TCONST_ISA_LANES (16:
+// AVX-512, 8: AVX2 + FMA), TCONST_ISA_ROWS and TCONST_ISA_GROUP (the register block: weight rows
+// by input rows; one input row takes 8 weight rows). Undefines them at its end. No include guard:
+// it is read twice.
 
 namespace tconst {
 namespace detail {
@@ -20,6 +21,17 @@ inline V vload_head(const float* p, int m) {
 }
 inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline float vsum(V a) { return _mm512_reduce_add_ps(a); }
+inline V vset(float a) { return _mm512_set1_ps(a); }
+inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
+inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
+inline float vmax_lanes(V a) { return _mm512_reduce_max_ps(a); }
+inline void vstore(float* p, V a) { _mm512_storeu_ps(p, a); }
+inline V vround(V a) {
+  return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+/// a * 2^n for integral n in [-127, 0].
+inline V vscale2(V a, V n) { return _mm512_scalef_ps(a, n); }
 #else
 using V = __m256;
 inline V vzero() { return _mm256_setzero_ps(); }
@@ -34,6 +46,27 @@ inline float vsum(V a) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+inline V vset(float a) { return _mm256_set1_ps(a); }
+inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
+inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
+inline V vmax(V a, V b) { return _mm256_max_ps(a, b); }
+inline float vmax_lanes(V a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline void vstore(float* p, V a) { _mm256_storeu_ps(p, a); }
+inline V vround(V a) {
+  return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline V vscale2(V a, V n) {
+  // 2^n built in the exponent field: n + 127 >= 0 is a normal number's exponent, or 0 (then the
+  // product is 0, as a result below 2^-126 is flushed here).
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  const __m256i e = _mm256_slli_epi32(biased, 23);
+  return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
 }
 #endif
 
@@ -62,31 +95,54 @@ inline void accumulate(V (&acc)[R][G], const float* W, Index k, const float* in,
   }
 }
 
+#if TCONST_ISA_LANES == 16
+/// The sums of 16 vectors' lanes in one vector, by a tree of lane shuffles (45 instructions
+/// instead of 16 reductions): halves, then quarters, then pairs within 128-bit lanes. Lane
+/// 4g + r of the result is the sum of a[4r + g].
+inline V sum_tree(const V* a) {
+  V b[8], c[4], d[2];
+  for (int j = 0; j < 8; ++j) {
+    b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0xEE));
+  }
+  for (int j = 0; j < 4; ++j) {
+    c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0xDD));
+  }
+  for (int j = 0; j < 2; ++j) {
+    d[j] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * j], c[2 * j + 1]),
+                         _mm512_unpackhi_ps(c[2 * j], c[2 * j + 1]));
+  }
+  const __m512d d0 = _mm512_castps_pd(d[0]), d1 = _mm512_castps_pd(d[1]);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(d0, d1)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(d0, d1)));
+}
+
+/// Lane t of the result is the sum of a[t]'s lanes.
+inline V lane_sums(const V (&a)[kLanes]) {
+  V b[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) b[i] = a[4 * (i % 4) + i / 4];
+  return sum_tree(b);
+}
+#else
+/// Lane t of the result is the sum of a[t]'s lanes.
+inline V lane_sums(const V (&a)[kLanes]) {
+  const V h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+  const V h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+  const V lo = _mm256_hadd_ps(h01, h23), hi = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20),
+                       _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+#endif
+
 /// out[g * ld_out + r] = the sum of acc[r][g]'s lanes (+ bias[r]).
 template <int R, int G>
 inline void store_sums(V (&acc)[R][G], const float* bias, float* out, Index ld_out) {
 #if TCONST_ISA_LANES == 16
   if constexpr (R == 4 && G == 4) {
-    // All 16 sums at once by a tree of lane shuffles (45 instructions instead of 16 reductions):
-    // halves, then quarters, then pairs within 128-bit lanes. Lane 4g + r of the result holds
-    // acc[r][g], so 128-bit lane g is out[g, 0..4).
-    const V* a = &acc[0][0];
-    V b[8], c[4], d[2];
-    for (int j = 0; j < 8; ++j) {
-      b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0x44),
-                           _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0xEE));
-    }
-    for (int j = 0; j < 4; ++j) {
-      c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0x88),
-                           _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0xDD));
-    }
-    for (int j = 0; j < 2; ++j) {
-      d[j] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * j], c[2 * j + 1]),
-                           _mm512_unpackhi_ps(c[2 * j], c[2 * j + 1]));
-    }
-    const __m512d d0 = _mm512_castps_pd(d[0]), d1 = _mm512_castps_pd(d[1]);
-    V e = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(d0, d1)),
-                        _mm512_castpd_ps(_mm512_unpackhi_pd(d0, d1)));
+    // Lane 4g + r of the tree's result is acc[r][g], so 128-bit lane g is out[g, 0..4).
+    V e = sum_tree(&acc[0][0]);
     if (bias != nullptr) e = _mm512_add_ps(e, _mm512_broadcast_f32x4(_mm_loadu_ps(bias)));
     _mm_storeu_ps(out, _mm512_castps512_ps128(e));
     _mm_storeu_ps(out + ld_out, _mm512_extractf32x4_ps(e, 1));
@@ -168,6 +224,122 @@ inline void rows_gemm(const float* W, Index k, Index o0, Index o1, const float* 
   }
   for (; o < o1; ++o) {
     row_block<1>(W + o * k, k, in, ld_in, n, bias ? bias + o : nullptr, out + o, ld_out);
+  }
+}
+
+/// e^x for x <= 0 (a softmax's shifted scores), within 2 ulp of the float nearest e^x; results
+/// below 2^-126 may be 0. n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts, so r is exact
+/// to float precision), e^r by its Taylor polynomial to degree 7 (|r| <= ln 2 / 2: the first
+/// term left out is below 2^-30), then times 2^n.
+inline V vexp_nonpositive(V x) {
+  x = vmax(x, vset(-87.0f));
+  const V n = vround(vmul(x, vset(1.44269504088896341f)));
+  V r = vfma(n, vset(-0.693145751953125f), x);  // ln 2's high part (14 significant bits)
+  r = vfma(n, vset(-1.42860682030941723e-6f), r);
+  V p = vset(1.0f / 5040.0f);
+  p = vfma(p, r, vset(1.0f / 720.0f));
+  p = vfma(p, r, vset(1.0f / 120.0f));
+  p = vfma(p, r, vset(1.0f / 24.0f));
+  p = vfma(p, r, vset(1.0f / 6.0f));
+  p = vfma(p, r, vset(0.5f));
+  p = vfma(p, r, vset(1.0f));
+  p = vfma(p, r, vset(1.0f));
+  return vscale2(p, n);
+}
+
+/// One query row against nk key rows, every head: out[h*dh, (h+1)*dh) (+)=
+/// softmax_j(scale q_h . K[j, h]) V[j, h] (as ops.hpp's attend_one). `scores` holds heads * nk
+/// floats. Keys and values are each read once from memory, a block of kLanes rows at a time that
+/// every head then uses from L1. Allocates nothing.
+inline void attend_one(const float* q, const float* K, const float* Vv, Index ld, Index nk,
+                       Index heads, Index dh, float* scores, float* out, bool accumulate) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const Index chunks = (dh + kLanes - 1) / kLanes;
+  const int tail = static_cast<int>(dh - (chunks - 1) * kLanes);  // columns in the last chunk
+  // Rows are fetched two blocks ahead of their use: memory's prefetchers do not follow a block's
+  // kLanes rows read a few columns at a time, and without it the kernel waits on memory (a
+  // prefetch past the last row is harmless).
+  const Index ahead = 2 * kLanes;
+  auto load_cols = [&](const float* p, Index c) {
+    return c + 1 < chunks || tail == kLanes ? vload(p) : vload_head(p, tail);
+  };
+  // Scores: kLanes keys per block, each head's dot products summed across lanes at once.
+  for (Index j0 = 0; j0 < nk; j0 += kLanes) {
+    const Index jn = std::min<Index>(kLanes, nk - j0);
+    for (Index h = 0; h < heads; ++h) {
+      V acc[kLanes];
+#pragma GCC unroll 16
+      for (int t = 0; t < kLanes; ++t) acc[t] = vzero();
+      for (Index c = 0; c < chunks; ++c) {
+        const Index col = h * dh + c * kLanes;
+        const V qc = load_cols(q + col, c);
+#pragma GCC unroll 16
+        for (int t = 0; t < kLanes; ++t) {
+          // A short last block repeats its last key; those lanes are not stored.
+          const Index j = j0 + std::min<Index>(t, jn - 1);
+          acc[t] = vfma(qc, load_cols(K + j * ld + col, c), acc[t]);
+          _mm_prefetch(reinterpret_cast<const char*>(K + (j + ahead) * ld + col), _MM_HINT_T0);
+        }
+      }
+      const V sums = vmul(lane_sums(acc), vset(scale));
+      float* dst = scores + h * nk + j0;
+      if (jn == kLanes) {
+        vstore(dst, sums);
+      } else {
+        alignas(64) float tmp[kLanes];
+        vstore(tmp, sums);
+        std::memcpy(dst, tmp, sizeof(float) * static_cast<size_t>(jn));
+      }
+    }
+  }
+  // Softmax of each head's row of scores, in place.
+  const Index whole = nk / kLanes * kLanes;
+  const int rest = static_cast<int>(nk - whole);
+  for (Index h = 0; h < heads; ++h) {
+    float* p = scores + h * nk;
+    V m = vset(-std::numeric_limits<float>::infinity());
+    for (Index j = 0; j < whole; j += kLanes) m = vmax(m, vload(p + j));
+    float mx = vmax_lanes(m);
+    for (Index j = whole; j < nk; ++j) mx = std::max(mx, p[j]);
+    V sum = vzero();
+    for (Index j = 0; j < whole; j += kLanes) {
+      const V e = vexp_nonpositive(vadd(vload(p + j), vset(-mx)));
+      vstore(p + j, e);
+      sum = vadd(sum, e);
+    }
+    if (rest > 0) {
+      alignas(64) float tmp[kLanes];
+      const V e = vexp_nonpositive(vadd(vload_head(p + whole, rest), vset(-mx)));
+      vstore(tmp, e);
+      sum = vadd(sum, vload_head(tmp, rest));
+      std::memcpy(p + whole, tmp, sizeof(float) * static_cast<size_t>(rest));
+    }
+    const float inv = 1.0f / vsum(sum);
+    for (Index j = 0; j < whole; j += kLanes) vstore(p + j, vmul(vload(p + j), vset(inv)));
+    for (Index j = whole; j < nk; ++j) p[j] *= inv;
+  }
+  // Values: kLanes rows per block; each head's output columns gather the block's rows.
+  if (!accumulate) std::memset(out, 0, sizeof(float) * static_cast<size_t>(heads * dh));
+  for (Index j0 = 0; j0 < nk; j0 += kLanes) {
+    const Index j1 = std::min<Index>(nk, j0 + kLanes);
+    for (Index h = 0; h < heads; ++h) {
+      const float* p = scores + h * nk;
+      for (Index c = 0; c < chunks; ++c) {
+        const Index col = h * dh + c * kLanes;
+        V acc = load_cols(out + col, c);
+        for (Index j = j0; j < j1; ++j) {
+          acc = vfma(vset(p[j]), load_cols(Vv + j * ld + col, c), acc);
+          _mm_prefetch(reinterpret_cast<const char*>(Vv + (j + ahead) * ld + col), _MM_HINT_T0);
+        }
+        if (c + 1 < chunks || tail == kLanes) {
+          vstore(out + col, acc);
+        } else {
+          alignas(64) float tmp[kLanes];
+          vstore(tmp, acc);
+          std::memcpy(out + col, tmp, sizeof(float) * static_cast<size_t>(tail));
+        }
+      }
+    }
   }
 }
 
