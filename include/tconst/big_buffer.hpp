@@ -45,17 +45,28 @@ class BigBuffer {
     if (count > SIZE_MAX / sizeof(T)) throw Error(std::string(what) + " is too large to allocate");
     const size_t bytes = count * sizeof(T);
 #if TCONST_HAVE_HUGE_PAGES
-    if (bytes >= kHugeFrom) {
-      mapped_bytes_ = (bytes + kHugeFrom - 1) / kHugeFrom * kHugeFrom;
-      void* p = ::mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
+    if (bytes >= kHugeFrom && bytes <= SIZE_MAX - 2 * kHugeFrom) {
+      // Map 2 MiB more than needed, keep the part that starts on a 2 MiB boundary (huge pages
+      // only back whole aligned 2 MiB ranges) and give back the rest: the buffer holds its bytes
+      // rounded up to a page, not to 2 MiB.
+      constexpr size_t kPage = 4096;
+      const size_t len = (bytes + kPage - 1) / kPage * kPage;
+      const size_t span = len + kHugeFrom;
+      void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) fail(what, count);
+      const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+      const uintptr_t start = (at + kHugeFrom - 1) / kHugeFrom * kHugeFrom;
+      if (start > at) ::munmap(p, start - at);
+      if (at + span > start + len)
+        ::munmap(reinterpret_cast<void*>(start + len), at + span - start - len);
+      void* q = reinterpret_cast<void*>(start);
 #if defined(MADV_HUGEPAGE)
-      (void)::madvise(p, mapped_bytes_, MADV_HUGEPAGE);  // advice only: refusal changes nothing
+      (void)::madvise(q, len, MADV_HUGEPAGE);  // advice only: refusal changes nothing
 #endif
-      data_ = static_cast<T*>(p);
+      data_ = static_cast<T*>(q);
+      mapped_bytes_ = len;
       // Touched now, so that no step ever takes the page faults.
-      std::memset(p, 0, mapped_bytes_);
+      std::memset(q, 0, len);
       return;
     }
 #endif
