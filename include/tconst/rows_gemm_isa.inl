@@ -227,6 +227,13 @@ inline void rows_gemm(const float* W, Index k, Index o0, Index o1, const float* 
   }
 }
 
+/// Stores the first m (<= kLanes) lanes of a at p; writes nothing past p + m.
+inline void vstore_head(float* p, V a, Index m) {
+  alignas(64) float tmp[kLanes];
+  vstore(tmp, a);
+  std::memcpy(p, tmp, sizeof(float) * static_cast<size_t>(m));
+}
+
 /// e^x for x <= 0 (a softmax's shifted scores), within 2 ulp of the float nearest e^x; results
 /// below 2^-126 may be 0. n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts, so r is exact
 /// to float precision), e^r by its Taylor polynomial to degree 7 (|r| <= ln 2 / 2: the first
@@ -286,9 +293,7 @@ inline void attend_one(const float* q, const float* K, const float* Vv, Index ld
       if (jn == kLanes) {
         vstore(dst, sums);
       } else {
-        alignas(64) float tmp[kLanes];
-        vstore(tmp, sums);
-        std::memcpy(dst, tmp, sizeof(float) * static_cast<size_t>(jn));
+        vstore_head(dst, sums, jn);
       }
     }
   }
@@ -308,11 +313,9 @@ inline void attend_one(const float* q, const float* K, const float* Vv, Index ld
       sum = vadd(sum, e);
     }
     if (rest > 0) {
-      alignas(64) float tmp[kLanes];
       const V e = vexp_nonpositive(vadd(vload_head(p + whole, rest), vset(-mx)));
-      vstore(tmp, e);
-      sum = vadd(sum, vload_head(tmp, rest));
-      std::memcpy(p + whole, tmp, sizeof(float) * static_cast<size_t>(rest));
+      vstore_head(p + whole, e, rest);
+      sum = vadd(sum, vload_head(p + whole, rest));
     }
     const float inv = 1.0f / vsum(sum);
     for (Index j = 0; j < whole; j += kLanes) vstore(p + j, vmul(vload(p + j), vset(inv)));
@@ -334,9 +337,7 @@ inline void attend_one(const float* q, const float* K, const float* Vv, Index ld
         if (c + 1 < chunks || tail == kLanes) {
           vstore(out + col, acc);
         } else {
-          alignas(64) float tmp[kLanes];
-          vstore(tmp, acc);
-          std::memcpy(out + col, tmp, sizeof(float) * static_cast<size_t>(tail));
+          vstore_head(out + col, acc, tail);
         }
       }
     }
