@@ -4,7 +4,7 @@
 // of the row block, input rows not a multiple of the group), with and without bias, with padded
 // strides (padding must stay untouched) and sub-ranges of output rows. Then linear() and gemv(),
 // which pick the kernel, against Eigen. Then the one-query attention kernels against a double
-// softmax attention.
+// softmax attention, and the SwiGLU gate against its double value.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -260,6 +260,41 @@ TEST(AttendOne, FloatPathAgreesWithDoublePath) {
                                      scoresd.data(), outd.data(), false);
   for (Index i = 0; i < d; ++i) {
     ASSERT_NEAR(out[static_cast<size_t>(i)], outd[static_cast<size_t>(i)], 2e-6) << i;
+  }
+}
+
+/// Every runnable SwiGLU gate kernel against silu(a) * g in double: lengths around the vector
+/// width, values from -100 to 100 (e^100 would overflow a naive float sigmoid), and each element's
+/// result the same wherever a row is split (the threads split rows of hidden units).
+TEST(SiluGate, EveryRunnableKernelMatchesDoubleAndIgnoresSplits) {
+  const std::vector<Isa> isas = runnable_isas();
+  if (isas.empty()) GTEST_SKIP() << "no vector kernel runs on this CPU or compiler";
+  for (Isa isa : isas) {
+    SCOPED_TRACE(tconst::detail::isa_name(isa));
+    const tconst::detail::SiluGateFn fn = tconst::detail::silu_gate_for(isa);
+    ASSERT_NE(fn, nullptr);
+    for (Index n : {Index{1}, Index{7}, Index{8}, Index{9}, Index{16}, Index{17}, Index{40}}) {
+      for (float spread : {1.0f, 10.0f, 100.0f}) {
+        SCOPED_TRACE("n " + std::to_string(n) + " spread " + std::to_string(spread));
+        std::vector<float> a = random_floats(static_cast<size_t>(n + 4), 900 + n);
+        for (float& v : a) v *= spread;
+        const std::vector<float> g = random_floats(static_cast<size_t>(n), 950 + n);
+        std::vector<float> whole = a, split = a;
+        fn(whole.data(), g.data(), n);
+        const Index cut = n / 2;
+        fn(split.data(), g.data(), cut);
+        fn(split.data() + cut, g.data() + cut, n - cut);
+        for (Index i = 0; i < n; ++i) {
+          const double x = a[static_cast<size_t>(i)];
+          const double want = x / (1.0 + std::exp(-x)) * g[static_cast<size_t>(i)];
+          ASSERT_NEAR(whole[static_cast<size_t>(i)], want, 3e-7 * std::abs(want) + 1e-30) << i;
+          ASSERT_EQ(whole[static_cast<size_t>(i)], split[static_cast<size_t>(i)]) << i;
+        }
+        for (Index i = n; i < n + 4; ++i) {
+          ASSERT_EQ(whole[static_cast<size_t>(i)], a[static_cast<size_t>(i)]) << "wrote past n";
+        }
+      }
+    }
   }
 }
 

@@ -293,17 +293,42 @@ class OnlineAttention {
   MatrixRM<S> sum_;  // [nq, heads] running sum of exp(score - max)
 };
 
+/// h1[n, f] = silu(xn W1^T) * (xn W3^T) with the kernels of rows_gemm.hpp, both products and the
+/// gate of a range of hidden units on the same thread (one parallel region instead of two, and the
+/// gate no longer runs on one thread between them); false (nothing done) when there are no
+/// kernels for S or this CPU, or n is above kRowsGemmMaxRows. h3 is scratch.
+template <typename S>
+bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1, S* h3) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    const RowsGemmFn gemm = active_rows_gemm();
+    const SiluGateFn gate = active_silu_gate();
+    if (gemm == nullptr || gate == nullptr || n > kRowsGemmMaxRows) return false;
+    const Index f = L.w1.rows;
+    for_row_ranges(f, [&](Index r0, Index r1) {
+      gemm(L.w1.data, d, r0, r1, xn, d, n, nullptr, h1, f);
+      gemm(L.w3.data, d, r0, r1, xn, d, n, nullptr, h3, f);
+      for (Index g = 0; g < n; ++g) gate(h1 + g * f + r0, h3 + g * f + r0, r1 - r0);
+    });
+    return true;
+  } else {
+    (void)xn, (void)d, (void)n, (void)L, (void)h1, (void)h3;
+    return false;
+  }
+}
+
 /// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f].
 template <typename S>
 void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
                   S* h3) {
   const Index d = L.w2.rows, f = L.w1.rows;
   layer_norm(x, ld_x, xn, d, n, d, L.norm2_w, L.norm2_b, eps);
-  linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f);
-  linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f);
-  Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(h1, n * f);
-  Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> g(h3, n * f);
-  a = a / (S(1) + (-a).exp()) * g;
+  if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
+    linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f);
+    linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f);
+    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(h1, n * f);
+    Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> g(h3, n * f);
+    a = a / (S(1) + (-a).exp()) * g;
+  }
   if (n <= kRowsGemmMaxRows) {
     // w2's product into xn, free again, then the residual, so that the product can take the
     // kernel of rows_gemm.hpp.

@@ -88,6 +88,9 @@ using AttendOneFn = void (*)(const float* q, const float* K, const float* V, Eig
                              Eigen::Index nk, Eigen::Index heads, Eigen::Index dh, float* scores,
                              float* out, bool accumulate);
 
+/// a[i] = silu(a[i]) * g[i] for i < n.
+using SiluGateFn = void (*)(float* a, const float* g, Eigen::Index n);
+
 /// The kernel for `isa`, or nullptr when this build or this CPU cannot run it.
 inline RowsGemmFn rows_gemm_for(Isa isa) {
 #if TCONST_X86_DISPATCH
@@ -116,6 +119,23 @@ inline AttendOneFn attend_one_for(Isa isa) {
       return &avx512::attend_one;
     case Isa::avx2:
       return &avx2::attend_one;
+    case Isa::none:
+      return nullptr;
+  }
+#endif
+  (void)isa;
+  return nullptr;
+}
+
+/// The SwiGLU gate kernel for `isa`, or nullptr when this build or this CPU cannot run it.
+inline SiluGateFn silu_gate_for(Isa isa) {
+#if TCONST_X86_DISPATCH
+  if (rows_gemm_for(isa) == nullptr) return nullptr;
+  switch (isa) {
+    case Isa::avx512:
+      return &avx512::silu_gate;
+    case Isa::avx2:
+      return &avx2::silu_gate;
     case Isa::none:
       return nullptr;
   }
@@ -159,6 +179,12 @@ inline Isa active_isa() {
 /// The kernel of active_isa(), or nullptr (then use Eigen).
 inline RowsGemmFn active_rows_gemm() {
   static const RowsGemmFn fn = rows_gemm_for(active_isa());
+  return fn;
+}
+
+/// The gate kernel of active_isa(), or nullptr (then use Eigen).
+inline SiluGateFn active_silu_gate() {
+  static const SiluGateFn fn = silu_gate_for(active_isa());
   return fn;
 }
 

@@ -32,6 +32,16 @@ inline V vround(V a) {
 }
 /// a * 2^n for integral n in [-127, 0].
 inline V vscale2(V a, V n) { return _mm512_scalef_ps(a, n); }
+inline V vdiv(V a, V b) { return _mm512_div_ps(a, b); }
+/// -|a|.
+inline V vneg_abs(V a) {
+  return _mm512_castsi512_ps(
+      _mm512_or_si512(_mm512_castps_si512(a), _mm512_set1_epi32(static_cast<int>(0x80000000u))));
+}
+/// Per lane: `neg` where a < 0, else `nonneg`.
+inline V vselect_negative(V a, V nonneg, V neg) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LT_OQ), nonneg, neg);
+}
 #else
 using V = __m256;
 inline V vzero() { return _mm256_setzero_ps(); }
@@ -67,6 +77,11 @@ inline V vscale2(V a, V n) {
   const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
   const __m256i e = _mm256_slli_epi32(biased, 23);
   return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+}
+inline V vdiv(V a, V b) { return _mm256_div_ps(a, b); }
+inline V vneg_abs(V a) { return _mm256_or_ps(a, _mm256_set1_ps(-0.0f)); }
+inline V vselect_negative(V a, V nonneg, V neg) {
+  return _mm256_blendv_ps(nonneg, neg, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_LT_OQ));
 }
 #endif
 
@@ -252,6 +267,26 @@ inline V vexp_nonpositive(V x) {
   p = vfma(p, r, vset(1.0f));
   p = vfma(p, r, vset(1.0f));
   return vscale2(p, n);
+}
+
+/// a[i] = silu(a[i]) * g[i] = a[i] / (1 + e^-a[i]) * g[i] for i < n (the SwiGLU gate), as
+/// a * s * g with s = 1 / (1 + t) for a >= 0 and t / (1 + t) below, t = e^-|a|: the exponent is
+/// never positive, so nothing overflows. Each element's result depends on it alone (the tail
+/// takes the same arithmetic under a mask), so any split of a row gives the same bits.
+inline void silu_gate(float* a, const float* g, Index n) {
+  for (Index i = 0; i < n; i += kLanes) {
+    const Index m = std::min<Index>(kLanes, n - i);
+    const V x = m == kLanes ? vload(a + i) : vload_head(a + i, static_cast<int>(m));
+    const V gv = m == kLanes ? vload(g + i) : vload_head(g + i, static_cast<int>(m));
+    const V t = vexp_nonpositive(vneg_abs(x));
+    const V s = vdiv(vselect_negative(x, vset(1.0f), t), vadd(vset(1.0f), t));
+    const V y = vmul(vmul(x, s), gv);
+    if (m == kLanes) {
+      vstore(a + i, y);
+    } else {
+      vstore_head(a + i, y, m);
+    }
+  }
 }
 
 /// One query row against nk key rows, every head: out[h*dh, (h+1)*dh) (+)=
