@@ -185,12 +185,9 @@ inline BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, 
   for (int64_t i = 0; i < steps; ++i) {
     const int64_t before = session->resync_count();
     const auto t0 = clock::now();
-    const auto& logits = session->feed(tok);
-    Eigen::Index best;
-    logits.maxCoeff(&best);
+    tok = tconst::greedy_token(session->feed(tok));
     ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     resynced.push_back(session->resync_count() != before);
-    tok = static_cast<int32_t>(best);
   }
   std::vector<double> hits, resyncs;
   for (size_t i = 0; i < ms.size(); ++i) (resynced[i] ? resyncs : hits).push_back(ms[i]);
@@ -256,15 +253,13 @@ inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> 
     const auto t0 = clock::now();
     tconst::Scheduler<float>::feed_streams(sessions, tokens, scratch);
     for (int64_t i = 0; i < S; ++i) {
-      Eigen::Index best;
-      sessions[static_cast<size_t>(i)]->logits().maxCoeff(&best);
-      tokens[static_cast<size_t>(i)] = static_cast<int32_t>(best);
+      tokens[static_cast<size_t>(i)] =
+          tconst::greedy_token(sessions[static_cast<size_t>(i)]->logits());
     }
     const auto t1 = clock::now();
     for (int64_t i = 0; i < S; ++i) {
-      Eigen::Index best;
-      copies[static_cast<size_t>(i)]->feed(solo[static_cast<size_t>(i)]).maxCoeff(&best);
-      solo[static_cast<size_t>(i)] = static_cast<int32_t>(best);
+      solo[static_cast<size_t>(i)] =
+          tconst::greedy_token(copies[static_cast<size_t>(i)]->feed(solo[static_cast<size_t>(i)]));
     }
     const auto t2 = clock::now();
     const double b = std::chrono::duration<double>(t1 - t0).count();
@@ -313,11 +308,9 @@ inline nlohmann::json bench_interleaved(std::shared_ptr<const tconst::Model<floa
     for (size_t i = 0; i < sessions.size(); ++i) {
       const int64_t before = sessions[i]->resync_count();
       const auto t0 = clock::now();
-      Eigen::Index best;
-      sessions[i]->feed(tok[i]).maxCoeff(&best);
+      tok[i] = tconst::greedy_token(sessions[i]->feed(tok[i]));
       const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
       if (sessions[i]->resync_count() == before) hits[i].push_back(ms);
-      tok[i] = static_cast<int32_t>(best);
     }
   }
   nlohmann::json arr = nlohmann::json::array();

@@ -230,6 +230,86 @@ TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
   EXPECT_EQ(sd.sample(ld, {}), 0);
 }
 
+// The first index of the largest element, by the plainest loop there is.
+template <typename T>
+int32_t first_argmax(const tconst::Vector<T>& v) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < static_cast<int32_t>(v.size()); ++i) {
+    if (v[i] > v[best]) best = i;
+  }
+  return best;
+}
+
+TEST(GreedyToken, FirstLargestOnRandomLogitsWithManyTies) {
+  // Few distinct values (many ties), the maximum anywhere: first block, last block, a block's
+  // edge, the very last element; lengths around the scan's 256-element blocks.
+  tconst_test::SplitMix64 gen(31);
+  for (int32_t n : {1, 2, 15, 255, 256, 257, 511, 512, 513, 1000, 50257}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      Logits v(n);
+      tconst::Vector<double> vd(n);
+      const int levels = 1 + static_cast<int>(gen.next() % 6);
+      for (int32_t i = 0; i < n; ++i) {
+        v[i] = static_cast<float>(gen.next() % static_cast<uint64_t>(levels)) - 2.0f;
+        vd[i] = v[i];
+      }
+      if (trial % 4 == 1) v[n - 1] = vd[n - 1] = 9.0f;
+      if (trial % 4 == 2) v[n / 2] = vd[n / 2] = 9.0f;
+      if (trial % 4 == 3 && n > 256) v[256] = vd[256] = 9.0f;
+      EXPECT_EQ(tconst::greedy_token(v), first_argmax(v)) << "n " << n << " trial " << trial;
+      EXPECT_EQ(tconst::greedy_token(vd), first_argmax(vd)) << "n " << n << " trial " << trial;
+    }
+  }
+}
+
+TEST(GreedyToken, InfinitiesSignedZerosAndNaN) {
+  const float inf = std::numeric_limits<float>::infinity();
+  Logits all_masked(600);
+  all_masked.setConstant(-inf);
+  EXPECT_EQ(tconst::greedy_token(all_masked), 0);
+  // +inf and -inf together make the sum NaN without any NaN logit.
+  Logits mixed = all_masked;
+  mixed[3] = inf;
+  mixed[300] = inf;
+  EXPECT_EQ(tconst::greedy_token(mixed), 3);
+  Logits zeros = make_logits({-0.0, 0.0, -0.0});
+  EXPECT_EQ(tconst::greedy_token(zeros), 0);
+  Logits nan_logits(700);
+  nan_logits.setZero();
+  nan_logits[417] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    tconst::greedy_token(nan_logits);
+    ADD_FAILURE() << "a NaN logit was accepted";
+  } catch (const tconst::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token 417 is NaN"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(tconst::greedy_token(Logits()), tconst::Error);
+}
+
+TEST(GreedyToken, SamplerGreedyAgreesWithAndWithoutThePenaltyPath) {
+  tconst_test::SplitMix64 gen(32);
+  std::vector<double> values(3000);
+  for (double& x : values) x = gen.uniform_float(-4.0, 4.0);
+  const Logits logits = make_logits(values);
+  SamplerConfig plain;
+  plain.greedy = true;
+  // A penalty of 1 takes the short path; a window of 0 likewise; a real penalty the full one,
+  // which with a history of tokens below the maximum changes nothing.
+  SamplerConfig neutral = plain;
+  neutral.repetition_penalty = 1.0f;
+  SamplerConfig full = plain;
+  full.repetition_penalty = 1.3f;
+  Sampler<float> a(plain), b(neutral), c(full);
+  const int32_t want = first_argmax(logits);
+  std::vector<int32_t> history;
+  for (int32_t i = 0; i < 3000 && history.size() < 20; ++i) {
+    if (i != want && logits[i] < 0) history.push_back(i);
+  }
+  EXPECT_EQ(a.sample(logits, history), want);
+  EXPECT_EQ(b.sample(logits, history), want);
+  EXPECT_EQ(c.sample(logits, history), want);
+}
+
 TEST(Sampler, TemperatureMatchesSoftmax) {
   const Logits logits = make_logits({1.0, 2.0, 0.5, -1.0, 3.0, 0.0});
   for (float t : {0.5f, 1.0f, 2.0f}) {

@@ -112,6 +112,29 @@ struct SamplerConfig {
   }
 };
 
+/// The id of the largest logit, the lowest id among equal maxima: greedy decoding, read straight
+/// from the logits in a few vector passes (the Sampler's greedy path without a repetition penalty
+/// ends here). Throws Error for empty logits or a NaN logit. Allocates nothing.
+template <typename Scalar>
+int32_t greedy_token(const Vector<Scalar>& logits) {
+  const Eigen::Index V = logits.size();
+  if (V == 0) throw Error("cannot sample from empty logits");
+  if (V > std::numeric_limits<int32_t>::max()) throw Error("vocabulary too large to sample");
+  // A NaN anywhere makes the sum NaN; so may +inf and -inf together, hence the look for a real one.
+  if (std::isnan(logits.sum())) {
+    for (Eigen::Index i = 0; i < V; ++i) {
+      if (std::isnan(logits[i])) throw Error("logit of token " + std::to_string(i) + " is NaN");
+    }
+  }
+  const Scalar best = logits.maxCoeff();
+  // The first block that holds the maximum, then its first element equal to it.
+  constexpr Eigen::Index kBlock = 256;
+  Eigen::Index b = 0;
+  while (b + kBlock < V && logits.segment(b, kBlock).maxCoeff() != best) b += kBlock;
+  while (logits[b] != best) ++b;  // stops: `best` is one of the logits
+  return static_cast<int32_t>(b);
+}
+
 /// Picks tokens from logits according to a SamplerConfig. Holds the random state, so one Sampler
 /// per stream; a copy continues the same random sequence independently. Its buffers grow to the
 /// vocabulary on the first call and are reused, so later calls do not allocate.
@@ -130,6 +153,8 @@ class Sampler {
     const Eigen::Index V = logits.size();
     if (V == 0) throw Error("cannot sample from empty logits");
     if (V > std::numeric_limits<int32_t>::max()) throw Error("vocabulary too large to sample");
+    const bool penalty = config_.repetition_penalty != 1.0f && config_.repetition_window != 0;
+    if (config_.is_greedy() && !penalty) return greedy_token(logits);
     const int32_t n_vocab = static_cast<int32_t>(V);
     const size_t n = static_cast<size_t>(n_vocab);
     // resize() to the size a vector already has does not allocate.
