@@ -90,10 +90,10 @@ constexpr int kRows = TCONST_ISA_ROWS;
 constexpr int kGroup = TCONST_ISA_GROUP;
 
 /// acc[r][g] += W[r, c..c+L) * in[g, c..c+L) over one vector of columns (`head` > 0: only the
-/// first `head` columns are there); with `fetch`, the same columns of the next R rows are fetched.
-template <int R, int G>
+/// first `head` columns are there); with Fetch, the same columns of the next R rows are fetched.
+template <int R, int G, bool Fetch>
 inline void accumulate(V (&acc)[R][G], const float* W, Index k, const float* in, Index ld_in,
-                       Index c, int head, bool fetch) {
+                       Index c, int head) {
   V x[G];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) {
@@ -104,7 +104,9 @@ inline void accumulate(V (&acc)[R][G], const float* W, Index k, const float* in,
     const V w = head > 0 ? vload_head(W + r * k + c, head) : vload(W + r * k + c);
     // The same columns of the next block of rows: R * k floats on, about one block's time
     // ahead of the loads (prefetching past the matrix's end is harmless).
-    if (fetch) _mm_prefetch(reinterpret_cast<const char*>(W + (R + r) * k + c), _MM_HINT_T0);
+    if constexpr (Fetch) {
+      _mm_prefetch(reinterpret_cast<const char*>(W + (R + r) * k + c), _MM_HINT_T0);
+    }
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[r][g] = vfma(w, x[g], acc[r][g]);
   }
@@ -175,10 +177,10 @@ inline void store_sums(V (&acc)[R][G], const float* bias, float* out, Index ld_o
 }
 
 /// out[g, r] = in[g, :] . W[r, :] (+ bias[r]) for R weight rows and G input rows, all in registers
-/// (`fetch`: the next R weight rows are fetched meanwhile).
-template <int R, int G>
+/// (with Fetch, the next R weight rows are fetched meanwhile).
+template <int R, int G, bool Fetch>
 inline void block(const float* W, Index k, const float* in, Index ld_in, const float* bias,
-                  float* out, Index ld_out, bool fetch) {
+                  float* out, Index ld_out) {
   V acc[R][G];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -186,8 +188,8 @@ inline void block(const float* W, Index k, const float* in, Index ld_in, const f
     for (int g = 0; g < G; ++g) acc[r][g] = vzero();
   }
   Index c = 0;
-  for (; c + kLanes <= k; c += kLanes) accumulate<R, G>(acc, W, k, in, ld_in, c, 0, fetch);
-  if (c < k) accumulate<R, G>(acc, W, k, in, ld_in, c, static_cast<int>(k - c), fetch);
+  for (; c + kLanes <= k; c += kLanes) accumulate<R, G, Fetch>(acc, W, k, in, ld_in, c, 0);
+  if (c < k) accumulate<R, G, Fetch>(acc, W, k, in, ld_in, c, static_cast<int>(k - c));
   store_sums<R, G>(acc, bias, out, ld_out);
 }
 
@@ -196,8 +198,10 @@ template <int R, int G>
 inline void last_group(Index rem, const float* W, Index k, const float* in, Index ld_in,
                        const float* bias, float* out, Index ld_out, bool fetch) {
   if constexpr (G > 0) {
-    if (rem == G) {
-      block<R, G>(W, k, in, ld_in, bias, out, ld_out, fetch);
+    if (rem == G && fetch) {
+      block<R, G, true>(W, k, in, ld_in, bias, out, ld_out);
+    } else if (rem == G) {
+      block<R, G, false>(W, k, in, ld_in, bias, out, ld_out);
     } else {
       last_group<R, G - 1>(rem, W, k, in, ld_in, bias, out, ld_out, fetch);
     }
@@ -207,15 +211,18 @@ inline void last_group(Index rem, const float* W, Index k, const float* in, Inde
 /// Every group of up to kGroup input rows against R weight rows (those stay in L1 meanwhile).
 /// The next R weight rows are fetched during the second pass over these (or the only one): the
 /// first pass waits on memory for its own rows anyway, the second computes from L1 while memory
-/// brings the next ones. Fetching in every pass, or in the first, keeps memory idle during the
-/// passes that compute (the head's product at 8 rows, 2 threads: 2.1-2.2 vs 2.4-2.5 ms).
+/// brings the next ones. A step of 8 streams with 2 threads, same process in turns: the head
+/// 2.64-2.70 -> 2.23-2.28 ms, the FFN 1.64-1.72 -> 1.48-1.57 ms against fetching in every pass.
 template <int R>
 inline void row_block(const float* W, Index k, const float* in, Index ld_in, Index n,
                       const float* bias, float* out, Index ld_out) {
   Index g0 = 0;
   for (; g0 + kGroup <= n; g0 += kGroup) {
-    block<R, kGroup>(W, k, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
-                     n <= kGroup || g0 == kGroup);
+    if (n <= kGroup || g0 == kGroup) {
+      block<R, kGroup, true>(W, k, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out);
+    } else {
+      block<R, kGroup, false>(W, k, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out);
+    }
   }
   last_group<R, kGroup - 1>(n - g0, W, k, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out,
                             ld_out, n <= kGroup || g0 == kGroup);
@@ -238,7 +245,7 @@ inline void rows_gemm(const float* W, Index k, Index o0, Index o1, const float* 
   Index o = o0;
   if (n == 1) {  // a GEMV: more rows in flight keep more of memory's bandwidth busy
     for (; o + 8 <= o1; o += 8) {
-      block<8, 1>(W + o * k, k, in, ld_in, bias ? bias + o : nullptr, out + o, ld_out, true);
+      block<8, 1, true>(W + o * k, k, in, ld_in, bias ? bias + o : nullptr, out + o, ld_out);
     }
   }
   for (; o + kRows <= o1; o += kRows) {
