@@ -1,5 +1,6 @@
-// The threaded paths (built with OpenMP): products split by output rows over threads, and several
-// streams stepped together attending on several threads. In float, with 3 threads (an uneven
+// The threaded paths (built with OpenMP): products split by output rows over threads, one query
+// row's attention split by heads, and several streams stepped together attending on several
+// threads. In float, with 3 threads (an uneven
 // split), a session's logits and those of streams stepped together equal, within float rounding,
 // the same sessions fed one token at a time on one thread, across several resyncs.
 #include <gtest/gtest.h>
@@ -87,6 +88,38 @@ TEST(OpenMP, StreamsSteppedTogetherOnThreadsEqualEachAlone) {
       }
     }
   }
+}
+
+template <typename S>
+void expect_split_attention_identical() {
+  constexpr Eigen::Index heads = 4, dh = 12, d = heads * dh;
+  tconst_test::SplitMix64 gen(41);
+  // 10 keys stay on one thread; 600 and 2000 are split (4 heads over 3 threads: 1, 1, 2).
+  for (Eigen::Index nk : {10, 600, 2000}) {
+    ASSERT_EQ(nk * d >= tconst::detail::kMinAttendSplitFloats, nk > 10);
+    std::vector<S> q(d), K(static_cast<size_t>(nk * d)), V(K.size()), scores(heads * nk);
+    for (S& x : q) x = static_cast<S>(gen.uniform_float(-1.0, 1.0));
+    for (S& x : K) x = static_cast<S>(gen.uniform_float(-1.0, 1.0));
+    for (S& x : V) x = static_cast<S>(gen.uniform_float(-1.0, 1.0));
+    for (bool accumulate : {false, true}) {
+      std::vector<S> want(d, S(0.25)), got(d, S(0.25));
+      {
+        Threads one(1);
+        tconst::detail::attend_one(q.data(), K.data(), V.data(), d, nk, heads, dh, scores.data(),
+                                   want.data(), accumulate);
+      }
+      Threads three(3);
+      tconst::detail::attend_one(q.data(), K.data(), V.data(), d, nk, heads, dh, scores.data(),
+                                 got.data(), accumulate);
+      // Each head's arithmetic is the same on any thread: the same bits.
+      EXPECT_EQ(got, want) << "nk " << nk << " accumulate " << accumulate;
+    }
+  }
+}
+
+TEST(OpenMP, OneQueryAttentionSplitByHeadsGivesTheSameBits) {
+  expect_split_attention_identical<float>();
+  expect_split_attention_identical<double>();
 }
 
 }  // namespace

@@ -155,13 +155,10 @@ void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
   }
 }
 
-/// One query row against nk key rows: out[d] (+)= concat_h softmax(q_h K_h^T / sqrt(dh)) V_h.
-/// The cache-hit attention. Keys and values are each read in one pass for all heads (a key row
-/// holds every head's slice side by side), which keeps long caches streaming from memory instead
-/// of being walked once per head. `scores` holds at least heads * nk scalars.
+/// attend_one on the calling thread.
 template <typename S>
-void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
-                S* scores, S* out, bool accumulate) noexcept {
+void attend_one_serial(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
+                       Index dh, S* scores, S* out, bool accumulate) noexcept {
   if constexpr (std::is_same_v<S, float>) {
     if (const AttendOneFn fn = active_attend_one()) {
       fn(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
@@ -192,6 +189,34 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
       o.segment(h * dh, dh) += P(h, j) * Eigen::Map<const Vector<S>>(vj + h * dh, dh);
     }
   }
+}
+
+/// Keys (and as many values) one query row's attention must read before its heads are split over
+/// threads: below that an OpenMP fork costs about as much as the split saves.
+constexpr Index kMinAttendSplitFloats = Index{1} << 14;
+
+/// One query row against nk key rows: out[d] (+)= concat_h softmax(q_h K_h^T / sqrt(dh)) V_h.
+/// The cache-hit attention. Keys and values are each read in one pass for all heads (a key row
+/// holds every head's slice side by side), which keeps long caches streaming from memory instead
+/// of being walked once per head. Outside a parallel region, with OpenMP and enough keys, the
+/// heads are split over the threads (each head's arithmetic is the same either way, so the
+/// result does not depend on the thread count). `scores` holds at least heads * nk scalars.
+template <typename S>
+void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
+                S* scores, S* out, bool accumulate) noexcept {
+#ifdef _OPENMP
+  const Index parts = std::min<Index>(omp_get_max_threads(), heads);
+  if (parts > 1 && nk * heads * dh >= kMinAttendSplitFloats && !omp_in_parallel()) {
+#pragma omp parallel for num_threads(static_cast <int>(parts)) schedule(static)
+    for (Index p = 0; p < parts; ++p) {
+      const Index h0 = heads * p / parts, h1 = heads * (p + 1) / parts;
+      attend_one_serial(q + h0 * dh, K + h0 * dh, V + h0 * dh, ld_kv, nk, h1 - h0, dh,
+                        scores + h0 * nk, out + h0 * dh, accumulate);
+    }
+    return;
+  }
+#endif
+  attend_one_serial(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
 }
 
 /// nq query rows against nk key rows, per head, separate softmax per call (SPEC §2):
