@@ -91,57 +91,47 @@ using AttendOneFn = void (*)(const float* q, const float* K, const float* V, Eig
 /// a[i] = silu(a[i]) * g[i] for i < n.
 using SiluGateFn = void (*)(float* a, const float* g, Eigen::Index n);
 
-/// The kernel for `isa`, or nullptr when this build or this CPU cannot run it.
-inline RowsGemmFn rows_gemm_for(Isa isa) {
+/// The kernels of one instruction set; all nullptr when this build or this CPU cannot run it.
+struct Kernels {
+  RowsGemmFn rows_gemm = nullptr;
+  AttendOneFn attend_one = nullptr;
+  SiluGateFn silu_gate = nullptr;
+};
+
+/// The kernels for `isa` (checked against the CPU once per call).
+inline Kernels kernels_for(Isa isa) {
 #if TCONST_X86_DISPATCH
   __builtin_cpu_init();
   switch (isa) {
     case Isa::avx512:
-      if (__builtin_cpu_supports("avx512f")) return &avx512::rows_gemm;
-      return nullptr;
+      if (__builtin_cpu_supports("avx512f")) {
+        return {&avx512::rows_gemm, &avx512::attend_one, &avx512::silu_gate};
+      }
+      return {};
     case Isa::avx2:
-      if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2::rows_gemm;
-      return nullptr;
+      if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return {&avx2::rows_gemm, &avx2::attend_one, &avx2::silu_gate};
+      }
+      return {};
     case Isa::none:
-      return nullptr;
+      return {};
   }
 #endif
   (void)isa;
-  return nullptr;
+  return {};
 }
 
-/// The attention kernel for `isa`, or nullptr when this build or this CPU cannot run it.
+/// The product kernel for `isa`, or nullptr when this build or this CPU cannot run it.
+inline RowsGemmFn rows_gemm_for(Isa isa) {
+  return kernels_for(isa).rows_gemm;
+}
+/// The attention kernel for `isa`, or nullptr.
 inline AttendOneFn attend_one_for(Isa isa) {
-#if TCONST_X86_DISPATCH
-  if (rows_gemm_for(isa) == nullptr) return nullptr;
-  switch (isa) {
-    case Isa::avx512:
-      return &avx512::attend_one;
-    case Isa::avx2:
-      return &avx2::attend_one;
-    case Isa::none:
-      return nullptr;
-  }
-#endif
-  (void)isa;
-  return nullptr;
+  return kernels_for(isa).attend_one;
 }
-
-/// The SwiGLU gate kernel for `isa`, or nullptr when this build or this CPU cannot run it.
+/// The SwiGLU gate kernel for `isa`, or nullptr.
 inline SiluGateFn silu_gate_for(Isa isa) {
-#if TCONST_X86_DISPATCH
-  if (rows_gemm_for(isa) == nullptr) return nullptr;
-  switch (isa) {
-    case Isa::avx512:
-      return &avx512::silu_gate;
-    case Isa::avx2:
-      return &avx2::silu_gate;
-    case Isa::none:
-      return nullptr;
-  }
-#endif
-  (void)isa;
-  return nullptr;
+  return kernels_for(isa).silu_gate;
 }
 
 /// Name of an instruction set as TCONST_ISA spells it.
@@ -176,22 +166,23 @@ inline Isa active_isa() {
   return chosen;
 }
 
+/// The kernels of active_isa(), looked up once.
+inline const Kernels& active_kernels() {
+  static const Kernels k = kernels_for(active_isa());
+  return k;
+}
+
 /// The kernel of active_isa(), or nullptr (then use Eigen).
 inline RowsGemmFn active_rows_gemm() {
-  static const RowsGemmFn fn = rows_gemm_for(active_isa());
-  return fn;
+  return active_kernels().rows_gemm;
 }
-
 /// The gate kernel of active_isa(), or nullptr (then use Eigen).
 inline SiluGateFn active_silu_gate() {
-  static const SiluGateFn fn = silu_gate_for(active_isa());
-  return fn;
+  return active_kernels().silu_gate;
 }
-
 /// The attention kernel of active_isa(), or nullptr (then use Eigen).
 inline AttendOneFn active_attend_one() {
-  static const AttendOneFn fn = attend_one_for(active_isa());
-  return fn;
+  return active_kernels().attend_one;
 }
 
 }  // namespace detail
