@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "tconst/ops.hpp"
-#include "tconst/weights.hpp"
+#include "tconst/detail/ops.hpp"
+#include "tconst/model.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -30,104 +30,6 @@
 
 namespace tconst_cli {
 
-/// The paper's 41M shape (V 50257, d 432, h 12, B 2, D 4, W = Hh = 256; baseline: 8 layers).
-inline tconst::ModelConfig paper_41m(tconst::Architecture arch) {
-  tconst::ModelConfig c;
-  c.arch = arch;
-  c.vocab_size = 50257;
-  c.n_embd = 432;
-  c.n_head = 12;
-  c.ffn_hidden = 1280;
-  if (arch == tconst::Architecture::kTransformer) {
-    c.n_block = 8;
-  } else {
-    c.n_block = 2;
-    c.inner_depth = 4;
-    c.history_window = 256;
-    c.generate_window = 256;
-  }
-  return c;
-}
-
-/// A SPEC §6 file in memory with pseudo-random F32 weights (matrices ~ U(+-1/sqrt(fan_in)),
-/// LayerNorm weights 1, biases 0): the cost of a step does not depend on the values.
-inline std::vector<uint8_t> random_model_bytes(const tconst::ModelConfig& c, uint64_t seed) {
-  struct T {
-    std::string name;
-    std::vector<int64_t> shape;
-    float scale;  // 0: zeros, negative: ones
-  };
-  const int64_t d = c.n_embd, f = c.ffn_hidden;
-  std::vector<T> ts = {{"embedding.weight", {c.vocab_size, d}, 1.0f},
-                       {"transformer.norm.weight", {d}, -1.0f},
-                       {"transformer.norm.bias", {d}, 0.0f}};
-  for (int64_t b = 0; b < c.n_block; ++b) {
-    for (int64_t j = 0; j < c.layers_per_block(); ++j) {
-      std::string p = "transformer.transformer_layers." + std::to_string(b);
-      if (!c.is_baseline()) {
-        p += j == 0                   ? ".compress_context_layer"
-             : j == c.inner_depth - 1 ? ".restore_context_shape_layer"
-                                      : ".hidden_layers." + std::to_string(j - 1);
-      }
-      const float sd = 1.0f / std::sqrt(static_cast<float>(d));
-      const float sf = 1.0f / std::sqrt(static_cast<float>(f));
-      ts.push_back({p + ".norm1.weight", {d}, -1.0f});
-      ts.push_back({p + ".norm1.bias", {d}, 0.0f});
-      ts.push_back({p + ".norm2.weight", {d}, -1.0f});
-      ts.push_back({p + ".norm2.bias", {d}, 0.0f});
-      ts.push_back({p + ".qkv_proj.weight", {3 * d, d}, sd});
-      ts.push_back({p + ".qkv_proj.bias", {3 * d}, 0.0f});
-      ts.push_back({p + ".out_proj.weight", {d, d}, sd});
-      ts.push_back({p + ".out_proj.bias", {d}, 0.0f});
-      ts.push_back({p + ".ffn.w1.weight", {f, d}, sd});
-      ts.push_back({p + ".ffn.w3.weight", {f, d}, sd});
-      ts.push_back({p + ".ffn.w2.weight", {d, f}, sf});
-    }
-  }
-  nlohmann::json header;
-  nlohmann::json meta = {{"tconst.format", "1"},
-                         {"tconst.architecture", tconst::to_string(c.arch)},
-                         {"tconst.vocab_size", std::to_string(c.vocab_size)},
-                         {"tconst.n_embd", std::to_string(c.n_embd)},
-                         {"tconst.n_head", std::to_string(c.n_head)},
-                         {"tconst.n_block", std::to_string(c.n_block)}};
-  if (!c.is_baseline()) {
-    meta["tconst.block_inner_depth"] = std::to_string(c.inner_depth);
-    meta["tconst.history_window"] = std::to_string(c.history_window);
-    meta["tconst.generate_window"] = std::to_string(c.generate_window);
-  }
-  header["__metadata__"] = meta;
-  uint64_t offset = 0;
-  for (const T& t : ts) {
-    int64_t n = 1;
-    for (int64_t s : t.shape) n *= s;
-    header[t.name] = {
-        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
-    offset += 4 * static_cast<uint64_t>(n);
-  }
-  std::string text = header.dump();
-  while ((8 + text.size()) % 64 != 0) text += ' ';  // data section on a cache line
-  std::vector<uint8_t> out(8 + text.size() + offset);
-  const uint64_t len = text.size();
-  std::memcpy(out.data(), &len, 8);
-  std::memcpy(out.data() + 8, text.data(), text.size());
-  float* data = reinterpret_cast<float*>(out.data() + 8 + text.size());
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (const T& t : ts) {
-    int64_t n = 1;
-    for (int64_t s : t.shape) n *= s;
-    for (int64_t i = 0; i < n; ++i) {
-      float v = t.scale < 0 ? 1.0f : 0.0f;
-      if (t.scale > 0) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        v = t.scale * (static_cast<float>(x >> 40) / 8388608.0f - 1.0f);
-      }
-      std::memcpy(data++, &v, 4);
-    }
-  }
-  return out;
-}
-
 struct BenchResult {
   std::string arch;
   int64_t depth = 0;
@@ -168,7 +70,8 @@ inline BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, 
     return static_cast<int32_t>((x >> 33) % static_cast<uint64_t>(c.vocab_size));
   };
   if (c.is_baseline() && depth > kBaselineRealPrefillMax) {
-    static_cast<tconst::TransformerSession<float>&>(*session).fill_synthetic(depth);
+    tconst::fill_synthetic_history(static_cast<tconst::TransformerSession<float>&>(*session), depth,
+                                   1);
     r.synthetic = true;
   } else if (depth > 0) {
     std::vector<int32_t> prompt(static_cast<size_t>(depth));
@@ -224,10 +127,10 @@ inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> 
   using clock = std::chrono::steady_clock;
   const tconst::ModelConfig& c = model->config();
   if (c.is_baseline()) throw UsageError("--streams needs a tconstformer or tlinformer model");
-  std::vector<std::unique_ptr<tconst::Scheduler<float>>> own;
-  std::vector<tconst::Scheduler<float>*> sessions;
+  std::vector<std::unique_ptr<tconst::TConstSession<float>>> own;
+  std::vector<tconst::TConstSession<float>*> sessions;
   for (int64_t i = 0; i < S; ++i) {
-    own.push_back(std::make_unique<tconst::Scheduler<float>>(model));
+    own.push_back(std::make_unique<tconst::TConstSession<float>>(model));
     // One token past the depth, so that the timed steps are all cache hits (a resync of each
     // stream would otherwise dominate both figures).
     std::vector<int32_t> prompt(static_cast<size_t>(depth + 1));
@@ -243,7 +146,7 @@ inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> 
   if (steps < 1) throw UsageError("--streams: no cache-hit steps left in the window at this depth");
   std::vector<std::unique_ptr<tconst::Session<float>>> copies;
   for (auto* s : sessions) copies.push_back(s->copy());
-  tconst::detail::WindowScratch<float> scratch;
+  tconst::StreamBatch<float> batch;
   std::vector<int32_t> tokens(static_cast<size_t>(S), 1), solo = tokens;
   // Rounds alternate: one step of the S streams together, then one step of each copy alone, so
   // that the machine's drift (shared cores, clock) falls on both figures alike.
@@ -251,7 +154,7 @@ inline nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> 
   std::vector<double> round_ratio;
   for (int64_t k = 0; k < steps; ++k) {
     const auto t0 = clock::now();
-    tconst::Scheduler<float>::feed_streams(sessions, tokens, scratch);
+    batch.feed(sessions, tokens);
     for (int64_t i = 0; i < S; ++i) {
       tokens[static_cast<size_t>(i)] =
           tconst::greedy_token(sessions[static_cast<size_t>(i)]->logits());
@@ -293,7 +196,8 @@ inline nlohmann::json bench_interleaved(std::shared_ptr<const tconst::Model<floa
     sessions.push_back(tconst::make_session(model));
     synthetic.push_back(c.is_baseline() && depth > kBaselineRealPrefillMax);
     if (synthetic.back()) {
-      static_cast<tconst::TransformerSession<float>&>(*sessions.back()).fill_synthetic(depth);
+      tconst::fill_synthetic_history(
+          static_cast<tconst::TransformerSession<float>&>(*sessions.back()), depth, 1);
     } else {
       std::vector<int32_t> prompt(static_cast<size_t>(std::max<int64_t>(depth, 1)));
       for (size_t k = 0; k < prompt.size(); ++k) {
@@ -402,7 +306,8 @@ inline int cmd_bench(int argc, char** argv) {
   auto make_model = [&](const std::string& arch) {
     return arch.empty() ? tconst::Model<float>::load(a.str("model"))
                         : tconst::Model<float>::load_from_bytes(
-                              random_model_bytes(paper_41m(tconst::parse_architecture(arch)), seed),
+                              tconst::random_model_bytes(
+                                  tconst::paper_41m(tconst::parse_architecture(arch)), seed),
                               "paper-41m " + arch);
   };
 

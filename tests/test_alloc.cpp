@@ -23,7 +23,7 @@ void check_no_allocation(const tconst_test::RefShape& shape) {
                            ".safetensors";
   tconst_test::write_model(tconst_test::make_random_model(shape, 11), path, "F32");
   auto model = tconst::Model<Scalar>::load(path);
-  tconst::Scheduler<Scalar> s(model);
+  tconst::TConstSession<Scalar> s(model);
   long hit_allocations = 0, hits = 0, resyncs = 0;
   for (int p = 0; p < 10 * shape.W; ++p) {
     const bool hit = p == 0 || p % shape.W != 0;

@@ -24,8 +24,8 @@
 #include "support/safetensors_writer.hpp"
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"
-#include "tconst/safetensors.hpp"
-#include "tconst/weights.hpp"
+#include "tconst/model.hpp"
+#include "tconst/model/safetensors.hpp"
 
 namespace {
 

@@ -41,7 +41,7 @@ float max_rel_diff(const Eigen::VectorXf& a, const Eigen::VectorXf& b) {
 TEST(OpenMP, ThreadedSessionEqualsOneThread) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
     auto model = model_for(arch);
-    tconst::Scheduler<float> threaded(model), single(model);
+    tconst::TConstSession<float> threaded(model), single(model);
     for (int step = 0; step < 40; ++step) {  // W = 6: six resyncs
       const int32_t token = (step * 37 + 11) % 301;
       Eigen::VectorXf want;
@@ -59,25 +59,25 @@ TEST(OpenMP, StreamsSteppedTogetherOnThreadsEqualEachAlone) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
     auto model = model_for(arch);
     for (size_t S : {size_t{5}, size_t{9}}) {
-      std::vector<std::unique_ptr<tconst::Scheduler<float>>> batched, alone;
-      std::vector<tconst::Scheduler<float>*> ptrs;
+      std::vector<std::unique_ptr<tconst::TConstSession<float>>> batched, alone;
+      std::vector<tconst::TConstSession<float>*> ptrs;
       for (size_t i = 0; i < S; ++i) {
-        batched.push_back(std::make_unique<tconst::Scheduler<float>>(model));
-        alone.push_back(std::make_unique<tconst::Scheduler<float>>(model));
+        batched.push_back(std::make_unique<tconst::TConstSession<float>>(model));
+        alone.push_back(std::make_unique<tconst::TConstSession<float>>(model));
         for (size_t k = 0; k < i; ++k) {  // stream i starts at position i
           batched.back()->feed(static_cast<int32_t>(k + 1));
           alone.back()->feed(static_cast<int32_t>(k + 1));
         }
         ptrs.push_back(batched.back().get());
       }
-      tconst::detail::WindowScratch<float> scratch;
+      tconst::StreamBatch<float> batch;
       for (int step = 0; step < 20; ++step) {
         std::vector<int32_t> tokens;
         for (size_t i = 0; i < S; ++i)
           tokens.push_back(static_cast<int32_t>((step * 13 + i) % 301));
         {
           Threads three(3);
-          tconst::Scheduler<float>::feed_streams(ptrs, tokens, scratch);
+          batch.feed(ptrs, tokens);
         }
         Threads one(1);
         for (size_t i = 0; i < S; ++i) {

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "tconst/ops.hpp"
-#include "tconst/rows_gemm.hpp"
+#include "tconst/detail/kernels/dispatch.hpp"
+#include "tconst/detail/ops.hpp"
 
 namespace {
 

@@ -207,7 +207,7 @@ TEST(FixedCache, NeverGrowsOrMoves) {
   const std::string path = temp_model("fixed");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<float>::load(path);
-  tconst::Scheduler<float> s(model);
+  tconst::TConstSession<float> s(model);
   const size_t formula = static_cast<size_t>(shape.B) *
                          ((shape.D - 1) * shape.Hh + shape.D * shape.W) * 2 * shape.d *
                          sizeof(float);
@@ -253,24 +253,24 @@ TEST(FeedStreams, EqualsFeedingEachSession) {
     tconst_test::write_model(tconst_test::make_random_model(shape, 17), path, "F32");
     auto model = tconst::Model<double>::load(path);
     const size_t S = 5;
-    std::vector<std::unique_ptr<tconst::Scheduler<double>>> batched, alone;
+    std::vector<std::unique_ptr<tconst::TConstSession<double>>> batched, alone;
     for (size_t i = 0; i < S; ++i) {
-      batched.push_back(std::make_unique<tconst::Scheduler<double>>(model));
-      alone.push_back(std::make_unique<tconst::Scheduler<double>>(model));
+      batched.push_back(std::make_unique<tconst::TConstSession<double>>(model));
+      alone.push_back(std::make_unique<tconst::TConstSession<double>>(model));
       // Different starting positions: stream i has consumed i tokens.
       for (size_t k = 0; k < i; ++k) {
         batched.back()->feed(static_cast<int32_t>(k + 1));
         alone.back()->feed(static_cast<int32_t>(k + 1));
       }
     }
-    std::vector<tconst::Scheduler<double>*> ptrs;
+    std::vector<tconst::TConstSession<double>*> ptrs;
     for (auto& b : batched) ptrs.push_back(b.get());
-    tconst::detail::WindowScratch<double> scratch;
+    tconst::StreamBatch<double> batch;
     for (int step = 0; step < 5 * shape.W + 3; ++step) {
       std::vector<int32_t> tokens;
       for (size_t i = 0; i < S; ++i)
         tokens.push_back(static_cast<int32_t>((step * 7 + i * 3) % 29));
-      tconst::Scheduler<double>::feed_streams(ptrs, tokens, scratch);
+      batch.feed(ptrs, tokens);
       for (size_t i = 0; i < S; ++i) {
         const auto& expected = alone[i]->feed(tokens[i]);
         ASSERT_LE((batched[i]->logits() - expected).cwiseAbs().maxCoeff(), 1e-10)
@@ -280,9 +280,7 @@ TEST(FeedStreams, EqualsFeedingEachSession) {
     }
     // A bad id changes nothing in any stream.
     const auto before = batched[0]->position();
-    EXPECT_THROW(
-        tconst::Scheduler<double>::feed_streams(ptrs, std::vector<int32_t>(S, 29), scratch),
-        tconst::Error);
+    EXPECT_THROW(batch.feed(ptrs, std::vector<int32_t>(S, 29)), tconst::Error);
     EXPECT_EQ(batched[0]->position(), before);
   }
 }

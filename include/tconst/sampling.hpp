@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "tconst/error.hpp"
-#include "tconst/weights.hpp"
+#include "tconst/model.hpp"
 
 namespace tconst {
 

@@ -2,22 +2,26 @@
 // Session<Scalar>: the public streaming interface every architecture implements.
 //
 // A session consumes tokens and returns, after each, the logits of the next token (SPEC §5). The
-// TConstFormer session (Scheduler) keeps a fixed-size cache; the TLinFormer and baseline sessions
-// keep caches that grow, by design. make_session() picks the right one for a model, so a program
-// swaps architectures by swapping model files.
+// TConstFormer session (TConstSession) keeps a fixed-size cache; the TLinFormer and baseline
+// sessions keep caches that grow, by design. make_session() (make_session.hpp) picks the right one
+// for a model, so a program swaps architectures by swapping model files.
 //
 // Thread safety: a Model is immutable and may be shared by any number of sessions on any number
 // of threads. A Session is not internally synchronised: use one session per thread (or guard it).
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "tconst/config.hpp"
+#include "tconst/detail/bytes.hpp"
+#include "tconst/detail/layers.hpp"
 #include "tconst/error.hpp"
-#include "tconst/weights.hpp"
+#include "tconst/model.hpp"
 
 namespace tconst {
 
@@ -82,23 +86,110 @@ class Session {
   Architecture architecture() const { return model().config().arch; }
 };
 
-namespace detail {
+/// What every architecture's session shares: the model, the options, the token log (the only
+/// state that grows for TConstFormer), the logits after the last token, id checks, the LM head over
+/// final-normalised rows, and the framing of the state bytes (token log, then the architecture's
+/// caches, then the logits). A session class adds its caches and how tokens run through them.
+template <typename Scalar>
+class SessionBase : public Session<Scalar> {
+ public:
+  using Index = Eigen::Index;
+  using typename Session<Scalar>::Logits;
+  using typename Session<Scalar>::RowCallback;
 
-/// Throws Error unless every id is in [0, V) and the stream stays within max_context.
-inline void check_ids(const ModelConfig& c, const SessionOptions& o, int64_t position,
-                      const int32_t* ids, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
-      throw Error("token id " + std::to_string(ids[i]) + " is outside [0, " +
-                  std::to_string(c.vocab_size) + ")");
+  const Logits& logits() const override { return position() > 0 ? logits_ : empty_; }
+  int64_t position() const override { return static_cast<int64_t>(log_.size()); }
+  const std::vector<int32_t>& tokens() const override { return log_; }
+  const Model<Scalar>& model() const override { return *model_; }
+  const SessionOptions& options() const override { return options_; }
+
+  void write_state(std::string& out) const override {
+    detail::ByteWriter w(out);
+    w.put<uint64_t>(log_.size());
+    w.put_array(log_.data(), log_.size());
+    write_caches(w);
+    const uint64_t nl = position() > 0 ? static_cast<uint64_t>(logits_.size()) : 0;
+    w.put<uint64_t>(nl);
+    w.put_array(logits_.data(), static_cast<size_t>(nl));
+  }
+
+  void read_state(const uint8_t* data, size_t size) override {
+    const ModelConfig& c = model_->config();
+    detail::ByteReader r(data, size);
+    std::vector<int32_t> log = detail::read_token_log(r, c, options_.max_context);
+    const uint64_t n = log.size();
+    std::function<void()> commit = read_caches(r, static_cast<int64_t>(n));
+    uint64_t nl = 0;
+    const uint8_t* logits = detail::read_logits_tail<Scalar>(r, c, n, &nl);
+    // Everything checked and allocated; nothing below throws.
+    log.reserve(std::max(log.size(), log_capacity(static_cast<int64_t>(n))));
+    commit();
+    log_.swap(log);
+    if (nl > 0) std::memcpy(logits_.data(), logits, nl * sizeof(Scalar));
+  }
+
+ protected:
+  SessionBase(std::shared_ptr<const Model<Scalar>> model, SessionOptions options)
+      : model_(std::move(model)), options_(options), logits_(model_->config().vocab_size) {}
+  SessionBase(const SessionBase& o)
+      : model_(o.model_), options_(o.options_), log_(o.log_), logits_(o.logits_) {
+    log_.reserve(o.log_.capacity());
+  }
+  SessionBase& operator=(const SessionBase&) = delete;
+
+  /// Throws Error, changing nothing, unless every id is in [0, V) and the stream stays within
+  /// max_context.
+  void check(const int32_t* ids, size_t n) const {
+    const ModelConfig& c = model_->config();
+    for (size_t i = 0; i < n; ++i) {
+      if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+        throw Error("token id " + std::to_string(ids[i]) + " is outside [0, " +
+                    std::to_string(c.vocab_size) + ")");
+      }
+    }
+    if (static_cast<int64_t>(n) > options_.max_context - position()) {
+      throw Error("stream would exceed max_context = " + std::to_string(options_.max_context) +
+                  " tokens (position " + std::to_string(position()) + ", " + std::to_string(n) +
+                  " more)");
     }
   }
-  if (static_cast<int64_t>(n) > o.max_context - position) {
-    throw Error("stream would exceed max_context = " + std::to_string(o.max_context) +
-                " tokens (position " + std::to_string(position) + ", " + std::to_string(n) +
-                " more)");
-  }
-}
 
-}  // namespace detail
+  /// Grows the log's capacity to at least n tokens (geometrically, so appends stay amortised).
+  void reserve_log(int64_t n) {
+    if (static_cast<int64_t>(log_.capacity()) < n) {
+      log_.reserve(std::max<size_t>(static_cast<size_t>(n), log_.capacity() * 3 / 2));
+    }
+  }
+
+  /// The LM head over rows xn[rows, d] (LN_f already applied), the tokens at log positions
+  /// first..: with on_row, every row's logits go to on_row (index counted from `index0`);
+  /// without, only the last row's are computed. logits_ holds the last row's afterwards.
+  void emit_logits(const Scalar* xn, Index rows, const RowCallback* on_row, size_t index0) {
+    const Index d = model_->config().n_embd;
+    if (on_row == nullptr) {
+      detail::head_logits(*model_, xn + (rows - 1) * d, logits_.data());
+      return;
+    }
+    for (Index r = 0; r < rows; ++r) {
+      detail::head_logits(*model_, xn + r * d, logits_.data());
+      (*on_row)(index0 + static_cast<size_t>(r), logits_);
+    }
+  }
+
+  /// The architecture's caches in the state bytes, between the token log and the logits.
+  virtual void write_caches(detail::ByteWriter& w) const = 0;
+  /// Reads and checks what write_caches wrote, for a log of n tokens, allocating whatever the
+  /// restored state needs; returns the commit that installs it, which must not throw. Throws
+  /// Error, leaving the session unchanged, on any inconsistency.
+  virtual std::function<void()> read_caches(detail::ByteReader& r, int64_t n) = 0;
+  /// The log capacity a stream of n tokens needs so that the next steps do not allocate.
+  virtual size_t log_capacity(int64_t n) const { return static_cast<size_t>(n); }
+
+  std::shared_ptr<const Model<Scalar>> model_;
+  SessionOptions options_;
+  std::vector<int32_t> log_;  // every token consumed, in position order
+  Logits logits_;             // [V] after the last token
+  Logits empty_;              // what logits() returns before the first token
+};
+
 }  // namespace tconst

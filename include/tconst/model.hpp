@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "tconst/big_buffer.hpp"
 #include "tconst/config.hpp"
+#include "tconst/detail/big_buffer.hpp"
 #include "tconst/error.hpp"
-#include "tconst/safetensors.hpp"
+#include "tconst/model/safetensors.hpp"
 
 namespace tconst {
 
@@ -56,6 +56,57 @@ struct LayerWeights {
   WeightView<Scalar> w1, w3;            // [f, d]
   WeightView<Scalar> w2;                // [d, f]
 };
+
+/// The SPEC §6 name prefix of layer j of block b (for the baseline, layer b; j = 0), e.g.
+/// "transformer.transformer_layers.0.compress_context_layer".
+inline std::string layer_prefix(const ModelConfig& c, int64_t b, int64_t j) {
+  std::string p = "transformer.transformer_layers." + std::to_string(b);
+  if (c.is_baseline()) return p;
+  if (j == 0) return p + ".compress_context_layer";
+  if (j == c.inner_depth - 1) return p + ".restore_context_shape_layer";
+  return p + ".hidden_layers." + std::to_string(j - 1);
+}
+
+/// One tensor of an inner layer (SPEC §6): its name after the layer prefix, its shape and where
+/// it goes in LayerWeights.
+template <typename Scalar>
+struct LayerTensor {
+  const char* suffix;
+  std::vector<int64_t> shape;
+  WeightView<Scalar> LayerWeights<Scalar>::*field;
+};
+
+/// The tensors of one inner layer of a model of config c, in file order.
+template <typename Scalar>
+std::vector<LayerTensor<Scalar>> layer_tensors(const ModelConfig& c) {
+  using L = LayerWeights<Scalar>;
+  const int64_t d = c.n_embd, f = c.ffn_hidden;
+  // The order the loader takes them in, which the model's identity hashes.
+  return {{".norm1.weight", {d}, &L::norm1_w},         {".norm1.bias", {d}, &L::norm1_b},
+          {".norm2.weight", {d}, &L::norm2_w},         {".norm2.bias", {d}, &L::norm2_b},
+          {".qkv_proj.weight", {3 * d, d}, &L::qkv_w}, {".qkv_proj.bias", {3 * d}, &L::qkv_b},
+          {".out_proj.weight", {d, d}, &L::out_w},     {".out_proj.bias", {d}, &L::out_b},
+          {".ffn.w1.weight", {f, d}, &L::w1},          {".ffn.w3.weight", {f, d}, &L::w3},
+          {".ffn.w2.weight", {d, f}, &L::w2}};
+}
+
+/// Every tensor a model file of config c holds (SPEC §6), name and shape, in file order.
+inline std::vector<std::pair<std::string, std::vector<int64_t>>> model_tensor_shapes(
+    const ModelConfig& c) {
+  const int64_t V = c.vocab_size, d = c.n_embd;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"embedding.weight", {V, d}},
+                                                                   {"transformer.norm.weight", {d}},
+                                                                   {"transformer.norm.bias", {d}}};
+  if (!c.tied_head) out.push_back({"transformer.lm_head.weight", {V, d}});
+  for (int64_t b = 0; b < c.n_block; ++b) {
+    for (int64_t j = 0; j < c.layers_per_block(); ++j) {
+      for (const auto& t : layer_tensors<float>(c)) {
+        out.push_back({layer_prefix(c, b, j) + t.suffix, t.shape});
+      }
+    }
+  }
+  return out;
+}
 
 namespace detail {
 
@@ -239,28 +290,11 @@ class Model {
     lm_head_ = c.tied_head ? embedding_ : take("transformer.lm_head.weight", {V, d});
     for (int64_t b = 0; b < c.n_block; ++b) {
       for (int64_t j = 0; j < c.layers_per_block(); ++j) {
-        std::string p = "transformer.transformer_layers." + std::to_string(b);
-        if (!c.is_baseline()) {
-          if (j == 0) {
-            p += ".compress_context_layer";
-          } else if (j == c.inner_depth - 1) {
-            p += ".restore_context_shape_layer";
-          } else {
-            p += ".hidden_layers." + std::to_string(j - 1);
-          }
-        }
+        const std::string p = layer_prefix(c, b, j);
         LayerWeights<Scalar> L;
-        L.norm1_w = take(p + ".norm1.weight", {d});
-        L.norm1_b = take(p + ".norm1.bias", {d});
-        L.norm2_w = take(p + ".norm2.weight", {d});
-        L.norm2_b = take(p + ".norm2.bias", {d});
-        L.qkv_w = take(p + ".qkv_proj.weight", {3 * d, d});
-        L.qkv_b = take(p + ".qkv_proj.bias", {3 * d});
-        L.out_w = take(p + ".out_proj.weight", {d, d});
-        L.out_b = take(p + ".out_proj.bias", {d});
-        L.w1 = take(p + ".ffn.w1.weight", {f, d});
-        L.w3 = take(p + ".ffn.w3.weight", {f, d});
-        L.w2 = take(p + ".ffn.w2.weight", {d, f});
+        for (const LayerTensor<Scalar>& t : layer_tensors<Scalar>(c)) {
+          L.*t.field = take(p + t.suffix, t.shape);
+        }
         layers_.push_back(L);
       }
     }

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "tconst/big_buffer.hpp"
 #include "tconst/config.hpp"
+#include "tconst/detail/big_buffer.hpp"
 #include "tconst/error.hpp"
 
 namespace tconst {
@@ -67,6 +67,8 @@ class FixedKVCache {
   /// Valid window rows: tokens since the last resync, at most W.
   Index window_rows() const { return window_rows_; }
   Index window_capacity() const { return win_; }
+  /// d: the width of every key and value row.
+  Index width() const { return d_; }
 
   void set_context(int64_t context_length, Index z_rows) noexcept {
     context_length_ = context_length;
@@ -111,52 +113,6 @@ class FixedKVCache {
   int64_t context_length_ = 0;
   Index z_rows_ = 0;
   Index window_rows_ = 0;
-};
-
-}  // namespace tconst
-
-namespace tconst {
-
-/// Keys and values that grow with the stream: the baseline's per-layer cache and TLinFormer's
-/// per-block compress-layer context keys. Capacity grows geometrically, so appends are amortised
-/// O(1); `bytes()` counts the rows held, `capacity_bytes()` what is allocated.
-template <typename Scalar>
-class GrowingKV {
- public:
-  using Index = Eigen::Index;
-
-  GrowingKV() = default;
-  GrowingKV(Index layers, Index d) : layers_(layers), d_(d), k_(layers), v_(layers) {}
-
-  /// Makes room for `rows` rows in every layer, keeping the rows held.
-  void reserve(Index rows) {
-    if (rows <= capacity_) return;
-    Index cap = std::max<Index>(rows, capacity_ + capacity_ / 2);
-    cap = std::max<Index>(cap, 64);
-    for (Index l = 0; l < layers_; ++l) {
-      k_[l].resize(static_cast<size_t>(cap * d_));
-      v_[l].resize(static_cast<size_t>(cap * d_));
-    }
-    capacity_ = cap;
-  }
-  /// [rows, d] rotated keys of layer l; row i at position i.
-  Scalar* keys(Index l) { return k_[l].data(); }
-  Scalar* values(Index l) { return v_[l].data(); }
-  const Scalar* keys(Index l) const { return k_[l].data(); }
-  const Scalar* values(Index l) const { return v_[l].data(); }
-
-  Index rows() const { return rows_; }
-  void set_rows(Index rows) noexcept { rows_ = rows; }
-  Index capacity() const { return capacity_; }
-  Index layers() const { return layers_; }
-  size_t bytes() const { return static_cast<size_t>(rows_ * d_ * 2 * layers_) * sizeof(Scalar); }
-  size_t capacity_bytes() const {
-    return static_cast<size_t>(capacity_ * d_ * 2 * layers_) * sizeof(Scalar);
-  }
-
- private:
-  Index layers_ = 0, d_ = 0, rows_ = 0, capacity_ = 0;
-  std::vector<std::vector<Scalar>> k_, v_;  // per layer [capacity, d]
 };
 
 }  // namespace tconst

@@ -44,7 +44,7 @@
 #define TCONST_ISA_LANES 16
 #define TCONST_ISA_ROWS 4
 #define TCONST_ISA_GROUP 4
-#include "tconst/rows_gemm_isa.inl"  // undefines the four TCONST_ISA_ macros
+#include "tconst/detail/kernels/isa.inl"  // undefines the four TCONST_ISA_ macros
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -62,7 +62,7 @@
 #define TCONST_ISA_LANES 8
 #define TCONST_ISA_ROWS 4
 #define TCONST_ISA_GROUP 2
-#include "tconst/rows_gemm_isa.inl"  // undefines the four TCONST_ISA_ macros
+#include "tconst/detail/kernels/isa.inl"  // undefines the four TCONST_ISA_ macros
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

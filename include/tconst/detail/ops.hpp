@@ -13,8 +13,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "tconst/rows_gemm.hpp"
-#include "tconst/weights.hpp"
+#include "tconst/detail/kernels/dispatch.hpp"
+#include "tconst/model.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>

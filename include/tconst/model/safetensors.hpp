@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "tconst/big_buffer.hpp"
 #include "tconst/config.hpp"
+#include "tconst/detail/big_buffer.hpp"
 #include "tconst/error.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)

@@ -17,10 +17,11 @@
 #include <cstring>
 #include <vector>
 
-#include "tconst/generation_path.hpp"
-#include "tconst/kv_cache.hpp"
-#include "tconst/ops.hpp"
-#include "tconst/weights.hpp"
+#include "tconst/detail/growing_kv.hpp"
+#include "tconst/detail/layers.hpp"
+#include "tconst/detail/ops.hpp"
+#include "tconst/model.hpp"
+#include "tconst/tconstformer/kv_cache.hpp"
 
 namespace tconst {
 
@@ -76,7 +77,7 @@ class ContextPath {
   /// written; should anything still throw part-way, the cache is inconsistent and the caller
   /// (Scheduler) rebuilds it from its token log.
   static void resync(const Model<Scalar>& m, const int32_t* tokens, int64_t Lc,
-                     FixedKVCache<Scalar>& cache, GrowingKV<Scalar>* context_kv,
+                     FixedKVCache<Scalar>& cache, detail::GrowingKV<Scalar>* context_kv,
                      detail::ContextScratch<Scalar>& s) {
     using detail::grow;
     const ModelConfig& c = m.config();

@@ -1,0 +1,179 @@
+#pragma once
+// The pieces every architecture's token rows run through (SPEC §2, §4): the embedding, one inner
+// layer's body, the final norm and the tied head, with the buffers of a pass over a few rows.
+// Activations are row-major, one row per token; nothing here holds state.
+
+#include <algorithm>
+#include <cassert>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tconst/detail/big_buffer.hpp"
+#include "tconst/detail/ops.hpp"
+#include "tconst/model.hpp"
+
+namespace tconst {
+namespace detail {
+
+/// Scores per attention call are bounded by processing query rows in blocks of at most this many
+/// scores (or one row, when a row alone has more keys).
+constexpr Index kScoreBudget = Index{1} << 16;
+
+/// Threads an OpenMP parallel region would use now (1 without OpenMP).
+inline Index max_threads() noexcept {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Calls f(i, lane) for i in [0, n), split statically over `lanes` OpenMP threads (lane: the
+/// thread's number), or all on this thread (lane 0) when lanes is 1 or there is no OpenMP.
+template <typename F>
+void for_each_lane(Index n, Index lanes, const F& f) {
+#ifdef _OPENMP
+  if (lanes > 1) {
+#pragma omp parallel for num_threads(static_cast <int>(lanes)) schedule(static)
+    for (Index i = 0; i < n; ++i) f(i, static_cast<Index>(omp_get_thread_num()));
+    return;
+  }
+#endif
+  (void)lanes;
+  for (Index i = 0; i < n; ++i) f(i, 0);
+}
+
+/// Working buffers of a window pass, sized once for `rows` rows and `keys` attended keys.
+template <typename S>
+struct WindowScratch {
+  Index rows = 0, keys = 0;
+  // Rows of d floats start on cache lines when d is a multiple of 16 (LineVector).
+  detail::LineVector<S> x;       // [rows, d] residual stream
+  detail::LineVector<S> xn;      // [rows, d] normalised stream; after a pass, LN_f of every row
+  detail::LineVector<S> qkv;     // [rows, 3d] q | k | v, q and k rotated
+  detail::LineVector<S> att;     // [rows, d] attention output
+  detail::LineVector<S> h1, h3;  // [rows, f] FFN hidden
+  detail::LineVector<S> scores;  // attention scores of one query block
+  detail::LineVector<S> batch_logits;  // [streams, V], only for several streams stepped together
+
+  void reserve(Index n_rows, Index n_keys, Index d, Index f, Index heads) {
+    if (n_rows > rows) {
+      rows = n_rows;
+      x.resize(static_cast<size_t>(rows * d));
+      xn.resize(static_cast<size_t>(rows * d));
+      qkv.resize(static_cast<size_t>(rows * 3 * d));
+      att.resize(static_cast<size_t>(rows * d));
+      h1.resize(static_cast<size_t>(rows * f));
+      h3.resize(static_cast<size_t>(rows * f));
+    }
+    keys = std::max(keys, n_keys);
+    // One query row needs heads * keys (all heads at once); a block of rows, one head at a time;
+    // several streams stepped together, heads * keys for each thread attending at once.
+    const Index lanes = std::min<Index>(rows, max_threads());
+    const Index need = std::max(lanes * heads * keys, std::min(rows * keys, kScoreBudget));
+    if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
+  }
+};
+
+/// Where a layer's new rows go: rows [rows_before, rows_before + n) of K and V ([*, d], stride ld).
+template <typename S>
+struct SelfKV {
+  S* K;
+  S* V;
+  Index ld;
+  Index rows_before;
+};
+
+/// Frozen keys and values a layer also attends to, with its own softmax (none when rows is 0).
+template <typename S>
+struct CrossKV {
+  const S* K = nullptr;
+  const S* V = nullptr;
+  Index ld = 0;
+  Index rows = 0;
+};
+
+/// Attention of nq query rows in blocks that keep the score buffer within its budget.
+template <typename S>
+void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
+                    Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
+                    S* scores) {
+  const Index block =
+      std::max<Index>(1, std::min<Index>(nq, kScoreBudget / std::max<Index>(nk, 1)));
+  for (Index r0 = 0; r0 < nq; r0 += block) {
+    const Index n = std::min(block, nq - r0);
+    attend_rows(Q + r0 * ld_q, ld_q, n, K, V, ld_kv, nk, heads, dh,
+                causal_base >= 0 ? causal_base + r0 : -1, out + r0 * ld_out, ld_out, accumulate,
+                scores);
+  }
+}
+
+/// One inner layer over n rows x[n, d] (SPEC §4's window stream; every baseline layer):
+/// x += out(Attn(...)); x += FFN(LN2(x)), with (q, k, v) = qkv(LN1(x)). `attend(qkv, att)` gets the
+/// rows' unrotated q | k | v ([n, 3d]) and writes their attention output to att ([n, d]): it
+/// rotates q and k at the rows' positions, stores k and v where the layer keeps them and attends.
+/// That is the only part in which one stream of n rows and n streams of one row differ.
+template <typename S, typename Attend>
+void layer_body(const Model<S>& m, const LayerWeights<S>& L, S* x, Index n, WindowScratch<S>& s,
+                const Attend& attend) {
+  const ModelConfig& c = m.config();
+  const Index d = c.n_embd;
+  S* xn = s.xn.data();
+  S* qkv = s.qkv.data();
+  S* att = s.att.data();
+  layer_norm(x, d, xn, d, n, d, L.norm1_w, L.norm1_b, c.norm_eps);
+  linear<S>(xn, d, n, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d);
+  attend(qkv, att);
+  linear<S>(att, d, n, L.out_w.mat(), L.out_b.data, xn, d);
+  RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) +=
+      ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
+  ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data());
+}
+
+/// The attention of n consecutive rows of one stream at positions pos0.. (qkv [n, 3d] as
+/// layer_body passes it): q and k rotated, k and v appended to `self` after its rows_before rows,
+/// causal attention over them, plus, with its own softmax, non-causal attention to `cross` (when it
+/// has rows).
+template <typename S>
+void attend_consecutive_rows(const Model<S>& m, S* qkv, Index n, int64_t pos0,
+                             const SelfKV<S>& self, const CrossKV<S>& cross, S* att, S* scores) {
+  const ModelConfig& c = m.config();
+  const Index d = c.n_embd, heads = c.n_head, dh = c.head_dim();
+  rope(qkv, 3 * d, n, 2 * d, dh, pos0, m.rope_theta());
+  for (Index r = 0; r < n; ++r) {
+    std::memcpy(self.K + (self.rows_before + r) * self.ld, qkv + r * 3 * d + d, sizeof(S) * d);
+    std::memcpy(self.V + (self.rows_before + r) * self.ld, qkv + r * 3 * d + 2 * d, sizeof(S) * d);
+  }
+  attend_blocked(qkv, 3 * d, n, self.K, self.V, self.ld, self.rows_before + n, heads, dh,
+                 self.rows_before, att, d, false, scores);
+  if (cross.rows > 0) {
+    attend_blocked(qkv, 3 * d, n, cross.K, cross.V, cross.ld, cross.rows, heads, dh, Index{-1}, att,
+                   d, true, scores);
+  }
+}
+
+/// x[n, d] = embedding rows of the tokens (already validated to lie in [0, V)).
+template <typename S>
+void embed(const Model<S>& m, const int32_t* tokens, Index n, S* x) noexcept {
+  const Index d = m.config().n_embd;
+  for (Index r = 0; r < n; ++r) {
+    std::memcpy(x + r * d, m.embedding().data + static_cast<Index>(tokens[r]) * d, sizeof(S) * d);
+  }
+}
+
+/// s.xn[n, d] = LN_f(x) after the last layer.
+template <typename S>
+void final_norm(const Model<S>& m, Index n, WindowScratch<S>& s) noexcept {
+  const Index d = m.config().n_embd;
+  layer_norm(s.x.data(), d, s.xn.data(), d, n, d, m.norm_w(), m.norm_b(), m.config().norm_eps);
+}
+
+/// logits[V] = head * h, h one row of final-normalised hidden state.
+template <typename S>
+void head_logits(const Model<S>& m, const S* h, S* logits) noexcept {
+  gemv<S>(m.lm_head().mat(), h, nullptr, logits);
+}
+
+}  // namespace detail
+}  // namespace tconst
