@@ -232,58 +232,59 @@ class Model {
 
   void build(const SafetensorsFile& file) {
     file_ = file.bytes();
-    const std::string& label = file.label();
-    auto fail = [&](const std::string& what) -> Error {
-      return Error("invalid model file '" + label + "': " + what);
-    };
+    config_ = read_config(file);
+    std::vector<const TensorInfo*> used = take_tensors(file);
+    reject_unused(file, used);
+    parameter_count_ = 0;
+    for (const TensorInfo* t : used) parameter_count_ += t->numel;
+    const int64_t dh = config_.head_dim();
+    for (int64_t m = 0; m < dh / 2; ++m) {
+      rope_theta_.push_back(std::pow(config_.rope_base, -2.0 * static_cast<double>(m) / dh));
+    }
+    identity_ = fingerprint(file, used);
+  }
+
+  static Error invalid(const SafetensorsFile& file, const std::string& what) {
+    return Error("invalid model file '" + file.label() + "': " + what);
+  }
+
+  // The metadata's config with the sizes that only tensors give (f, a separate head), validated.
+  static ModelConfig read_config(const SafetensorsFile& file) {
+    ModelConfig c;
     try {
-      config_ = config_from_metadata(file.metadata());
+      c = config_from_metadata(file.metadata());
     } catch (const Error& e) {
-      throw fail(e.what());
+      throw invalid(file, e.what());
     }
-    ModelConfig& c = config_;
     // f comes from a tensor shape; read it before validating the config.
-    const std::string first_prefix =
-        c.is_baseline() ? "transformer.transformer_layers.0"
-                        : "transformer.transformer_layers.0.compress_context_layer";
-    if (const TensorInfo* w1 = file.find(first_prefix + ".ffn.w1.weight")) {
-      if (w1->shape.size() != 2) {
-        throw fail("tensor '" + w1->name + "' has a " + std::to_string(w1->shape.size()) +
-                   "-dimensional shape, expected [ffn hidden, n_embd]");
-      }
-      c.ffn_hidden = w1->shape[0];
-    } else {
-      throw fail("missing tensor '" + first_prefix + ".ffn.w1.weight'");
+    const std::string w1_name = layer_prefix(c, 0, 0) + ".ffn.w1.weight";
+    const TensorInfo* w1 = file.find(w1_name);
+    if (w1 == nullptr) throw invalid(file, "missing tensor '" + w1_name + "'");
+    if (w1->shape.size() != 2) {
+      throw invalid(file, "tensor '" + w1->name + "' has a " + std::to_string(w1->shape.size()) +
+                              "-dimensional shape, expected [ffn hidden, n_embd]");
     }
+    c.ffn_hidden = w1->shape[0];
     c.tied_head = file.find("transformer.lm_head.weight") == nullptr;
     try {
       c.validate();
     } catch (const Error& e) {
-      throw fail(std::string("inconsistent metadata: ") + e.what());
+      throw invalid(file, std::string("inconsistent metadata: ") + e.what());
     }
-    const int64_t d = c.n_embd, f = c.ffn_hidden, V = c.vocab_size;
+    return c;
+  }
 
+  // Every tensor of SPEC §6 into its view, checked for presence, shape and dtype; returns them in
+  // the order taken (the identity hashes that order).
+  std::vector<const TensorInfo*> take_tensors(const SafetensorsFile& file) {
+    const ModelConfig& c = config_;
+    const int64_t d = c.n_embd, V = c.vocab_size;
     std::vector<const TensorInfo*> used;
-    auto take = [&](const std::string& name, std::vector<int64_t> shape) {
-      const TensorInfo* t = file.find(name);
-      if (t == nullptr) throw fail("missing tensor '" + name + "'");
-      if (t->shape != shape) {
-        auto str = [](const std::vector<int64_t>& s) {
-          std::string out = "[";
-          for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-          return out + "]";
-        };
-        throw fail("tensor '" + name + "' has shape " + str(t->shape) + ", expected " + str(shape) +
-                   " from the metadata");
-      }
-      if (t->dtype == DType::kOther) {
-        throw fail("tensor '" + name + "' has unsupported dtype " + t->dtype_name +
-                   " (F32, F16, BF16 or F64 expected)");
-      }
+    auto take = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const TensorInfo* t = checked_tensor(file, name, shape);
       used.push_back(t);
       return view(*t);
     };
-
     embedding_ = take("embedding.weight", {V, d});
     norm_w_ = take("transformer.norm.weight", {d});
     norm_b_ = take("transformer.norm.bias", {d});
@@ -298,8 +299,33 @@ class Model {
         layers_.push_back(L);
       }
     }
-    // Anything else (an extra layer or block, a stray buffer) means the metadata and the tensors
-    // disagree; only stored RoPE buffers are ignored (SPEC §6).
+    return used;
+  }
+
+  static const TensorInfo* checked_tensor(const SafetensorsFile& file, const std::string& name,
+                                          const std::vector<int64_t>& shape) {
+    const TensorInfo* t = file.find(name);
+    if (t == nullptr) throw invalid(file, "missing tensor '" + name + "'");
+    if (t->shape != shape) {
+      auto str = [](const std::vector<int64_t>& s) {
+        std::string out = "[";
+        for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+        return out + "]";
+      };
+      throw invalid(file, "tensor '" + name + "' has shape " + str(t->shape) + ", expected " +
+                              str(shape) + " from the metadata");
+    }
+    if (t->dtype == DType::kOther) {
+      throw invalid(file, "tensor '" + name + "' has unsupported dtype " + t->dtype_name +
+                              " (F32, F16, BF16 or F64 expected)");
+    }
+    return t;
+  }
+
+  // Anything beyond the tensors taken (an extra layer or block, a stray buffer) means the metadata
+  // and the tensors disagree; only stored RoPE buffers are ignored (SPEC §6).
+  static void reject_unused(const SafetensorsFile& file,
+                            const std::vector<const TensorInfo*>& used) {
     const std::set<const TensorInfo*> used_set(used.begin(), used.end());
     const std::string ignored = "rope.inv_freq";
     for (const auto& kv : file.tensors()) {
@@ -307,20 +333,16 @@ class Model {
       const size_t n = ignored.size();
       const bool is_ignored = name.size() >= n && name.compare(name.size() - n, n, ignored) == 0;
       if (!is_ignored && used_set.count(&kv.second) == 0) {
-        throw fail("unexpected tensor '" + name + "' (not part of the model that the metadata " +
-                   "describes)");
+        throw invalid(file, "unexpected tensor '" + name +
+                                "' (not part of the model that the metadata describes)");
       }
     }
-    parameter_count_ = 0;
-    for (const TensorInfo* t : used) parameter_count_ += t->numel;
+  }
 
-    const int64_t dh = c.head_dim();
-    for (int64_t m = 0; m < dh / 2; ++m) {
-      rope_theta_.push_back(std::pow(c.rope_base, -2.0 * static_cast<double>(m) / dh));
-    }
-
-    // Identity: FNV-1a over metadata and tensor descriptors (not the values: a snapshot is tied
-    // to a model's shape and settings; hashing gigabytes at every load would be too slow).
+  // FNV-1a over metadata and tensor descriptors (not the values: a snapshot is tied to a model's
+  // shape and settings; hashing gigabytes at every load would be too slow).
+  static uint64_t fingerprint(const SafetensorsFile& file,
+                              const std::vector<const TensorInfo*>& used) {
     uint64_t h = 1469598103934665603ull;
     auto mix = [&](const std::string& s) {
       for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
@@ -335,7 +357,7 @@ class Model {
       mix(t->dtype_name);
       for (int64_t s : t->shape) mix(std::to_string(s));
     }
-    identity_ = h;
+    return h;
   }
 
   // In place when the bytes already are Scalar and suitably aligned; converted otherwise.

@@ -30,10 +30,15 @@ struct SessionOptions {
   /// The longest stream a session accepts; feeding past it throws Error and changes nothing.
   /// The token log (4 bytes a token) is the only state of a TConstFormer session that grows.
   int64_t max_context = int64_t{1} << 30;
-  /// A resync needs the context stream and the compress queries, 2 * Lc * d scalars. By default
-  /// they are freed when the resync ends, so that between resyncs a session holds only its fixed
-  /// cache and token log; keeping them saves one allocation per resync (W tokens) in exchange
-  /// for memory that grows with the stream.
+  /// A resync streams the context in chunks and recomputes block b's context rows from the tokens
+  /// (through the restore layers of the blocks before it), so its working memory does not grow
+  /// with the stream. With more than two blocks that recomputation grows with the block count;
+  /// false keeps each block's context rows, [Lc, d], for the next block instead (memory that grows
+  /// with the stream, during a resync). With one or two blocks both settings do the same work.
+  bool bounded_resync = true;
+  /// With bounded_resync = false, the kept context rows are freed when the resync ends, so that
+  /// between resyncs a session holds only its fixed cache and token log; true keeps them, saving
+  /// one allocation per resync in exchange for memory that grows with the stream.
   bool keep_resync_buffers = false;
 };
 

@@ -7,6 +7,7 @@
 
 #include "tconst/batch.hpp"
 #include "tconst/config.hpp"
+#include "tconst/cpu.hpp"
 #include "tconst/error.hpp"
 #include "tconst/generate.hpp"
 #include "tconst/ids.hpp"

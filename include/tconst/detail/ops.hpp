@@ -155,7 +155,53 @@ void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
   }
 }
 
-/// attend_one on the calling thread.
+/// p[0..n) = softmax(p[0..n)) in place, shifted by the maximum so that no exponent is positive:
+/// the portable form of the vector kernel's softmax.
+template <typename S>
+void softmax_reference(S* p, Index n) noexcept {
+  Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(p, n);
+  a = (a - a.maxCoeff()).exp();
+  a /= a.sum();
+}
+
+/// p[0..n) = softmax(p[0..n)) in place, with the vector kernel where there is one.
+template <typename S>
+void softmax(S* p, Index n) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    if (const SoftmaxFn fn = active_kernels().softmax) {
+      fn(p, n);
+      return;
+    }
+  }
+  softmax_reference(p, n);
+}
+
+/// One query row against nk key rows, every head (attend_one's arithmetic), portably:
+/// P[h, j] = q_h . K[j, h] / sqrt(dh), softmax over j, out_h (+)= P[h, :] V[:, h].
+template <typename S>
+void attend_one_reference(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
+                          Index dh, S* scores, S* out, bool accumulate) noexcept {
+  const S scale = S(1) / std::sqrt(static_cast<S>(dh));
+  Eigen::Map<MatrixRM<S>> P(scores, heads, nk);
+  for (Index j = 0; j < nk; ++j) {
+    const S* kj = K + j * ld_kv;
+    for (Index h = 0; h < heads; ++h) {
+      P(h, j) = scale * Eigen::Map<const Vector<S>>(q + h * dh, dh)
+                            .dot(Eigen::Map<const Vector<S>>(kj + h * dh, dh));
+    }
+  }
+  for (Index h = 0; h < heads; ++h) softmax_reference(scores + h * nk, nk);
+  Eigen::Map<Vector<S>> o(out, heads * dh);
+  if (!accumulate) o.setZero();
+  for (Index j = 0; j < nk; ++j) {
+    const S* vj = V + j * ld_kv;
+    for (Index h = 0; h < heads; ++h) {
+      o.segment(h * dh, dh) += P(h, j) * Eigen::Map<const Vector<S>>(vj + h * dh, dh);
+    }
+  }
+}
+
+/// attend_one on the calling thread: the vector kernel where there is one.
 template <typename S>
 void attend_one_serial(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
                        Index dh, S* scores, S* out, bool accumulate) noexcept {
@@ -165,30 +211,7 @@ void attend_one_serial(const S* q, const S* K, const S* V, Index ld_kv, Index nk
       return;
     }
   }
-  const S scale = S(1) / std::sqrt(static_cast<S>(dh));
-  // P[h, j] = scale * q_h . K[j, h]
-  Eigen::Map<MatrixRM<S>> P(scores, heads, nk);
-  for (Index j = 0; j < nk; ++j) {
-    const S* kj = K + j * ld_kv;
-    for (Index h = 0; h < heads; ++h) {
-      P(h, j) = scale * Eigen::Map<const Vector<S>>(q + h * dh, dh)
-                            .dot(Eigen::Map<const Vector<S>>(kj + h * dh, dh));
-    }
-  }
-  for (Index h = 0; h < heads; ++h) {
-    auto row = P.row(h);
-    const S mx = row.maxCoeff();
-    row = (row.array() - mx).exp();
-    row /= row.sum();
-  }
-  Eigen::Map<Vector<S>> o(out, heads * dh);
-  if (!accumulate) o.setZero();
-  for (Index j = 0; j < nk; ++j) {
-    const S* vj = V + j * ld_kv;
-    for (Index h = 0; h < heads; ++h) {
-      o.segment(h * dh, dh) += P(h, j) * Eigen::Map<const Vector<S>>(vj + h * dh, dh);
-    }
-  }
+  attend_one_reference(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
 }
 
 /// Keys (and as many values) one query row's attention must read before its heads are split over
@@ -242,11 +265,8 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
     for (Index r = 0; r < nq; ++r) {
       const Index visible = causal_base >= 0 ? std::min(nk, causal_base + r + 1) : nk;
       auto row = P.row(r);
-      auto seen = row.head(visible);
-      seen *= scale;
-      const S mx = seen.maxCoeff();
-      seen = (seen.array() - mx).exp();
-      seen /= seen.sum();
+      row.head(visible) *= scale;
+      softmax(row.data(), visible);
       row.tail(nk - visible).setZero();
     }
     RowsMap<S> Oh(out + h * dh, nq, dh, Eigen::OuterStride<>(ld_out));
@@ -300,6 +320,11 @@ class OnlineAttention {
     }
   }
 
+  /// Bytes held by the accumulators.
+  size_t bytes() const {
+    return sizeof(S) * static_cast<size_t>(acc_.size() + max_.size() + sum_.size());
+  }
+
   /// out[nq, d] = the normalised attention output.
   void finish(S* out, Index ld_out) const {
     for (Index r = 0; r < nq_; ++r) {
@@ -341,6 +366,14 @@ bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1
   }
 }
 
+/// a[i] = silu(a[i]) * g[i] = a[i] / (1 + e^-a[i]) * g[i] for i < n: the SwiGLU gate, portably
+/// (the vector kernel's form).
+template <typename S>
+void silu_gate_reference(S* a, const S* g, Index n) noexcept {
+  Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> x(a, n);
+  x = x / (S(1) + (-x).exp()) * Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(g, n);
+}
+
 /// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f].
 template <typename S>
 void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
@@ -350,9 +383,7 @@ void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double ep
   if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
     linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f);
     linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f);
-    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(h1, n * f);
-    Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> g(h3, n * f);
-    a = a / (S(1) + (-a).exp()) * g;
+    silu_gate_reference(h1, h3, n * f);
   }
   if (n <= kRowsGemmMaxRows) {
     // w2's product into xn, free again, then the residual, so that the product can take the

@@ -204,6 +204,12 @@ class SafetensorsFile {
     throw Error("invalid model file '" + label_ + "': " + what);
   }
 
+  // A tensor's byte range in the data section, for the overlap check.
+  struct Range {
+    uint64_t begin, end;
+    const std::string* name;
+  };
+
   void parse() {
     const size_t size = bytes_->size();
     const uint8_t* p = bytes_->data();
@@ -223,74 +229,82 @@ class SafetensorsFile {
     if (!header.is_object()) fail("JSON header is not an object");
     const uint8_t* data = p + 8 + header_len;
     const uint64_t data_size = size - 8 - header_len;
-
-    struct Range {
-      uint64_t begin, end;
-      const std::string* name;
-    };
     std::vector<Range> ranges;
     for (auto it = header.begin(); it != header.end(); ++it) {
-      const std::string& name = it.key();
-      const nlohmann::json& v = it.value();
-      if (name == "__metadata__") {
-        if (!v.is_object()) fail("__metadata__ is not an object");
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          if (!m.value().is_string())
-            fail("__metadata__ value of '" + m.key() + "' is not a string");
-          metadata_[m.key()] = m.value().get<std::string>();
-        }
+      if (it.key() == "__metadata__") {
+        read_metadata(it.value());
         continue;
       }
-      if (!v.is_object()) fail("entry '" + name + "' is not an object");
-      auto dt = v.find("dtype");
-      auto sh = v.find("shape");
-      auto off = v.find("data_offsets");
-      if (dt == v.end() || !dt->is_string()) fail("tensor '" + name + "' has no string dtype");
-      if (sh == v.end() || !sh->is_array()) fail("tensor '" + name + "' has no shape array");
-      if (off == v.end() || !off->is_array() || off->size() != 2) {
-        fail("tensor '" + name + "' has no [begin, end] data_offsets");
-      }
-      TensorInfo t;
-      t.name = name;
-      t.dtype_name = dt->get<std::string>();
-      const int64_t elem = detail::dtype_size(t.dtype_name, &t.dtype);
-      if (elem == 0) fail("tensor '" + name + "' has unknown dtype '" + t.dtype_name + "'");
-      int64_t numel = 1;
-      for (const auto& s : *sh) {
-        if (!s.is_number_integer() || s.get<int64_t>() < 0) {
-          fail("tensor '" + name + "' has a shape entry that is not a non-negative integer");
-        }
-        t.shape.push_back(s.get<int64_t>());
-        try {
-          numel = detail::checked_mul(numel, t.shape.back(), "tensor size");
-        } catch (const Error&) {
-          fail("tensor '" + name + "' shape overflows");
-        }
-      }
-      t.numel = numel;
-      for (const auto& o : *off) {
-        if (!o.is_number_unsigned())
-          fail("tensor '" + name + "' has a negative or non-integer offset");
-      }
-      const uint64_t begin = (*off)[0].get<uint64_t>();
-      const uint64_t end = (*off)[1].get<uint64_t>();
-      if (begin > end) fail("tensor '" + name + "' has data_offsets with begin > end");
-      if (end > data_size) {
-        fail("tensor '" + name + "' data range [" + std::to_string(begin) + ", " +
-             std::to_string(end) + ") is out of bounds of the " + std::to_string(data_size) +
-             "-byte data section (file truncated?)");
-      }
-      if (numel > std::numeric_limits<int64_t>::max() / elem ||
-          static_cast<uint64_t>(numel * elem) != end - begin) {
-        fail("tensor '" + name + "' byte length " + std::to_string(end - begin) +
-             " does not match its shape and dtype");
-      }
-      t.nbytes = end - begin;
-      t.data = data + begin;
-      auto [pos, inserted] = tensors_.emplace(name, std::move(t));
+      TensorInfo t = read_tensor(it.key(), it.value(), data, data_size);
+      const uint64_t begin = static_cast<uint64_t>(t.data - data), end = begin + t.nbytes;
+      auto [pos, inserted] = tensors_.emplace(it.key(), std::move(t));
       // An empty range holds no bytes, so it overlaps nothing (and would sort ambiguously).
       if (end > begin) ranges.push_back({begin, end, &pos->first});
     }
+    check_overlaps(ranges);
+  }
+
+  void read_metadata(const nlohmann::json& v) {
+    if (!v.is_object()) fail("__metadata__ is not an object");
+    for (auto m = v.begin(); m != v.end(); ++m) {
+      if (!m.value().is_string()) fail("__metadata__ value of '" + m.key() + "' is not a string");
+      metadata_[m.key()] = m.value().get<std::string>();
+    }
+  }
+
+  // One header entry: dtype, shape and data range, checked against the data section's size.
+  TensorInfo read_tensor(const std::string& name, const nlohmann::json& v, const uint8_t* data,
+                         uint64_t data_size) {
+    if (!v.is_object()) fail("entry '" + name + "' is not an object");
+    auto dt = v.find("dtype");
+    auto sh = v.find("shape");
+    auto off = v.find("data_offsets");
+    if (dt == v.end() || !dt->is_string()) fail("tensor '" + name + "' has no string dtype");
+    if (sh == v.end() || !sh->is_array()) fail("tensor '" + name + "' has no shape array");
+    if (off == v.end() || !off->is_array() || off->size() != 2) {
+      fail("tensor '" + name + "' has no [begin, end] data_offsets");
+    }
+    TensorInfo t;
+    t.name = name;
+    t.dtype_name = dt->get<std::string>();
+    const int64_t elem = detail::dtype_size(t.dtype_name, &t.dtype);
+    if (elem == 0) fail("tensor '" + name + "' has unknown dtype '" + t.dtype_name + "'");
+    int64_t numel = 1;
+    for (const auto& s : *sh) {
+      if (!s.is_number_integer() || s.get<int64_t>() < 0) {
+        fail("tensor '" + name + "' has a shape entry that is not a non-negative integer");
+      }
+      t.shape.push_back(s.get<int64_t>());
+      try {
+        numel = detail::checked_mul(numel, t.shape.back(), "tensor size");
+      } catch (const Error&) {
+        fail("tensor '" + name + "' shape overflows");
+      }
+    }
+    t.numel = numel;
+    for (const auto& o : *off) {
+      if (!o.is_number_unsigned())
+        fail("tensor '" + name + "' has a negative or non-integer offset");
+    }
+    const uint64_t begin = (*off)[0].get<uint64_t>();
+    const uint64_t end = (*off)[1].get<uint64_t>();
+    if (begin > end) fail("tensor '" + name + "' has data_offsets with begin > end");
+    if (end > data_size) {
+      fail("tensor '" + name + "' data range [" + std::to_string(begin) + ", " +
+           std::to_string(end) + ") is out of bounds of the " + std::to_string(data_size) +
+           "-byte data section (file truncated?)");
+    }
+    if (numel > std::numeric_limits<int64_t>::max() / elem ||
+        static_cast<uint64_t>(numel * elem) != end - begin) {
+      fail("tensor '" + name + "' byte length " + std::to_string(end - begin) +
+           " does not match its shape and dtype");
+    }
+    t.nbytes = end - begin;
+    t.data = data + begin;
+    return t;
+  }
+
+  void check_overlaps(std::vector<Range>& ranges) {
     std::sort(ranges.begin(), ranges.end(),
               [](const Range& a, const Range& b) { return a.begin < b.begin; });
     for (size_t i = 1; i < ranges.size(); ++i) {

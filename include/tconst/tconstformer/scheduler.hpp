@@ -8,6 +8,7 @@
 // every call and keeps none of it. It owns the scratch of both paths: the window pass's buffers,
 // allocated at construction (hit steps allocate nothing), and the resync's, which grow with the
 // history and are freed after each resync unless SessionOptions::keep_resync_buffers.
+// SessionOptions::bounded_resync chooses whether a resync recomputes or keeps context rows.
 
 #include <algorithm>
 #include <cstdint>
@@ -54,11 +55,8 @@ class Scheduler {
 
   /// Runs over `cache` and, for TLinFormer, `context` (nullptr for TConstFormer); both outlive it.
   Scheduler(const Model<Scalar>& model, FixedKVCache<Scalar>& cache,
-            detail::GrowingKV<Scalar>* context, bool keep_resync_buffers)
-      : model_(&model),
-        cache_(&cache),
-        context_(context),
-        keep_resync_buffers_(keep_resync_buffers) {
+            detail::GrowingKV<Scalar>* context, const SessionOptions& options)
+      : model_(&model), cache_(&cache), context_(context), options_(options) {
     const ModelConfig& c = model.config();
     ws_.reserve(c.generate_window, std::max(c.generate_window, c.history_window), c.n_embd,
                 c.ffn_hidden, c.n_head);
@@ -68,7 +66,7 @@ class Scheduler {
       : model_(o.model_),
         cache_(&cache),
         context_(context),
-        keep_resync_buffers_(o.keep_resync_buffers_),
+        options_(o.options_),
         ws_(o.ws_),
         resyncs_(o.resyncs_),
         stale_(o.stale_) {}
@@ -201,15 +199,15 @@ class Scheduler {
   // The resync of SPEC §5 over the context log[0..Lc).
   void resync(const int32_t* log, int64_t Lc) {
     reserve_keys(context_ ? static_cast<Index>(Lc) : Index{0});
-    ContextPath<Scalar>::resync(*model_, log, Lc, *cache_, context_, cs_);
+    ContextPath<Scalar>::resync(*model_, log, Lc, *cache_, context_, cs_, !options_.bounded_resync);
     ++resyncs_;
-    if (!keep_resync_buffers_) cs_.release_stream();
+    if (!options_.keep_resync_buffers) cs_.release_stream();
   }
 
   const Model<Scalar>* model_;
   FixedKVCache<Scalar>* cache_;         // shared by both paths; owned by the session
   detail::GrowingKV<Scalar>* context_;  // TLinFormer only: [Lc, d] Kc, Vc per block
-  bool keep_resync_buffers_;
+  SessionOptions options_;
   detail::WindowScratch<Scalar> ws_;   // [W, ...] window pass buffers
   detail::ContextScratch<Scalar> cs_;  // resync buffers, grown to the longest history
   int64_t resyncs_ = 0;

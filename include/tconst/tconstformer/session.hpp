@@ -43,7 +43,7 @@ class TConstSession final : public SessionBase<Scalar> {
                      ? std::make_unique<detail::GrowingKV<Scalar>>(this->model_->config().n_block,
                                                                    this->model_->config().n_embd)
                      : nullptr),
-        scheduler_(*this->model_, cache_, context_.get(), options.keep_resync_buffers) {
+        scheduler_(*this->model_, cache_, context_.get(), options) {
     this->log_.reserve(static_cast<size_t>(this->model_->config().generate_window));
   }
 

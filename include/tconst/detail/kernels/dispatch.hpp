@@ -1,15 +1,15 @@
 #pragma once
-// Few-row matrix products in float, out[n, o] = in[n, k] W[o, k]^T (+ bias), for the steps that
-// push one row (a cache-hit step) or a handful of rows (S streams stepped together) through a
-// weight matrix. Each weight row is read once and multiplied against every input row while it is
-// in registers: no packing, no temporary. On x86-64 with GCC or Clang the kernel is compiled for
-// AVX-512 and for AVX2 + FMA and the best one the CPU supports is picked at run time, so a build
-// for the baseline x86-64 still runs at the machine's vector width. Elsewhere (other compilers or
-// CPUs, double precision) the callers use Eigen.
-//
-// The same instruction sets carry the attention of one query row over a cache (attend_one: the
-// scores of a block of keys for one head summed across lanes at once, the softmax with its own
-// vector exp, keys and values fetched ahead of use), which a cache-hit step runs in every layer.
+// The float kernels that are the product, compiled for AVX-512 and for AVX2 + FMA, and the
+// run-time choice between them, so that a build for the baseline x86-64 still runs at the
+// machine's vector width:
+//   rows_gemm.inl   few-row matrix products, out[n, o] = in[n, k] W[o, k]^T (+ bias): one row (a
+//                   cache-hit step) or a handful (S streams stepped together), no packing;
+//   attention.inl   one query row's attention over a cache of keys and values, every head, and
+//                   the softmax;
+//   activation.inl  the SwiGLU gate;
+//   simd.inl        the vector type and operations they are written in.
+// Every kernel has a portable form in ops.hpp (Eigen), which other compilers and CPUs, double
+// precision and TCONST_ISA=none use, and which the tests check the kernels against.
 //
 // TCONST_ISA=avx512|avx2|none in the environment caps the choice (read once, on first use), for
 // comparing the paths; a choice the CPU cannot run falls back to the next one down.
@@ -44,7 +44,7 @@
 #define TCONST_ISA_LANES 16
 #define TCONST_ISA_ROWS 4
 #define TCONST_ISA_GROUP 4
-#include "tconst/detail/kernels/isa.inl"  // undefines the four TCONST_ISA_ macros
+#include "tconst/detail/kernels/kernels.inl"  // undefines the four TCONST_ISA_ macros
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -62,7 +62,7 @@
 #define TCONST_ISA_LANES 8
 #define TCONST_ISA_ROWS 4
 #define TCONST_ISA_GROUP 2
-#include "tconst/detail/kernels/isa.inl"  // undefines the four TCONST_ISA_ macros
+#include "tconst/detail/kernels/kernels.inl"  // undefines the four TCONST_ISA_ macros
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -91,11 +91,15 @@ using AttendOneFn = void (*)(const float* q, const float* K, const float* V, Eig
 /// a[i] = silu(a[i]) * g[i] for i < n.
 using SiluGateFn = void (*)(float* a, const float* g, Eigen::Index n);
 
+/// p[0..n) = softmax(p[0..n)) in place.
+using SoftmaxFn = void (*)(float* p, Eigen::Index n);
+
 /// The kernels of one instruction set; all nullptr when this build or this CPU cannot run it.
 struct Kernels {
   RowsGemmFn rows_gemm = nullptr;
   AttendOneFn attend_one = nullptr;
   SiluGateFn silu_gate = nullptr;
+  SoftmaxFn softmax = nullptr;
 };
 
 /// The kernels for `isa` (checked against the CPU once per call).
@@ -105,12 +109,12 @@ inline Kernels kernels_for(Isa isa) {
   switch (isa) {
     case Isa::avx512:
       if (__builtin_cpu_supports("avx512f")) {
-        return {&avx512::rows_gemm, &avx512::attend_one, &avx512::silu_gate};
+        return {&avx512::rows_gemm, &avx512::attend_one, &avx512::silu_gate, &avx512::softmax};
       }
       return {};
     case Isa::avx2:
       if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return {&avx2::rows_gemm, &avx2::attend_one, &avx2::silu_gate};
+        return {&avx2::rows_gemm, &avx2::attend_one, &avx2::silu_gate, &avx2::softmax};
       }
       return {};
     case Isa::none:

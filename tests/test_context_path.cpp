@@ -1,0 +1,115 @@
+// The resync (context_path.hpp): bounded working memory, and the same logits whether a resync
+// recomputes each block's context rows from the tokens or keeps them, both against the naive
+// SPEC §4 forward, for shapes of one to four blocks.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "reference/naive_forward.hpp"
+#include "support/ref_model.hpp"
+#include "support/safetensors_writer.hpp"
+#include "tconst/tconst.hpp"
+
+namespace {
+
+using tconst_test::RefModel;
+using tconst_test::RefShape;
+
+struct Case {
+  const char* name;
+  RefShape shape;
+};
+
+// B = 1..4; Hh below, at and above W; TLinFormer too.
+const Case kCases[] = {
+    {"tconst_B1", {"tconstformer", 23, 12, 2, 1, 3, 4, 4, 20}},
+    {"tconst_B2_HgtW", {"tconstformer", 29, 12, 2, 2, 2, 3, 5, 24}},
+    {"tconst_B3_HltW", {"tconstformer", 31, 8, 2, 3, 3, 5, 3, 16}},
+    {"tconst_B4_D2", {"tconstformer", 19, 12, 3, 4, 2, 4, 6, 20}},
+    {"tlin_B3", {"tlinformer", 21, 12, 2, 3, 3, 4, 4, 20}},
+};
+
+std::string temp_model(const std::string& name) {
+  return ::testing::TempDir() + "tconst_context_path_" + name + "_" + std::to_string(::getpid()) +
+         ".safetensors";
+}
+
+std::vector<int> tokens_for(const RefShape& s, int n) {
+  tconst_test::SplitMix64 rng(4321);
+  std::vector<int> t(static_cast<size_t>(n));
+  for (int& x : t) x = static_cast<int>(rng.next() % static_cast<uint64_t>(s.V));
+  return t;
+}
+
+class ResyncModes : public ::testing::TestWithParam<Case> {};
+
+template <typename Scalar>
+void check_modes(const Case& c, double tol, double modes_tol) {
+  const RefModel ref = tconst_test::make_random_model(c.shape, 2024);
+  const std::string path = temp_model(std::string(c.name) + (sizeof(Scalar) == 8 ? "_d" : "_f"));
+  tconst_test::write_model(ref, path, "F32");
+  auto model = tconst::Model<Scalar>::load(path);
+  tconst::SessionOptions bounded, kept;
+  kept.bounded_resync = false;
+  tconst::TConstSession<Scalar> a(model, bounded), b(model, kept);
+  const std::vector<int> tokens = tokens_for(c.shape, 5 * c.shape.W + 3);
+  const auto expected = tconst_test::naive_stream_logits(ref, tokens);
+  for (size_t p = 0; p < tokens.size(); ++p) {
+    const tconst::Vector<Scalar> la = a.feed(tokens[p]);
+    const tconst::Vector<Scalar>& lb = b.feed(tokens[p]);
+    double worst = 0;
+    for (size_t i = 0; i < expected[p].size(); ++i) {
+      worst = std::max(
+          worst, std::abs(static_cast<double>(la[static_cast<Eigen::Index>(i)]) - expected[p][i]));
+    }
+    ASSERT_LE(worst, tol) << c.name << " bounded, position " << p;
+    ASSERT_LE(static_cast<double>((la - lb).cwiseAbs().maxCoeff()), modes_tol)
+        << c.name << " bounded vs kept, position " << p;
+  }
+  EXPECT_GE(a.resync_count(), 5);
+  EXPECT_EQ(a.resync_count(), b.resync_count());
+}
+
+TEST_P(ResyncModes, BoundedAndKeptEqualFullForwardDouble) {
+  check_modes<double>(GetParam(), 1e-9, 1e-12);
+}
+
+TEST_P(ResyncModes, BoundedAndKeptEqualFullForwardFloat) {
+  check_modes<float>(GetParam(), 1e-4, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ResyncModes, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+// Resync buffers held after resyncs at context lengths 8W and 32W (kept between resyncs, so that
+// they can be read): a bounded resync's do not grow with the context; with three blocks and
+// bounded_resync = false they do, by the kept context rows.
+TEST(ResyncMemory, BoundedResyncBuffersDoNotGrowWithTheContext) {
+  const RefShape shape{"tconstformer", 23, 16, 2, 3, 3, 4, 4, 24};
+  const std::string path = temp_model("memory");
+  tconst_test::write_model(tconst_test::make_random_model(shape, 9), path, "F32");
+  auto model = tconst::Model<float>::load(path);
+  for (bool bounded : {true, false}) {
+    tconst::SessionOptions o;
+    o.keep_resync_buffers = true;
+    o.bounded_resync = bounded;
+    tconst::TConstSession<float> s(model, o);
+    const std::vector<int> tokens = tokens_for(shape, 32 * shape.W + 1);
+    const std::vector<int32_t> ids(tokens.begin(), tokens.end());
+    s.prefill(ids.data(), 8 * shape.W + 1);
+    const size_t at_8w = s.resync_buffer_bytes();
+    s.prefill(ids.data() + 8 * shape.W + 1, 24 * shape.W);
+    const size_t at_32w = s.resync_buffer_bytes();
+    ASSERT_GT(at_8w, 0u);
+    if (bounded) {
+      EXPECT_EQ(at_32w, at_8w);
+    } else {
+      // Context rows [Lc, d] of one block: 24 W rows more.
+      EXPECT_EQ(at_32w - at_8w, sizeof(float) * 24 * shape.W * shape.d);
+    }
+  }
+}
+
+}  // namespace
