@@ -26,7 +26,7 @@ BEGIN = "<!-- bench-table -->"
 END = "<!-- /bench-table -->"
 
 # `tconst bench` fills the baseline's cache with synthetic keys and values above this depth
-# (kBaselineRealPrefillMax in examples/cli_bench.hpp); used when the JSON has no "synthetic" field.
+# (kBaselineRealPrefillMax in examples/tconst/bench.hpp); used when the JSON has no "synthetic" field.
 BASELINE_REAL_PREFILL_MAX = 4096
 
 ARCH_LABELS = {"tconstformer": "TConstFormer", "tlinformer": "TLinFormer",

@@ -1,0 +1,71 @@
+// tconst bench: one of three measurements, chosen by the flags, then its report.
+//
+// By default, for every (architecture, depth) a child process builds the model, prefills `depth`
+// tokens, then times each step of a span of exactly W tokens that starts with a resync
+// (TConstFormer, TLinFormer), or n-gen steps (baseline). Separate processes make peak_rss_bytes
+// that run's own. --streams and --interleave measure in this process instead.
+
+#include "bench.hpp"
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+
+namespace tconst_cli {
+namespace {
+
+int run_streams(const BenchOptions& o) {
+  set_thread_count(o.threads);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string& arch : o.archs) {
+    if (arch == "transformer") continue;
+    auto model = bench_model(o, arch);
+    for (int64_t depth : o.depths) rows.push_back(bench_streams(model, depth, o.streams, o.n_gen));
+  }
+  print_streams(rows, o.json);
+  return 0;
+}
+
+int run_interleaved(const BenchOptions& o) {
+  set_thread_count(o.threads);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string& arch : o.archs) {
+    for (auto& row : bench_interleaved(bench_model(o, arch), o.depths, o.n_gen, o.threads)) {
+      rows.push_back(row);
+    }
+  }
+  print_interleaved(rows, o.json);
+  return 0;
+}
+
+int run_depths(const BenchOptions& o) {
+  std::vector<BenchResult> results;
+  for (const std::string& arch : o.archs) {
+    for (int64_t depth : o.depths) {
+      results.push_back(bench_in_child(o, arch, depth));
+      if (!o.json) print_progress(results.back());
+    }
+  }
+  if (!o.trace_out.empty()) write_trace(o.trace_out, results);
+  print_results(results, o.json);
+  return 0;
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == "--help") {
+      std::fputs(kBenchUsage, stdout);
+      return 0;
+    }
+  }
+  const BenchOptions o = parse_bench_options(argc, argv);
+  if (o.streams > 0) return run_streams(o);
+  if (o.interleave) return run_interleaved(o);
+  return run_depths(o);
+}
+
+}  // namespace tconst_cli

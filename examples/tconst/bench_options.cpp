@@ -1,0 +1,93 @@
+// tconst bench: its flags, checked into a BenchOptions, and the model they name.
+
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "args.hpp"
+#include "bench.hpp"
+#include "tconst/tconst.hpp"
+
+namespace tconst_cli {
+
+const char* const kBenchUsage =
+    "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
+    "                    [--n-gen N] [--threads T] [--seed N] [--json]\n"
+    "                    [--trace-steps N --trace-out FILE] [--streams S | --interleave]\n"
+    "  --arch    comma-separated: tconstformer,tlinformer,transformer (preset only)\n"
+    "  --depths  comma-separated context lengths to prefill before timing (default\n"
+    "            1024,4096,16384,65536)\n"
+    "  --n-gen   steps timed after the prefill (at least W for the windowed architectures)\n"
+    "  --seed    seed of the preset's random weights (default 1)\n"
+    "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n"
+    "  --streams S  instead: total tokens/s of S streams stepped together (weights read once per\n"
+    "            step) against the same streams stepped one at a time, over cache-hit steps\n"
+    "  --interleave  instead: one session per depth in one process, stepped in turn for n-gen\n"
+    "            rounds; each depth's median cache-hit step and its ratio to the first depth's\n";
+
+namespace {
+
+/// --model or --preset, and what may go with each.
+void check_source(const Args& a) {
+  if (a.has("model") == a.has("preset"))
+    throw UsageError("give exactly one of --model or --preset");
+  if (a.has("preset") && a.str("preset") != "paper-41m") {
+    throw UsageError("unknown preset '" + a.str("preset") + "' (known: paper-41m)");
+  }
+  if (a.str("precision", "float") != "float") throw UsageError("bench runs in float only");
+  if (a.has("model") && (a.has("arch") || a.has("seed")))
+    throw UsageError("--arch and --seed apply to --preset only (a model file has its own)");
+}
+
+/// --arch's comma-separated names, each checked.
+std::vector<std::string> arch_list(const std::string& list) {
+  std::vector<std::string> archs;
+  size_t s = 0;
+  while (s <= list.size()) {
+    const size_t e = list.find(',', s);
+    archs.push_back(list.substr(s, e == std::string::npos ? std::string::npos : e - s));
+    tconst::parse_architecture(archs.back());  // validates the name
+    if (e == std::string::npos) break;
+    s = e + 1;
+  }
+  return archs;
+}
+
+}  // namespace
+
+BenchOptions parse_bench_options(int argc, char** argv) {
+  const Args a("bench", argc, argv,
+               {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
+                "precision", "seed", "streams"},
+               {"json", "interleave"});
+  check_source(a);
+  BenchOptions o;
+  o.model_path = a.str("model");
+  o.depths = a.integer_list("depths", "1024,4096,16384,65536");
+  o.n_gen = a.integer("n-gen", 64, 1, 1 << 20);
+  o.threads = static_cast<int>(a.integer("threads", 1, 1, 1024));
+  o.trace_steps = a.integer("trace-steps", 0, 0, 1 << 20);
+  o.trace_out = a.str("trace-out");
+  o.json = a.flag("json");
+  if (a.has("model")) {
+    o.archs = {""};  // the file's own
+  } else {
+    o.archs = arch_list(a.str("arch", "tconstformer,tlinformer,transformer"));
+  }
+  o.seed = static_cast<uint64_t>(a.integer("seed", 1, 0, std::numeric_limits<int64_t>::max()));
+  if (a.has("streams") && a.flag("interleave"))
+    throw UsageError("give at most one of --streams and --interleave");
+  if (a.has("streams")) o.streams = a.integer("streams", 8, 1, 1024);
+  o.interleave = a.flag("interleave");
+  return o;
+}
+
+std::shared_ptr<const tconst::Model<float>> bench_model(const BenchOptions& o,
+                                                        const std::string& arch) {
+  if (arch.empty()) return tconst::Model<float>::load(o.model_path);
+  const tconst::ModelConfig config = tconst::paper_41m(tconst::parse_architecture(arch));
+  return tconst::Model<float>::load_from_bytes(tconst::random_model_bytes(config, o.seed),
+                                               "paper-41m " + arch);
+}
+
+}  // namespace tconst_cli

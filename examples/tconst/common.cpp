@@ -1,0 +1,63 @@
+// What several subcommands share: threads, standard input, printing ids, picking a tokenizer.
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "commands.hpp"
+#include "tconst/tconst.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace tconst_cli {
+
+void set_thread_count(int threads) {
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
+
+void set_threads(const Args& args) {
+  set_thread_count(static_cast<int>(args.integer("threads", 1, 1, 1024)));
+}
+
+std::string read_stdin() {
+  std::ostringstream ss;
+  ss << std::cin.rdbuf();
+  return ss.str();
+}
+
+void print_ids(const std::vector<int32_t>& ids) {
+  for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);
+  std::printf("\n");
+}
+
+std::unique_ptr<tconst::Tokenizer> tokenizer_for(const tconst::ModelConfig* config,
+                                                 const Args& args) {
+  const std::string path = args.str("tokenizer");
+  if (config == nullptr) {
+    if (path.empty()) throw UsageError("give --model FILE or --tokenizer PATH");
+    if (path == "bytes") return tconst::make_tokenizer_by_name("bytes");
+    return tconst::load_tokenizer(path);
+  }
+  const std::string& name = config->tokenizer;
+  if (name.empty()) {
+    // Files without tconst.tokenizer: bytes when the vocabulary is bytes, else GPT-2 when given.
+    if (!path.empty()) return tconst::load_tokenizer(path);
+    if (config->vocab_size == 256) return tconst::make_tokenizer_by_name("bytes");
+    throw tconst::Error("the model names no tokenizer; pass --tokenizer PATH");
+  }
+  auto tok = tconst::make_tokenizer(name, path);
+  if (tok->vocab_size() > config->vocab_size) {
+    throw tconst::Error("tokenizer has " + std::to_string(tok->vocab_size()) +
+                        " tokens but the model's vocabulary is " +
+                        std::to_string(config->vocab_size));
+  }
+  return tok;
+}
+
+}  // namespace tconst_cli
