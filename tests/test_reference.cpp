@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "reference/naive_forward.hpp"
+#include "support/naive_forward.hpp"
 #include "support/ref_loader.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "reference/naive_forward.hpp"
+#include "support/naive_forward.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "tconst/tconst.hpp"
