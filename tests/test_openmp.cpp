@@ -13,6 +13,7 @@
 
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
@@ -22,7 +23,7 @@ using tconst_test::RefShape;
 /// Wide enough that the head (V rows) and qkv (3d rows) are split over threads.
 std::shared_ptr<const tconst::Model<float>> model_for(const std::string& arch) {
   const RefShape shape{arch, 301, 48, 4, 2, 3, 6, 5, 40};
-  const std::string path = ::testing::TempDir() + "tconst_openmp_" + arch + ".safetensors";
+  const std::string path = tconst_test::temp_path(arch + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 29), path, "F32");
   return tconst::Model<float>::load(path);
 }

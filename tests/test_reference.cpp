@@ -14,6 +14,7 @@
 #include "support/ref_loader.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 
 namespace tconst_test {
 namespace {
@@ -41,10 +42,6 @@ std::vector<float> read_f32(const std::string& path) {
     out[i] = bits_to_float(u);
   }
   return out;
-}
-
-std::string temp_path(const std::string& name) {
-  return ::testing::TempDir() + "tconst_ref_" + name + ".safetensors";
 }
 
 void expect_same_model(const RefModel& a, const RefModel& b) {
@@ -133,7 +130,7 @@ INSTANTIATE_TEST_SUITE_P(Golden, GoldenTest,
 
 TEST(Golden, ModelRewritesIdentically) {
   const RefModel m = load_ref_model(kGoldenDir + "tconst_D4_W8_H8/model.safetensors");
-  const std::string path = temp_path("golden_rewrite");
+  const std::string path = temp_path("golden_rewrite.safetensors");
   write_model(m, path, "F32");
   expect_same_model(m, load_ref_model(path));
   std::remove(path.c_str());
@@ -209,7 +206,7 @@ TEST_P(RoundTripTest, EveryArchitecture) {
     RefModel m = make_random_model(shapes[i], 100 + i);
     m.base = 5e5;  // exercise non-default metadata values
     m.eps = 1e-6;
-    const std::string path = temp_path(shapes[i].arch + "_" + dtype);
+    const std::string path = temp_path(shapes[i].arch + "_" + dtype + ".safetensors");
     write_model(m, path, dtype);
     const RefModel back = load_ref_model(path);
     const RefModel expect = rounded_copy(m, dtype);
@@ -246,7 +243,7 @@ TEST(Writer, HeaderIsPaddedAndMetadataComplete) {
   EXPECT_EQ(tensors.size(), 3u + 3u * 11u);  // tied: no lm_head
   EXPECT_EQ(tensors[4].name.rfind("transformer.transformer_layers.0.compress_context_layer.", 0),
             0u);
-  const std::string path = temp_path("padding");
+  const std::string path = temp_path("padding.safetensors");
   write_model(m, path, "BF16");
   std::ifstream is(path, std::ios::binary);
   uint8_t len[8];

@@ -24,6 +24,7 @@
 #include "support/counting_new.hpp"  // proves that sample() reuses its buffers
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/generate.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/tconst.hpp"
@@ -537,8 +538,10 @@ TEST(Sampler, NoAllocationAfterTheFirstCall) {
 
 constexpr int kW = 4;  // generate window of the test model: a resync every 4 tokens
 
+// One file per architecture for every test of the process (test_model() loads it once, and the
+// cross-process test hands it to a child), so named for the process alone.
 std::string model_path(const std::string& arch) {
-  return ::testing::TempDir() + "tconst_sampling_" + arch + ".safetensors";
+  return tconst_test::process_temp_dir() + "sampling_" + arch + ".safetensors";
 }
 
 std::shared_ptr<const tconst::Model<float>> test_model(const std::string& arch = "tconstformer") {

@@ -11,12 +11,14 @@
 #include "support/naive_forward.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
 using tconst_test::RefModel;
 using tconst_test::RefShape;
+using tconst_test::temp_path;
 
 struct Case {
   const char* name;
@@ -36,10 +38,6 @@ const Case kCases[] = {
     {"transformer_B3", {"transformer", 27, 12, 2, 3, 0, 0, 0, 20}},
     {"transformer_B1_dh2", {"transformer", 15, 8, 4, 1, 0, 0, 0, 12}},
 };
-
-std::string temp_model(const std::string& name) {
-  return ::testing::TempDir() + "tconst_session_" + name + ".safetensors";
-}
 
 std::vector<int> random_tokens(int V, int n, uint64_t seed) {
   tconst_test::SplitMix64 rng(seed);
@@ -74,7 +72,8 @@ class SessionVsReference : public ::testing::TestWithParam<Case> {};
 template <typename Scalar>
 void check_stream(const Case& c, double tol) {
   const RefModel ref = tconst_test::make_random_model(c.shape, 1234);
-  const std::string path = temp_model(std::string(c.name) + (sizeof(Scalar) == 8 ? "_d" : "_f"));
+  const std::string path =
+      temp_path(std::string(c.name) + (sizeof(Scalar) == 8 ? "_d" : "_f") + ".safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<Scalar>::load(path);
   auto session = tconst::make_session(model);
@@ -107,7 +106,7 @@ TEST_P(SessionVsReference, StreamingEqualsFullForwardFloat) {
 TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
   const Case& c = GetParam();
   const RefModel ref = tconst_test::make_random_model(c.shape, 77);
-  const std::string path = temp_model(std::string(c.name) + "_prefill");
+  const std::string path = temp_path(std::string(c.name) + "_prefill.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<double>::load(path);
   const int W = c.shape.arch == "transformer" ? 4 : c.shape.W;
@@ -160,7 +159,7 @@ TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
 TEST_P(SessionVsReference, CopyAndReset) {
   const Case& c = GetParam();
   const RefModel ref = tconst_test::make_random_model(c.shape, 8);
-  const std::string path = temp_model(std::string(c.name) + "_copy");
+  const std::string path = temp_path(std::string(c.name) + "_copy.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<double>::load(path);
   const std::vector<int> ids = random_tokens(c.shape.V, 3 * std::max(c.shape.W, 4) + 1, 6);
@@ -188,7 +187,7 @@ TEST(SessionDtypes, HalfAndDoubleFilesLoad) {
   const RefModel ref = tconst_test::make_random_model(shape, 21);
   const std::vector<int> tokens = random_tokens(shape.V, 4 * shape.W + 1, 2);
   for (const char* dtype : {"F16", "BF16", "F64"}) {
-    const std::string path = temp_model(std::string("dtype_") + dtype);
+    const std::string path = temp_path(std::string("dtype_") + dtype + ".safetensors");
     tconst_test::write_model(ref, path, dtype);
     const RefModel rounded = tconst_test::rounded_copy(ref, dtype);
     const auto expected = tconst_test::naive_stream_logits(rounded, tokens);
@@ -204,7 +203,7 @@ TEST(SessionDtypes, HalfAndDoubleFilesLoad) {
 TEST(FixedCache, NeverGrowsOrMoves) {
   const RefShape shape{"tconstformer", 23, 16, 4, 2, 4, 4, 6, 24};
   const RefModel ref = tconst_test::make_random_model(shape, 3);
-  const std::string path = temp_model("fixed");
+  const std::string path = temp_path("fixed.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<float>::load(path);
   tconst::TConstSession<float> s(model);
@@ -228,7 +227,7 @@ TEST(FixedCache, TLinAndBaselineGrow) {
   const RefShape tl{"tlinformer", 23, 16, 4, 2, 3, 4, 4, 24};
   const RefShape tr{"transformer", 23, 16, 4, 3, 0, 0, 0, 24};
   for (const RefShape& shape : {tl, tr}) {
-    const std::string path = temp_model("grow_" + shape.arch);
+    const std::string path = temp_path("grow_" + shape.arch + ".safetensors");
     tconst_test::write_model(tconst_test::make_random_model(shape, 4), path, "F32");
     auto s = tconst::make_session(tconst::Model<float>::load(path));
     std::vector<size_t> sizes;
@@ -249,7 +248,7 @@ namespace {
 TEST(FeedStreams, EqualsFeedingEachSession) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
     const RefShape shape{arch, 29, 12, 2, 2, 3, 4, 5, 20};
-    const std::string path = temp_model(std::string("streams_") + arch);
+    const std::string path = temp_path(std::string("streams_") + arch + ".safetensors");
     tconst_test::write_model(tconst_test::make_random_model(shape, 17), path, "F32");
     auto model = tconst::Model<double>::load(path);
     const size_t S = 5;

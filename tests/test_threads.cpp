@@ -18,6 +18,7 @@
 
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
@@ -37,14 +38,8 @@ static_assert(std::is_same_v<decltype(tconst::Model<float>::load("")),
                              std::shared_ptr<const tconst::Model<float>>>,
               "a loaded model is handed out as shared_ptr<const Model>");
 
-std::string tmp(const std::string& name) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return ::testing::TempDir() + "tconst_threads_" + info->test_suite_name() + "_" + info->name() +
-         "_" + name;
-}
-
 std::string write_model(const RefShape& shape) {
-  const std::string path = tmp(shape.arch + ".safetensors");
+  const std::string path = tconst_test::temp_path(shape.arch + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 77), path, "F32");
   return path;
 }
