@@ -15,6 +15,7 @@
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 
 namespace tconst_test {
 namespace {
@@ -84,13 +85,6 @@ double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) 
   double m = 0.0;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
   return m;
-}
-
-std::vector<int> random_tokens(int n, int V, uint64_t seed) {
-  SplitMix64 rng(seed);
-  std::vector<int> t(static_cast<size_t>(n));
-  for (int& x : t) x = static_cast<int>(rng.next() % static_cast<uint64_t>(V));
-  return t;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::random_tokens;
 using tconst_test::RefModel;
 using tconst_test::RefShape;
 using tconst_test::temp_path;
@@ -38,13 +40,6 @@ const Case kCases[] = {
     {"transformer_B3", {"transformer", 27, 12, 2, 3, 0, 0, 0, 20}},
     {"transformer_B1_dh2", {"transformer", 15, 8, 4, 1, 0, 0, 0, 12}},
 };
-
-std::vector<int> random_tokens(int V, int n, uint64_t seed) {
-  tconst_test::SplitMix64 rng(seed);
-  std::vector<int> t(static_cast<size_t>(n));
-  for (int& x : t) x = static_cast<int>(rng.next() % static_cast<uint64_t>(V));
-  return t;
-}
 
 int stream_length(const RefShape& s) {
   // At least 4 resyncs for the windowed architectures, plus a partial window.
@@ -77,7 +72,7 @@ void check_stream(const Case& c, double tol) {
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<Scalar>::load(path);
   auto session = tconst::make_session(model);
-  const std::vector<int> tokens = random_tokens(c.shape.V, stream_length(c.shape), 99);
+  const std::vector<int> tokens = random_tokens(stream_length(c.shape), c.shape.V, 99);
   const auto expected = tconst_test::naive_stream_logits(ref, tokens);
   double worst = 0;
   for (size_t p = 0; p < tokens.size(); ++p) {
@@ -111,7 +106,7 @@ TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
   auto model = tconst::Model<double>::load(path);
   const int W = c.shape.arch == "transformer" ? 4 : c.shape.W;
   const int total = 4 * W + 3;
-  const std::vector<int> ids = random_tokens(c.shape.V, total, 5);
+  const std::vector<int> ids = random_tokens(total, c.shape.V, 5);
   const std::vector<int32_t> ids32(ids.begin(), ids.end());
 
   auto fed = tconst::make_session(model);
@@ -162,7 +157,7 @@ TEST_P(SessionVsReference, CopyAndReset) {
   const std::string path = temp_path(std::string(c.name) + "_copy.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<double>::load(path);
-  const std::vector<int> ids = random_tokens(c.shape.V, 3 * std::max(c.shape.W, 4) + 1, 6);
+  const std::vector<int> ids = random_tokens(3 * std::max(c.shape.W, 4) + 1, c.shape.V, 6);
   auto a = tconst::make_session(model);
   for (size_t i = 0; i + 2 < ids.size(); ++i) a->feed(ids[i]);
   auto b = a->copy();
@@ -185,7 +180,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SessionVsReference, ::testing::ValuesIn(kCases)
 TEST(SessionDtypes, HalfAndDoubleFilesLoad) {
   const RefShape shape{"tconstformer", 19, 12, 2, 2, 3, 3, 4, 16};
   const RefModel ref = tconst_test::make_random_model(shape, 21);
-  const std::vector<int> tokens = random_tokens(shape.V, 4 * shape.W + 1, 2);
+  const std::vector<int> tokens = random_tokens(4 * shape.W + 1, shape.V, 2);
   for (const char* dtype : {"F16", "BF16", "F64"}) {
     const std::string path = temp_path(std::string("dtype_") + dtype + ".safetensors");
     tconst_test::write_model(ref, path, dtype);

@@ -19,10 +19,12 @@
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::random_tokens;
 using tconst_test::RefShape;
 
 constexpr int kThreads = 8;
@@ -42,13 +44,6 @@ std::string write_model(const RefShape& shape) {
   const std::string path = tconst_test::temp_path(shape.arch + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 77), path, "F32");
   return path;
-}
-
-std::vector<int32_t> sequence(int thread, int V) {
-  tconst_test::SplitMix64 rng(1000 + static_cast<uint64_t>(thread));
-  std::vector<int32_t> ids(kTokens);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng.next() % static_cast<uint64_t>(V));
-  return ids;
 }
 
 template <typename Scalar>
@@ -100,7 +95,7 @@ void check_threads_match_single_thread(const RefShape& shape) {
   std::vector<std::vector<int32_t>> ids;
   std::vector<Stream<Scalar>> expected;
   for (int t = 0; t < kThreads; ++t) {
-    ids.push_back(sequence(t, shape.V));
+    ids.push_back(random_tokens(kTokens, shape.V, 1000 + t));
     expected.push_back(run_stream(model, ids.back()));
   }
 
@@ -149,7 +144,7 @@ TEST(Threads, ModelOutlivesTheCallersPointer) {
   for (const RefShape& shape : kShapes) {
     SCOPED_TRACE(shape.arch);
     const std::string path = write_model(shape);
-    const std::vector<int32_t> ids = sequence(0, shape.V);
+    const std::vector<int32_t> ids = random_tokens(kTokens, shape.V, 1000);
     const Stream<float> expected = run_stream(tconst::Model<float>::load(path), ids);
 
     std::weak_ptr<const tconst::Model<float>> weak;
@@ -192,7 +187,7 @@ TEST(Threads, LastSessionOnAnyThreadFreesTheModel) {
       auto model = tconst::Model<double>::load(path);
       weak = model;
       for (int t = 0; t < kThreads; ++t) {
-        ids.push_back(sequence(t, shape.V));
+        ids.push_back(random_tokens(kTokens, shape.V, 1000 + t));
         expected.push_back(run_stream(model, ids.back()));
         sessions.push_back(tconst::make_session(model));
       }
