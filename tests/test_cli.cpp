@@ -7,12 +7,12 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
@@ -57,11 +57,9 @@ TEST_P(CliGolden, LogitsMatchTheReference) {
   const Outcome r =
       run("logits --model " + dir + "model.safetensors --ids " + dir + "ids.txt --out " + out);
   ASSERT_EQ(r.status, 0) << r.err;
-  const std::string got = tconst::read_file(out), ref = tconst::read_file(dir + "ref_logits.f32");
-  ASSERT_EQ(got.size(), ref.size());
-  std::vector<float> a(got.size() / 4), b(ref.size() / 4);
-  std::memcpy(a.data(), got.data(), got.size());
-  std::memcpy(b.data(), ref.data(), ref.size());
+  const std::vector<float> a = tconst_test::read_f32(out);
+  const std::vector<float> b = tconst_test::read_f32(dir + "ref_logits.f32");
+  ASSERT_EQ(a.size(), b.size());
   double diff = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     diff = std::max(diff, double(std::abs(a[i] - b[i])));

@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 #endif
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
@@ -23,6 +24,7 @@
 namespace {
 
 using tconst_test::RefShape;
+using tconst_test::same_bits;
 using tconst_test::temp_path;
 
 // W = 4, so that streams of a few tokens cross resyncs (p = 4, 8).
@@ -43,12 +45,6 @@ std::shared_ptr<const tconst::Model<Scalar>> load(const RefShape& shape) {
 
 int32_t token(int64_t p) {
   return static_cast<int32_t>((p * 5 + 3) % kV);
-}
-
-template <typename Scalar>
-bool same_bits(const tconst::Vector<Scalar>& a, const tconst::Vector<Scalar>& b) {
-  return a.size() == b.size() &&
-         (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(Scalar) * a.size()) == 0);
 }
 
 /// Everything observable about a session.

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
@@ -35,10 +36,6 @@ struct Threads {
   int before;
 };
 
-float max_rel_diff(const Eigen::VectorXf& a, const Eigen::VectorXf& b) {
-  return (a - b).cwiseAbs().maxCoeff() / std::max(1.0f, b.cwiseAbs().maxCoeff());
-}
-
 TEST(OpenMP, ThreadedSessionEqualsOneThread) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
     auto model = model_for(arch);
@@ -51,7 +48,8 @@ TEST(OpenMP, ThreadedSessionEqualsOneThread) {
         want = single.feed(token);
       }
       Threads three(3);
-      ASSERT_LE(max_rel_diff(threaded.feed(token), want), 1e-5f) << arch << " step " << step;
+      ASSERT_LE(tconst_test::max_rel_diff(threaded.feed(token), want), 1e-5f)
+          << arch << " step " << step;
     }
   }
 }
@@ -83,7 +81,7 @@ TEST(OpenMP, StreamsSteppedTogetherOnThreadsEqualEachAlone) {
         Threads one(1);
         for (size_t i = 0; i < S; ++i) {
           const Eigen::VectorXf want = alone[i]->feed(tokens[i]);
-          ASSERT_LE(max_rel_diff(batched[i]->logits(), want), 1e-5f)
+          ASSERT_LE(tconst_test::max_rel_diff(batched[i]->logits(), want), 1e-5f)
               << arch << " S " << S << " stream " << i << " step " << step;
         }
       }

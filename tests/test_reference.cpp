@@ -6,10 +6,10 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/naive_forward.hpp"
 #include "support/ref_loader.hpp"
 #include "support/ref_model.hpp"
@@ -29,20 +29,6 @@ std::vector<int> read_ids(const std::string& path) {
   int x;
   while (is >> x) ids.push_back(x);
   return ids;
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream is(path, std::ios::binary);
-  if (!is) throw std::runtime_error("cannot open " + path);
-  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(is)),
-                                   std::istreambuf_iterator<char>());
-  std::vector<float> out(bytes.size() / 4);
-  for (size_t i = 0; i < out.size(); ++i) {
-    uint32_t u = 0;
-    for (int b = 0; b < 4; ++b) u |= static_cast<uint32_t>(bytes[4 * i + b]) << (8 * b);
-    out[i] = bits_to_float(u);
-  }
-  return out;
 }
 
 void expect_same_model(const RefModel& a, const RefModel& b) {
@@ -79,12 +65,6 @@ void expect_same_model(const RefModel& a, const RefModel& b) {
       EXPECT_EQ(x.w2, y.w2);
     }
   }
-}
-
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double m = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
 }
 
 // ---------------------------------------------------------------------------------------------

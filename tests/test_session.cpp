@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/naive_forward.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
@@ -17,6 +18,7 @@
 
 namespace {
 
+using tconst_test::max_abs_diff;
 using tconst_test::random_tokens;
 using tconst_test::RefModel;
 using tconst_test::RefShape;
@@ -46,22 +48,6 @@ int stream_length(const RefShape& s) {
   return s.arch == "transformer" ? 23 : 5 * s.W + 2;
 }
 
-template <typename Scalar>
-double max_diff(const tconst::Vector<Scalar>& a, const std::vector<double>& b) {
-  EXPECT_EQ(static_cast<size_t>(a.size()), b.size());
-  double m = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    m = std::max(m, std::abs(static_cast<double>(a[static_cast<Eigen::Index>(i)]) - b[i]));
-  }
-  return m;
-}
-
-template <typename Scalar>
-double max_diff(const tconst::Vector<Scalar>& a, const tconst::Vector<Scalar>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  return (a - b).cwiseAbs().maxCoeff();
-}
-
 class SessionVsReference : public ::testing::TestWithParam<Case> {};
 
 template <typename Scalar>
@@ -77,7 +63,7 @@ void check_stream(const Case& c, double tol) {
   double worst = 0;
   for (size_t p = 0; p < tokens.size(); ++p) {
     const auto& logits = session->feed(tokens[p]);
-    const double diff = max_diff<Scalar>(logits, expected[p]);
+    const double diff = max_abs_diff(logits, expected[p]);
     worst = std::max(worst, diff);
     ASSERT_LE(diff, tol) << c.name << " at position " << p;
   }
@@ -117,14 +103,14 @@ TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
     if (len < 1 || len >= total) continue;
     auto s = tconst::make_session(model);
     const auto& after = s->prefill(ids32.data(), static_cast<size_t>(len));
-    EXPECT_LE(max_diff<double>(after, fed_logits[len - 1]), 1e-10) << "prefill length " << len;
+    EXPECT_LE(max_abs_diff(after, fed_logits[len - 1]), 1e-10) << "prefill length " << len;
     EXPECT_EQ(s->position(), len);
     if (c.shape.arch != "transformer") {
       EXPECT_EQ(s->resync_count(), len > W ? 1 : 0) << "one resync for a prefill of " << len;
     }
     // Continue token by token, across the next resync.
     for (int p = len; p < total; ++p) {
-      ASSERT_LE(max_diff<double>(s->feed(ids32[p]), fed_logits[p]), 1e-10)
+      ASSERT_LE(max_abs_diff(s->feed(ids32[p]), fed_logits[p]), 1e-10)
           << "prefill " << len << ", then position " << p;
     }
   }
@@ -136,18 +122,18 @@ TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
     piece = std::min(piece, total - at);
     pieces->prefill(ids32.data() + at, static_cast<size_t>(piece));
     at += piece;
-    ASSERT_LE(max_diff<double>(pieces->logits(), fed_logits[at - 1]), 1e-10) << "after " << at;
+    ASSERT_LE(max_abs_diff(pieces->logits(), fed_logits[at - 1]), 1e-10) << "after " << at;
   }
 
   auto scored = tconst::make_session(model);
   std::vector<size_t> seen;
   scored->score(ids32.data(), ids32.size(), [&](size_t i, const tconst::Vector<double>& l) {
     seen.push_back(i);
-    EXPECT_LE(max_diff<double>(l, fed_logits[i]), 1e-10) << "score row " << i;
+    EXPECT_LE(max_abs_diff(l, fed_logits[i]), 1e-10) << "score row " << i;
   });
   ASSERT_EQ(seen.size(), ids32.size());
   for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], i);
-  EXPECT_LE(max_diff<double>(scored->feed(3), fed->feed(3)), 1e-10);
+  EXPECT_LE(max_abs_diff(scored->feed(3), fed->feed(3)), 1e-10);
 }
 
 // copy() gives an independent session; reset() forgets the stream.
@@ -163,14 +149,14 @@ TEST_P(SessionVsReference, CopyAndReset) {
   auto b = a->copy();
   const tconst::Vector<double> la = a->feed(ids[ids.size() - 2]);
   const tconst::Vector<double> lb = b->feed(ids[ids.size() - 2]);
-  EXPECT_EQ(max_diff<double>(la, lb), 0.0);
+  EXPECT_EQ(max_abs_diff(la, lb), 0.0);
   a->feed(ids.back());
   EXPECT_EQ(b->position() + 1, a->position());
   a->reset();
   EXPECT_EQ(a->position(), 0);
   EXPECT_EQ(a->logits().size(), 0);
   auto fresh = tconst::make_session(model);
-  EXPECT_EQ(max_diff<double>(a->feed(ids[0]), fresh->feed(ids[0])), 0.0);
+  EXPECT_EQ(max_abs_diff(a->feed(ids[0]), fresh->feed(ids[0])), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SessionVsReference, ::testing::ValuesIn(kCases),
@@ -188,7 +174,7 @@ TEST(SessionDtypes, HalfAndDoubleFilesLoad) {
     const auto expected = tconst_test::naive_stream_logits(rounded, tokens);
     auto session = tconst::make_session(tconst::Model<double>::load(path));
     for (size_t p = 0; p < tokens.size(); ++p) {
-      ASSERT_LE(max_diff<double>(session->feed(tokens[p]), expected[p]), 1e-9) << dtype << " " << p;
+      ASSERT_LE(max_abs_diff(session->feed(tokens[p]), expected[p]), 1e-9) << dtype << " " << p;
     }
   }
 }
@@ -267,7 +253,7 @@ TEST(FeedStreams, EqualsFeedingEachSession) {
       batch.feed(ptrs, tokens);
       for (size_t i = 0; i < S; ++i) {
         const auto& expected = alone[i]->feed(tokens[i]);
-        ASSERT_LE((batched[i]->logits() - expected).cwiseAbs().maxCoeff(), 1e-10)
+        ASSERT_LE(max_abs_diff(batched[i]->logits(), expected), 1e-10)
             << arch << " stream " << i << " step " << step;
         ASSERT_EQ(batched[i]->position(), alone[i]->position());
       }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
@@ -14,6 +15,7 @@
 
 namespace {
 
+using tconst_test::max_abs_diff;
 using tconst_test::temp_path;
 using tconst_test::write_file;
 using ::testing::HasSubstr;
@@ -48,7 +50,7 @@ TEST(Snapshot, RestoreContinuesIdentically) {
       for (int p = cut; p < cut + 11; ++p) {
         const tconst::Vector<double> la = a->feed((p * 5) % shape.V);
         const tconst::Vector<double>& lb = b->feed((p * 5) % shape.V);
-        ASSERT_EQ((la - lb).cwiseAbs().maxCoeff(), 0.0) << shape.arch << " cut " << cut;
+        ASSERT_EQ(max_abs_diff(la, lb), 0.0) << shape.arch << " cut " << cut;
       }
     }
   }
@@ -90,11 +92,11 @@ class BadSnapshot : public ::testing::Test {
       EXPECT_THAT(e.what(), HasSubstr(message));
     }
     EXPECT_EQ(target_->position(), 6);
-    EXPECT_EQ((target_->logits() - before_).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_EQ(max_abs_diff(target_->logits(), before_), 0.0);
     // And it still streams as before.
     auto fresh = tconst::make_session(model_);
     for (int p = 0; p < 6; ++p) fresh->feed((p * 3) % 23);
-    EXPECT_EQ((target_->feed(4) - fresh->feed(4)).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_EQ(max_abs_diff(target_->feed(4), fresh->feed(4)), 0.0);
   }
   std::shared_ptr<const tconst::Model<double>> model_;
   std::unique_ptr<tconst::Session<double>> source_, target_;

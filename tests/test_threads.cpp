@@ -8,7 +8,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -16,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
@@ -26,6 +26,7 @@ namespace {
 
 using tconst_test::random_tokens;
 using tconst_test::RefShape;
+using tconst_test::same_bits;
 
 constexpr int kThreads = 8;
 constexpr int kTokens = 40;  // with W = 4: nine resyncs per stream
@@ -48,12 +49,6 @@ std::string write_model(const RefShape& shape) {
 
 template <typename Scalar>
 using Rows = std::vector<tconst::Vector<Scalar>>;
-
-template <typename Scalar>
-bool same_bits(const tconst::Vector<Scalar>& a, const tconst::Vector<Scalar>& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), sizeof(Scalar) * static_cast<size_t>(a.size())) == 0;
-}
 
 /// What one thread computes: every logit row of feeding `ids` token by token, then every row of
 /// score() over them on a second session.
