@@ -16,6 +16,7 @@
 #endif
 
 #include "support/compare.hpp"
+#include "support/errors.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
@@ -23,6 +24,7 @@
 
 namespace {
 
+using tconst_test::expect_error;
 using tconst_test::RefShape;
 using tconst_test::same_bits;
 using tconst_test::temp_path;
@@ -76,22 +78,6 @@ void expect_same(const Observed<Scalar>& before, const tconst::Session<Scalar>& 
   EXPECT_EQ(now.resyncs, before.resyncs);
   EXPECT_EQ(now.cache_bytes, before.cache_bytes);
   EXPECT_TRUE(now.state == before.state) << "the session's state bytes changed";
-}
-
-/// Runs f, which must throw tconst::Error whose message contains every part.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const tconst::Error& e) {
-    const std::string what = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(what.find(part), std::string::npos)
-          << "message \"" << what << "\" lacks \"" << part << "\"";
-    }
-    return;
-  }
-  ADD_FAILURE() << "no tconst::Error; expected one mentioning \"" << parts.front() << "\"";
 }
 
 /// A session fed `n` tokens one by one.

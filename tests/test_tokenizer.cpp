@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/errors.hpp"
 #include "support/temp_files.hpp"
 #include "tconst/error.hpp"
 #include "tconst/tokenizer/tokenizer.hpp"
@@ -26,27 +27,10 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using tconst::Gpt2BpeTokenizer;
 using Ids = std::vector<int32_t>;
+using tconst_test::expect_error;
 using tconst_test::TempDir;
 
 // ---- helpers -----------------------------------------------------------------------------------
-
-/// Runs `fn`, which must throw tconst::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const tconst::Error& e) {
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message \"" << message << "\" lacks \"" << part << "\"";
-    }
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-tconst exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "did not throw; expected an error mentioning \"" << parts.front() << "\"";
-}
 
 /// GPT-2's spelling of one byte in vocabulary files.
 std::string spell_byte(int b) {
