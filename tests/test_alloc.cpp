@@ -12,15 +12,14 @@
 #include "support/counting_new.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
 template <typename Scalar>
 void check_no_allocation(const tconst_test::RefShape& shape) {
-  const std::string path = ::testing::TempDir() + "tconst_alloc_" +
-                           ::testing::UnitTest::GetInstance()->current_test_info()->name() +
-                           ".safetensors";
+  const std::string path = tconst_test::temp_path("model.safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 11), path, "F32");
   auto model = tconst::Model<Scalar>::load(path);
   tconst::TConstSession<Scalar> s(model);

@@ -7,30 +7,23 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::temp_path;
+using tconst_test::write_file;
 using ::testing::HasSubstr;
 
 const std::string kBin = TCONST_CLI_PATH;
 const std::string kGolden = std::string(TCONST_TEST_DATA_DIR) + "/golden/";
-
-std::string tmp(const std::string& name) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string test = info->name();
-  for (char& c : test) {
-    if (c == '/') c = '_';
-  }
-  return ::testing::TempDir() + "tconst_cli_" + test + "_" + name;
-}
 
 struct Outcome {
   int status;
@@ -38,7 +31,7 @@ struct Outcome {
 };
 
 Outcome run(const std::string& args) {
-  const std::string out = tmp("stdout"), err = tmp("stderr");
+  const std::string out = temp_path("stdout"), err = temp_path("stderr");
   const std::string cmd = kBin + " " + args + " >" + out + " 2>" + err + " </dev/null";
   const int raw = std::system(cmd.c_str());
   Outcome r;
@@ -46,10 +39,6 @@ Outcome run(const std::string& args) {
   r.out = tconst::read_file(out);
   r.err = tconst::read_file(err);
   return r;
-}
-
-void write(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
 }
 
 // One line on stderr, non-zero status, and the line says what went wrong.
@@ -64,15 +53,13 @@ class CliGolden : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CliGolden, LogitsMatchTheReference) {
   const std::string dir = kGolden + GetParam() + "/";
-  const std::string out = tmp("logits.f32");
+  const std::string out = temp_path("logits.f32");
   const Outcome r =
       run("logits --model " + dir + "model.safetensors --ids " + dir + "ids.txt --out " + out);
   ASSERT_EQ(r.status, 0) << r.err;
-  const std::string got = tconst::read_file(out), ref = tconst::read_file(dir + "ref_logits.f32");
-  ASSERT_EQ(got.size(), ref.size());
-  std::vector<float> a(got.size() / 4), b(ref.size() / 4);
-  std::memcpy(a.data(), got.data(), got.size());
-  std::memcpy(b.data(), ref.data(), ref.size());
+  const std::vector<float> a = tconst_test::read_f32(out);
+  const std::vector<float> b = tconst_test::read_f32(dir + "ref_logits.f32");
+  ASSERT_EQ(a.size(), b.size());
   double diff = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     diff = std::max(diff, double(std::abs(a[i] - b[i])));
@@ -99,7 +86,7 @@ TEST_P(CliGolden, SaveAndLoadSessionAcrossProcesses) {
   const Outcome all =
       run("generate " + m + "--ids " + dir + "prompt.txt --max-new 40 --greedy --print-ids");
   ASSERT_EQ(all.status, 0) << all.err;
-  const std::string snap = tmp("session.snap");
+  const std::string snap = temp_path("session.snap");
   const Outcome first = run("generate " + m + "--ids " + dir + "prompt.txt --max-new 15 --greedy " +
                             "--print-ids --save-session " + snap);
   ASSERT_EQ(first.status, 0) << first.err;
@@ -117,33 +104,35 @@ INSTANTIATE_TEST_SUITE_P(Cases, CliGolden,
 const std::string kModel = kGolden + "tconst_D4_W8_H8/model.safetensors";
 
 TEST(CliErrors, BadModel) {
-  write(tmp("bad.safetensors"), "this is not a model");
-  write(tmp("ids.txt"), "1 2 3");
-  expect_error(run("logits --model " + tmp("bad.safetensors") + " --ids " + tmp("ids.txt") +
-                   " --out " + tmp("o")),
+  write_file(temp_path("bad.safetensors"), "this is not a model");
+  write_file(temp_path("ids.txt"), "1 2 3");
+  expect_error(run("logits --model " + temp_path("bad.safetensors") + " --ids " +
+                   temp_path("ids.txt") + " --out " + temp_path("o")),
                "invalid model file");
-  expect_error(run("logits --model " + tmp("missing.safetensors") + " --ids " + tmp("ids.txt") +
-                   " --out " + tmp("o")),
+  expect_error(run("logits --model " + temp_path("missing.safetensors") + " --ids " +
+                   temp_path("ids.txt") + " --out " + temp_path("o")),
                "cannot open model file");
 }
 
 TEST(CliErrors, IdOutOfRange) {
-  write(tmp("ids.txt"), "1 2 61");
-  expect_error(run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
+  write_file(temp_path("ids.txt"), "1 2 61");
+  expect_error(run("logits --model " + kModel + " --ids " + temp_path("ids.txt") + " --out " +
+                   temp_path("o")),
                "outside [0, 61)");
-  expect_error(
-      run("generate --model " + kModel + " --ids " + tmp("ids.txt") + " --greedy --print-ids"),
-      "outside [0, 61)");
+  expect_error(run("generate --model " + kModel + " --ids " + temp_path("ids.txt") +
+                   " --greedy --print-ids"),
+               "outside [0, 61)");
 }
 
 TEST(CliErrors, MalformedIdsFile) {
   for (const char* text : {"1 2 three", "1 -2", "1.5", "99999999999999999999", "1,2"}) {
-    write(tmp("ids.txt"), text);
-    expect_error(
-        run("logits --model " + kModel + " --ids " + tmp("ids.txt") + " --out " + tmp("o")),
-        "ids file");
+    write_file(temp_path("ids.txt"), text);
+    expect_error(run("logits --model " + kModel + " --ids " + temp_path("ids.txt") + " --out " +
+                     temp_path("o")),
+                 "ids file");
   }
-  expect_error(run("logits --model " + kModel + " --ids " + tmp("none.txt") + " --out " + tmp("o")),
+  expect_error(run("logits --model " + kModel + " --ids " + temp_path("none.txt") + " --out " +
+                   temp_path("o")),
                "cannot open");
 }
 
@@ -154,15 +143,16 @@ TEST(CliErrors, BadFlags) {
   expect_error(run("logits --model " + kModel), "missing required flag");
   expect_error(run("frobnicate"), "unknown command");
   expect_error(run(""), "missing command");
-  write(tmp("ids.txt"), "1 2 3");
-  expect_error(run("generate --model " + kModel + " --ids " + tmp("ids.txt") + " --temperature -1"),
-               "--temperature");
+  write_file(temp_path("ids.txt"), "1 2 3");
+  expect_error(
+      run("generate --model " + kModel + " --ids " + temp_path("ids.txt") + " --temperature -1"),
+      "--temperature");
   expect_error(run("info --model " + kModel + " --precision half"), "--precision");
 }
 
 TEST(CliErrors, BadSnapshot) {
-  write(tmp("junk.snap"), "junk");
-  expect_error(run("generate --model " + kModel + " --load-session " + tmp("junk.snap") +
+  write_file(temp_path("junk.snap"), "junk");
+  expect_error(run("generate --model " + kModel + " --load-session " + temp_path("junk.snap") +
                    " --max-new 2 --greedy --print-ids"),
                "snapshot");
 }
@@ -180,15 +170,15 @@ TEST(Cli, InfoReportsTheFixedCache) {
 
 TEST(Cli, TokenizeAndDetokenizeBytes) {
   const std::string text = "In the beginning \xC3\xA9\xE2\x9C\x93\n";
-  write(tmp("in.txt"), text);
-  const std::string out = tmp("ids.txt");
-  const int raw =
-      std::system((kBin + " tokenize --tokenizer bytes <" + tmp("in.txt") + " >" + out).c_str());
+  write_file(temp_path("in.txt"), text);
+  const std::string out = temp_path("ids.txt");
+  const int raw = std::system(
+      (kBin + " tokenize --tokenizer bytes <" + temp_path("in.txt") + " >" + out).c_str());
   ASSERT_EQ(WEXITSTATUS(raw), 0);
   const auto ids = tconst::parse_ids(tconst::read_file(out));
   ASSERT_EQ(ids.size(), text.size());
   EXPECT_EQ(ids[0], 'I');
-  const std::string back = tmp("back.txt");
+  const std::string back = temp_path("back.txt");
   const int raw2 =
       std::system((kBin + " detokenize --tokenizer bytes <" + out + " >" + back).c_str());
   ASSERT_EQ(WEXITSTATUS(raw2), 0);

@@ -4,22 +4,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
 const std::string kDir = std::string(TCONST_TEST_DATA_DIR) + "/golden/";
-
-std::vector<float> read_f32(const std::string& path) {
-  const std::string bytes = tconst::read_file(path);
-  std::vector<float> out(bytes.size() / 4);
-  std::memcpy(out.data(), bytes.data(), out.size() * 4);
-  return out;
-}
 
 class Golden : public ::testing::TestWithParam<const char*> {};
 
@@ -27,7 +20,7 @@ template <typename Scalar>
 void check_logits(const std::string& name) {
   auto model = tconst::Model<Scalar>::load(kDir + name + "/model.safetensors");
   const auto ids = tconst::read_ids_file(kDir + name + "/ids.txt");
-  const std::vector<float> ref = read_f32(kDir + name + "/ref_logits.f32");
+  const std::vector<float> ref = tconst_test::read_f32(kDir + name + "/ref_logits.f32");
   const auto V = static_cast<size_t>(model->config().vocab_size);
   ASSERT_EQ(ref.size(), ids.size() * V);
   auto session = tconst::make_session(model);

@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <string>
@@ -16,13 +15,19 @@
 #include <sys/resource.h>
 #endif
 
+#include "support/compare.hpp"
+#include "support/errors.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::expect_error;
 using tconst_test::RefShape;
+using tconst_test::same_bits;
+using tconst_test::temp_path;
 
 // W = 4, so that streams of a few tokens cross resyncs (p = 4, 8).
 const RefShape kShapes[] = {
@@ -32,30 +37,16 @@ const RefShape kShapes[] = {
 };
 constexpr int32_t kV = 13;
 
-std::string tmp(const std::string& name) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  // ctest runs tests in parallel processes: the file name carries the test's name ("Limits/0"
-  // for a typed test, hence the replacement).
-  std::string test = std::string(info->test_suite_name()) + "_" + info->name();
-  for (char& c : test) c = c == '/' ? '_' : c;
-  return ::testing::TempDir() + "tconst_limits_" + test + "_" + name;
-}
-
 template <typename Scalar>
 std::shared_ptr<const tconst::Model<Scalar>> load(const RefShape& shape) {
-  const std::string path = tmp(shape.arch + (sizeof(Scalar) == 8 ? "_d" : "_f") + ".safetensors");
+  const std::string path =
+      temp_path(shape.arch + (sizeof(Scalar) == 8 ? "_d" : "_f") + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 31), path, "F32");
   return tconst::Model<Scalar>::load(path);
 }
 
 int32_t token(int64_t p) {
   return static_cast<int32_t>((p * 5 + 3) % kV);
-}
-
-template <typename Scalar>
-bool same_bits(const tconst::Vector<Scalar>& a, const tconst::Vector<Scalar>& b) {
-  return a.size() == b.size() &&
-         (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(Scalar) * a.size()) == 0);
 }
 
 /// Everything observable about a session.
@@ -87,22 +78,6 @@ void expect_same(const Observed<Scalar>& before, const tconst::Session<Scalar>& 
   EXPECT_EQ(now.resyncs, before.resyncs);
   EXPECT_EQ(now.cache_bytes, before.cache_bytes);
   EXPECT_TRUE(now.state == before.state) << "the session's state bytes changed";
-}
-
-/// Runs f, which must throw tconst::Error whose message contains every part.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const tconst::Error& e) {
-    const std::string what = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(what.find(part), std::string::npos)
-          << "message \"" << what << "\" lacks \"" << part << "\"";
-    }
-    return;
-  }
-  ADD_FAILURE() << "no tconst::Error; expected one mentioning \"" << parts.front() << "\"";
 }
 
 /// A session fed `n` tokens one by one.
@@ -257,7 +232,7 @@ TYPED_TEST(Limits, SnapshotLongerThanMaxContext) {
     SCOPED_TRACE(shape.arch);
     auto model = load<TypeParam>(shape);
     auto a = fed(model, tconst::SessionOptions{}, 9);
-    const std::string path = tmp(shape.arch + ".snap");
+    const std::string path = temp_path(shape.arch + ".snap");
     tconst::save_session(*a, path);
     tconst::SessionOptions o;
     o.max_context = 8;
@@ -288,7 +263,7 @@ TYPED_TEST(Limits, SnapshotClaimingAHugeTokenLog) {
   for (const RefShape& shape : kShapes) {
     SCOPED_TRACE(shape.arch);
     auto model = load<TypeParam>(shape);
-    const std::string path = tmp(shape.arch + ".snap");
+    const std::string path = temp_path(shape.arch + ".snap");
     tconst::save_session(*tconst::make_session(model), path);
     std::string bytes = tconst::read_file(path);
     const uint64_t n = uint64_t{1} << 30;
@@ -296,8 +271,7 @@ TYPED_TEST(Limits, SnapshotClaimingAHugeTokenLog) {
     const uint64_t sum =
         tconst::detail::fnv1a(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size() - 8);
     std::memcpy(&bytes[bytes.size() - 8], &sum, 8);
-    std::ofstream(path, std::ios::binary | std::ios::trunc)
-        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    tconst_test::write_file(path, bytes);
     auto s = fed(model, tconst::SessionOptions{}, 3);
     const Observed<TypeParam> before(*s);
     const long peak_kib = peak_rss_kib();

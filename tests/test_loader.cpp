@@ -3,7 +3,6 @@
 // file and from bytes, never with a crash or another exception. Good files load in every dtype,
 // with exactly the stored values, in both scalar types.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,11 +16,13 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/config.hpp"
 #include "tconst/error.hpp"
 #include "tconst/model.hpp"
@@ -34,6 +35,7 @@ using tconst_test::RawTensor;
 using tconst_test::RefLayer;
 using tconst_test::RefModel;
 using tconst_test::RefShape;
+using tconst_test::temp_path;
 using Meta = std::map<std::string, std::string>;
 using Strings = std::vector<std::string>;
 
@@ -46,43 +48,15 @@ const char kCompress0[] = "transformer.transformer_layers.0.compress_context_lay
 const char kHidden1[] = "transformer.transformer_layers.1.hidden_layers.0";
 const char kRestore1[] = "transformer.transformer_layers.1.restore_context_shape_layer";
 
-// A directory of this process's own (so that concurrent runs cannot trip over each other's
-// files), removed when the tests end.
-const std::string& TempDirectory() {
-  static const std::string dir = [] {
-    const std::string d =
-        ::testing::TempDir() + "tconst_loader_" + std::to_string(::getpid()) + "/";
-    std::filesystem::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
-
-class RemoveTempDirectory : public ::testing::Environment {
- public:
-  void TearDown() override {
-    std::error_code ignored;
-    std::filesystem::remove_all(TempDirectory(), ignored);
-  }
-};
-
-::testing::Environment* const kRemoveTempDirectory =
-    ::testing::AddGlobalTestEnvironment(new RemoveTempDirectory);
-
-std::string TempPath(const std::string& name) {
-  return TempDirectory() + name + ".safetensors";
-}
-
 std::vector<uint8_t> ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 std::string WriteBytes(const std::string& name, const std::vector<uint8_t>& bytes) {
-  const std::string path = TempPath(name);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
+  const std::string path = temp_path(name + ".safetensors");
+  tconst_test::write_file(
+      path, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
   return path;
 }
 
@@ -143,14 +117,14 @@ int64_t NumelSum(const std::vector<RawTensor>& tensors) {
 }
 
 std::string WriteParts(const std::string& name, const Parts& p) {
-  const std::string path = TempPath(name);
+  const std::string path = temp_path(name + ".safetensors");
   tconst_test::write_safetensors_file(path, p.tensors, p.meta);
   return path;
 }
 
 std::string WriteText(const std::string& name, const std::string& header_text,
                       const std::vector<uint8_t>& data) {
-  const std::string path = TempPath(name);
+  const std::string path = temp_path(name + ".safetensors");
   tconst_test::write_raw_file(path, header_text, data);
   return path;
 }
@@ -218,7 +192,7 @@ void ExpectRejected(const std::string& path, const std::string& problem) {
 // The container: file, header length, JSON header, tensor entries, ranges.
 
 TEST(LoaderTest, RejectsMissingFile) {
-  const std::string path = TempPath("does_not_exist");
+  const std::string path = temp_path("does_not_exist.safetensors");
   std::filesystem::remove(path);
   for (const std::string& message :
        {LoadError<float>(path, false), LoadError<double>(path, false)}) {
@@ -228,7 +202,7 @@ TEST(LoaderTest, RejectsMissingFile) {
 }
 
 TEST(LoaderTest, RejectsDirectory) {
-  const std::string path = TempPath("a_directory");
+  const std::string path = temp_path("a_directory.safetensors");
   std::filesystem::remove_all(path);
   std::filesystem::create_directories(path);
   for (const std::string& message :
@@ -922,7 +896,7 @@ TEST(LoaderTest, LoadsEveryDtypeInFloatAndDouble) {
     const RefModel m = tconst_test::make_random_model(shape, 11);
     for (const std::string& dtype : Strings{"F32", "F16", "BF16", "F64"}) {
       SCOPED_TRACE(shape.arch + (shape.tied ? "" : " untied") + " " + dtype);
-      const std::string path = TempPath("good_" + shape.arch + "_" + dtype);
+      const std::string path = temp_path("good_" + shape.arch + "_" + dtype + ".safetensors");
       tconst_test::write_model(m, path, dtype);
       const RefModel stored = tconst_test::rounded_copy(m, dtype);
       const auto f = tconst::Model<float>::load(path);
@@ -1004,7 +978,7 @@ TEST(LoaderTest, UsesAnExplicitLmHead) {
   const RefModel m =
       tconst_test::make_random_model({"tconstformer", 11, 8, 2, 2, 3, 4, 3, 12, false}, 5);
   ASSERT_FALSE(m.lm_head.empty());
-  const std::string path = TempPath("untied");
+  const std::string path = temp_path("untied.safetensors");
   tconst_test::write_model(m, path, "F32");
   const auto model = tconst::Model<double>::load(path);
   EXPECT_FALSE(model->config().tied_head);
@@ -1013,8 +987,8 @@ TEST(LoaderTest, UsesAnExplicitLmHead) {
   EXPECT_EQ(model->parameter_count(), NumelSum(tconst_test::model_tensors(m, "F32")));
 
   const RefModel tied = tconst_test::make_random_model(kTConst, 5);
-  tconst_test::write_model(tied, TempPath("tied"), "F32");
-  const auto tied_model = tconst::Model<double>::load(TempPath("tied"));
+  tconst_test::write_model(tied, temp_path("tied.safetensors"), "F32");
+  const auto tied_model = tconst::Model<double>::load(temp_path("tied.safetensors"));
   EXPECT_TRUE(tied_model->config().tied_head);
   EXPECT_EQ(tied_model->lm_head().data, tied_model->embedding().data);
   // The tied head is counted once.
@@ -1071,7 +1045,7 @@ TEST(LoaderTest, ParameterCountIsTheSumOfTheUsedTensors) {
 TEST(LoaderTest, LoadFromBytesEqualsLoadFromFile) {
   for (const std::string& dtype : Strings{"F32", "F16"}) {
     const RefModel m = tconst_test::make_random_model(kTLin, 21);
-    const std::string path = TempPath("bytes_" + dtype);
+    const std::string path = temp_path("bytes_" + dtype + ".safetensors");
     tconst_test::write_model(m, path, dtype);
     const auto from_file = tconst::Model<float>::load(path);
     const auto from_bytes = tconst::Model<float>::load_from_bytes(ReadBytes(path));

@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
@@ -22,7 +24,7 @@ using tconst_test::RefShape;
 /// Wide enough that the head (V rows) and qkv (3d rows) are split over threads.
 std::shared_ptr<const tconst::Model<float>> model_for(const std::string& arch) {
   const RefShape shape{arch, 301, 48, 4, 2, 3, 6, 5, 40};
-  const std::string path = ::testing::TempDir() + "tconst_openmp_" + arch + ".safetensors";
+  const std::string path = tconst_test::temp_path(arch + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 29), path, "F32");
   return tconst::Model<float>::load(path);
 }
@@ -33,10 +35,6 @@ struct Threads {
   ~Threads() { omp_set_num_threads(before); }
   int before;
 };
-
-float max_rel_diff(const Eigen::VectorXf& a, const Eigen::VectorXf& b) {
-  return (a - b).cwiseAbs().maxCoeff() / std::max(1.0f, b.cwiseAbs().maxCoeff());
-}
 
 TEST(OpenMP, ThreadedSessionEqualsOneThread) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
@@ -50,7 +48,8 @@ TEST(OpenMP, ThreadedSessionEqualsOneThread) {
         want = single.feed(token);
       }
       Threads three(3);
-      ASSERT_LE(max_rel_diff(threaded.feed(token), want), 1e-5f) << arch << " step " << step;
+      ASSERT_LE(tconst_test::max_rel_diff(threaded.feed(token), want), 1e-5f)
+          << arch << " step " << step;
     }
   }
 }
@@ -82,7 +81,7 @@ TEST(OpenMP, StreamsSteppedTogetherOnThreadsEqualEachAlone) {
         Threads one(1);
         for (size_t i = 0; i < S; ++i) {
           const Eigen::VectorXf want = alone[i]->feed(tokens[i]);
-          ASSERT_LE(max_rel_diff(batched[i]->logits(), want), 1e-5f)
+          ASSERT_LE(tconst_test::max_rel_diff(batched[i]->logits(), want), 1e-5f)
               << arch << " S " << S << " stream " << i << " step " << step;
         }
       }

@@ -6,14 +6,16 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
-#include "reference/naive_forward.hpp"
+#include "support/compare.hpp"
+#include "support/naive_forward.hpp"
 #include "support/ref_loader.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 
 namespace tconst_test {
 namespace {
@@ -27,24 +29,6 @@ std::vector<int> read_ids(const std::string& path) {
   int x;
   while (is >> x) ids.push_back(x);
   return ids;
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream is(path, std::ios::binary);
-  if (!is) throw std::runtime_error("cannot open " + path);
-  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(is)),
-                                   std::istreambuf_iterator<char>());
-  std::vector<float> out(bytes.size() / 4);
-  for (size_t i = 0; i < out.size(); ++i) {
-    uint32_t u = 0;
-    for (int b = 0; b < 4; ++b) u |= static_cast<uint32_t>(bytes[4 * i + b]) << (8 * b);
-    out[i] = bits_to_float(u);
-  }
-  return out;
-}
-
-std::string temp_path(const std::string& name) {
-  return ::testing::TempDir() + "tconst_ref_" + name + ".safetensors";
 }
 
 void expect_same_model(const RefModel& a, const RefModel& b) {
@@ -81,19 +65,6 @@ void expect_same_model(const RefModel& a, const RefModel& b) {
       EXPECT_EQ(x.w2, y.w2);
     }
   }
-}
-
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double m = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-
-std::vector<int> random_tokens(int n, int V, uint64_t seed) {
-  SplitMix64 rng(seed);
-  std::vector<int> t(static_cast<size_t>(n));
-  for (int& x : t) x = static_cast<int>(rng.next() % static_cast<uint64_t>(V));
-  return t;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,7 +104,7 @@ INSTANTIATE_TEST_SUITE_P(Golden, GoldenTest,
 
 TEST(Golden, ModelRewritesIdentically) {
   const RefModel m = load_ref_model(kGoldenDir + "tconst_D4_W8_H8/model.safetensors");
-  const std::string path = temp_path("golden_rewrite");
+  const std::string path = temp_path("golden_rewrite.safetensors");
   write_model(m, path, "F32");
   expect_same_model(m, load_ref_model(path));
   std::remove(path.c_str());
@@ -209,7 +180,7 @@ TEST_P(RoundTripTest, EveryArchitecture) {
     RefModel m = make_random_model(shapes[i], 100 + i);
     m.base = 5e5;  // exercise non-default metadata values
     m.eps = 1e-6;
-    const std::string path = temp_path(shapes[i].arch + "_" + dtype);
+    const std::string path = temp_path(shapes[i].arch + "_" + dtype + ".safetensors");
     write_model(m, path, dtype);
     const RefModel back = load_ref_model(path);
     const RefModel expect = rounded_copy(m, dtype);
@@ -246,7 +217,7 @@ TEST(Writer, HeaderIsPaddedAndMetadataComplete) {
   EXPECT_EQ(tensors.size(), 3u + 3u * 11u);  // tied: no lm_head
   EXPECT_EQ(tensors[4].name.rfind("transformer.transformer_layers.0.compress_context_layer.", 0),
             0u);
-  const std::string path = temp_path("padding");
+  const std::string path = temp_path("padding.safetensors");
   write_model(m, path, "BF16");
   std::ifstream is(path, std::ios::binary);
   uint8_t len[8];

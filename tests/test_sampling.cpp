@@ -21,9 +21,11 @@
 #include <unistd.h>
 #endif
 
+#include "support/compare.hpp"
 #include "support/counting_new.hpp"  // proves that sample() reuses its buffers
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/generate.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/tconst.hpp"
@@ -35,6 +37,7 @@ using tconst::GenerateStats;
 using tconst::Rng;
 using tconst::Sampler;
 using tconst::SamplerConfig;
+using tconst_test::argmax;
 using Logits = tconst::Vector<float>;
 
 Logits make_logits(const std::vector<double>& values) {
@@ -230,16 +233,6 @@ TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
   EXPECT_EQ(sd.sample(ld, {}), 0);
 }
 
-// The first index of the largest element, by the plainest loop there is.
-template <typename T>
-int32_t first_argmax(const tconst::Vector<T>& v) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < static_cast<int32_t>(v.size()); ++i) {
-    if (v[i] > v[best]) best = i;
-  }
-  return best;
-}
-
 TEST(GreedyToken, FirstLargestOnRandomLogitsWithManyTies) {
   // Few distinct values (many ties), the maximum anywhere: first block, last block, a block's
   // edge, the very last element; lengths around the scan's 256-element blocks.
@@ -256,8 +249,8 @@ TEST(GreedyToken, FirstLargestOnRandomLogitsWithManyTies) {
       if (trial % 4 == 1) v[n - 1] = vd[n - 1] = 9.0f;
       if (trial % 4 == 2) v[n / 2] = vd[n / 2] = 9.0f;
       if (trial % 4 == 3 && n > 256) v[256] = vd[256] = 9.0f;
-      EXPECT_EQ(tconst::greedy_token(v), first_argmax(v)) << "n " << n << " trial " << trial;
-      EXPECT_EQ(tconst::greedy_token(vd), first_argmax(vd)) << "n " << n << " trial " << trial;
+      EXPECT_EQ(tconst::greedy_token(v), argmax(v)) << "n " << n << " trial " << trial;
+      EXPECT_EQ(tconst::greedy_token(vd), argmax(vd)) << "n " << n << " trial " << trial;
     }
   }
 }
@@ -300,7 +293,7 @@ TEST(GreedyToken, SamplerGreedyAgreesWithAndWithoutThePenaltyPath) {
   SamplerConfig full = plain;
   full.repetition_penalty = 1.3f;
   Sampler<float> a(plain), b(neutral), c(full);
-  const int32_t want = first_argmax(logits);
+  const int32_t want = argmax(logits);
   std::vector<int32_t> history;
   for (int32_t i = 0; i < 3000 && history.size() < 20; ++i) {
     if (i != want && logits[i] < 0) history.push_back(i);
@@ -537,8 +530,10 @@ TEST(Sampler, NoAllocationAfterTheFirstCall) {
 
 constexpr int kW = 4;  // generate window of the test model: a resync every 4 tokens
 
+// One file per architecture for every test of the process (test_model() loads it once, and the
+// cross-process test hands it to a child), so named for the process alone.
 std::string model_path(const std::string& arch) {
-  return ::testing::TempDir() + "tconst_sampling_" + arch + ".safetensors";
+  return tconst_test::process_temp_dir() + "sampling_" + arch + ".safetensors";
 }
 
 std::shared_ptr<const tconst::Model<float>> test_model(const std::string& arch = "tconstformer") {
@@ -596,14 +591,6 @@ Generated generate_fresh(const GenerateOptions& opt, const tconst::Tokenizer* to
   return generate_on(*session, kPrompt, opt, tokenizer);
 }
 
-int32_t argmax_lowest(const Logits& l) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < l.size(); ++i) {
-    if (l[i] > l[best]) best = i;
-  }
-  return best;
-}
-
 TEST(Generate, SameSeedSameIds) {
   const Generated a = generate_fresh(sampled_options(40, 7));
   const Generated b = generate_fresh(sampled_options(40, 7));
@@ -628,7 +615,7 @@ TEST(Generate, GreedyEqualsManualFeedArgmaxAcrossResyncs) {
     std::vector<int32_t> expected;
     const Logits* logits = &manual->prefill(kPrompt);
     for (int64_t i = 0; i < n; ++i) {
-      expected.push_back(argmax_lowest(*logits));
+      expected.push_back(argmax(*logits));
       logits = &manual->feed(expected.back());
     }
     EXPECT_EQ(r.ids, expected);

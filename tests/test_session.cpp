@@ -8,15 +8,21 @@
 #include <string>
 #include <vector>
 
-#include "reference/naive_forward.hpp"
+#include "support/compare.hpp"
+#include "support/naive_forward.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::max_abs_diff;
+using tconst_test::random_tokens;
 using tconst_test::RefModel;
 using tconst_test::RefShape;
+using tconst_test::temp_path;
 
 struct Case {
   const char* name;
@@ -37,36 +43,9 @@ const Case kCases[] = {
     {"transformer_B1_dh2", {"transformer", 15, 8, 4, 1, 0, 0, 0, 12}},
 };
 
-std::string temp_model(const std::string& name) {
-  return ::testing::TempDir() + "tconst_session_" + name + ".safetensors";
-}
-
-std::vector<int> random_tokens(int V, int n, uint64_t seed) {
-  tconst_test::SplitMix64 rng(seed);
-  std::vector<int> t(static_cast<size_t>(n));
-  for (int& x : t) x = static_cast<int>(rng.next() % static_cast<uint64_t>(V));
-  return t;
-}
-
 int stream_length(const RefShape& s) {
   // At least 4 resyncs for the windowed architectures, plus a partial window.
   return s.arch == "transformer" ? 23 : 5 * s.W + 2;
-}
-
-template <typename Scalar>
-double max_diff(const tconst::Vector<Scalar>& a, const std::vector<double>& b) {
-  EXPECT_EQ(static_cast<size_t>(a.size()), b.size());
-  double m = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    m = std::max(m, std::abs(static_cast<double>(a[static_cast<Eigen::Index>(i)]) - b[i]));
-  }
-  return m;
-}
-
-template <typename Scalar>
-double max_diff(const tconst::Vector<Scalar>& a, const tconst::Vector<Scalar>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  return (a - b).cwiseAbs().maxCoeff();
 }
 
 class SessionVsReference : public ::testing::TestWithParam<Case> {};
@@ -74,16 +53,17 @@ class SessionVsReference : public ::testing::TestWithParam<Case> {};
 template <typename Scalar>
 void check_stream(const Case& c, double tol) {
   const RefModel ref = tconst_test::make_random_model(c.shape, 1234);
-  const std::string path = temp_model(std::string(c.name) + (sizeof(Scalar) == 8 ? "_d" : "_f"));
+  const std::string path =
+      temp_path(std::string(c.name) + (sizeof(Scalar) == 8 ? "_d" : "_f") + ".safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<Scalar>::load(path);
   auto session = tconst::make_session(model);
-  const std::vector<int> tokens = random_tokens(c.shape.V, stream_length(c.shape), 99);
+  const std::vector<int> tokens = random_tokens(stream_length(c.shape), c.shape.V, 99);
   const auto expected = tconst_test::naive_stream_logits(ref, tokens);
   double worst = 0;
   for (size_t p = 0; p < tokens.size(); ++p) {
     const auto& logits = session->feed(tokens[p]);
-    const double diff = max_diff<Scalar>(logits, expected[p]);
+    const double diff = max_abs_diff(logits, expected[p]);
     worst = std::max(worst, diff);
     ASSERT_LE(diff, tol) << c.name << " at position " << p;
   }
@@ -107,12 +87,12 @@ TEST_P(SessionVsReference, StreamingEqualsFullForwardFloat) {
 TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
   const Case& c = GetParam();
   const RefModel ref = tconst_test::make_random_model(c.shape, 77);
-  const std::string path = temp_model(std::string(c.name) + "_prefill");
+  const std::string path = temp_path(std::string(c.name) + "_prefill.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<double>::load(path);
   const int W = c.shape.arch == "transformer" ? 4 : c.shape.W;
   const int total = 4 * W + 3;
-  const std::vector<int> ids = random_tokens(c.shape.V, total, 5);
+  const std::vector<int> ids = random_tokens(total, c.shape.V, 5);
   const std::vector<int32_t> ids32(ids.begin(), ids.end());
 
   auto fed = tconst::make_session(model);
@@ -123,14 +103,14 @@ TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
     if (len < 1 || len >= total) continue;
     auto s = tconst::make_session(model);
     const auto& after = s->prefill(ids32.data(), static_cast<size_t>(len));
-    EXPECT_LE(max_diff<double>(after, fed_logits[len - 1]), 1e-10) << "prefill length " << len;
+    EXPECT_LE(max_abs_diff(after, fed_logits[len - 1]), 1e-10) << "prefill length " << len;
     EXPECT_EQ(s->position(), len);
     if (c.shape.arch != "transformer") {
       EXPECT_EQ(s->resync_count(), len > W ? 1 : 0) << "one resync for a prefill of " << len;
     }
     // Continue token by token, across the next resync.
     for (int p = len; p < total; ++p) {
-      ASSERT_LE(max_diff<double>(s->feed(ids32[p]), fed_logits[p]), 1e-10)
+      ASSERT_LE(max_abs_diff(s->feed(ids32[p]), fed_logits[p]), 1e-10)
           << "prefill " << len << ", then position " << p;
     }
   }
@@ -142,41 +122,41 @@ TEST_P(SessionVsReference, PrefillAndScoreEqualFeeding) {
     piece = std::min(piece, total - at);
     pieces->prefill(ids32.data() + at, static_cast<size_t>(piece));
     at += piece;
-    ASSERT_LE(max_diff<double>(pieces->logits(), fed_logits[at - 1]), 1e-10) << "after " << at;
+    ASSERT_LE(max_abs_diff(pieces->logits(), fed_logits[at - 1]), 1e-10) << "after " << at;
   }
 
   auto scored = tconst::make_session(model);
   std::vector<size_t> seen;
   scored->score(ids32.data(), ids32.size(), [&](size_t i, const tconst::Vector<double>& l) {
     seen.push_back(i);
-    EXPECT_LE(max_diff<double>(l, fed_logits[i]), 1e-10) << "score row " << i;
+    EXPECT_LE(max_abs_diff(l, fed_logits[i]), 1e-10) << "score row " << i;
   });
   ASSERT_EQ(seen.size(), ids32.size());
   for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], i);
-  EXPECT_LE(max_diff<double>(scored->feed(3), fed->feed(3)), 1e-10);
+  EXPECT_LE(max_abs_diff(scored->feed(3), fed->feed(3)), 1e-10);
 }
 
 // copy() gives an independent session; reset() forgets the stream.
 TEST_P(SessionVsReference, CopyAndReset) {
   const Case& c = GetParam();
   const RefModel ref = tconst_test::make_random_model(c.shape, 8);
-  const std::string path = temp_model(std::string(c.name) + "_copy");
+  const std::string path = temp_path(std::string(c.name) + "_copy.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<double>::load(path);
-  const std::vector<int> ids = random_tokens(c.shape.V, 3 * std::max(c.shape.W, 4) + 1, 6);
+  const std::vector<int> ids = random_tokens(3 * std::max(c.shape.W, 4) + 1, c.shape.V, 6);
   auto a = tconst::make_session(model);
   for (size_t i = 0; i + 2 < ids.size(); ++i) a->feed(ids[i]);
   auto b = a->copy();
   const tconst::Vector<double> la = a->feed(ids[ids.size() - 2]);
   const tconst::Vector<double> lb = b->feed(ids[ids.size() - 2]);
-  EXPECT_EQ(max_diff<double>(la, lb), 0.0);
+  EXPECT_EQ(max_abs_diff(la, lb), 0.0);
   a->feed(ids.back());
   EXPECT_EQ(b->position() + 1, a->position());
   a->reset();
   EXPECT_EQ(a->position(), 0);
   EXPECT_EQ(a->logits().size(), 0);
   auto fresh = tconst::make_session(model);
-  EXPECT_EQ(max_diff<double>(a->feed(ids[0]), fresh->feed(ids[0])), 0.0);
+  EXPECT_EQ(max_abs_diff(a->feed(ids[0]), fresh->feed(ids[0])), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SessionVsReference, ::testing::ValuesIn(kCases),
@@ -186,15 +166,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SessionVsReference, ::testing::ValuesIn(kCases)
 TEST(SessionDtypes, HalfAndDoubleFilesLoad) {
   const RefShape shape{"tconstformer", 19, 12, 2, 2, 3, 3, 4, 16};
   const RefModel ref = tconst_test::make_random_model(shape, 21);
-  const std::vector<int> tokens = random_tokens(shape.V, 4 * shape.W + 1, 2);
+  const std::vector<int> tokens = random_tokens(4 * shape.W + 1, shape.V, 2);
   for (const char* dtype : {"F16", "BF16", "F64"}) {
-    const std::string path = temp_model(std::string("dtype_") + dtype);
+    const std::string path = temp_path(std::string("dtype_") + dtype + ".safetensors");
     tconst_test::write_model(ref, path, dtype);
     const RefModel rounded = tconst_test::rounded_copy(ref, dtype);
     const auto expected = tconst_test::naive_stream_logits(rounded, tokens);
     auto session = tconst::make_session(tconst::Model<double>::load(path));
     for (size_t p = 0; p < tokens.size(); ++p) {
-      ASSERT_LE(max_diff<double>(session->feed(tokens[p]), expected[p]), 1e-9) << dtype << " " << p;
+      ASSERT_LE(max_abs_diff(session->feed(tokens[p]), expected[p]), 1e-9) << dtype << " " << p;
     }
   }
 }
@@ -204,7 +184,7 @@ TEST(SessionDtypes, HalfAndDoubleFilesLoad) {
 TEST(FixedCache, NeverGrowsOrMoves) {
   const RefShape shape{"tconstformer", 23, 16, 4, 2, 4, 4, 6, 24};
   const RefModel ref = tconst_test::make_random_model(shape, 3);
-  const std::string path = temp_model("fixed");
+  const std::string path = temp_path("fixed.safetensors");
   tconst_test::write_model(ref, path, "F32");
   auto model = tconst::Model<float>::load(path);
   tconst::TConstSession<float> s(model);
@@ -228,7 +208,7 @@ TEST(FixedCache, TLinAndBaselineGrow) {
   const RefShape tl{"tlinformer", 23, 16, 4, 2, 3, 4, 4, 24};
   const RefShape tr{"transformer", 23, 16, 4, 3, 0, 0, 0, 24};
   for (const RefShape& shape : {tl, tr}) {
-    const std::string path = temp_model("grow_" + shape.arch);
+    const std::string path = temp_path("grow_" + shape.arch + ".safetensors");
     tconst_test::write_model(tconst_test::make_random_model(shape, 4), path, "F32");
     auto s = tconst::make_session(tconst::Model<float>::load(path));
     std::vector<size_t> sizes;
@@ -249,7 +229,7 @@ namespace {
 TEST(FeedStreams, EqualsFeedingEachSession) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
     const RefShape shape{arch, 29, 12, 2, 2, 3, 4, 5, 20};
-    const std::string path = temp_model(std::string("streams_") + arch);
+    const std::string path = temp_path(std::string("streams_") + arch + ".safetensors");
     tconst_test::write_model(tconst_test::make_random_model(shape, 17), path, "F32");
     auto model = tconst::Model<double>::load(path);
     const size_t S = 5;
@@ -273,7 +253,7 @@ TEST(FeedStreams, EqualsFeedingEachSession) {
       batch.feed(ptrs, tokens);
       for (size_t i = 0; i < S; ++i) {
         const auto& expected = alone[i]->feed(tokens[i]);
-        ASSERT_LE((batched[i]->logits() - expected).cwiseAbs().maxCoeff(), 1e-10)
+        ASSERT_LE(max_abs_diff(batched[i]->logits(), expected), 1e-10)
             << arch << " stream " << i << " step " << step;
         ASSERT_EQ(batched[i]->position(), alone[i]->position());
       }

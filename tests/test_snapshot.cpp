@@ -7,24 +7,22 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::max_abs_diff;
+using tconst_test::temp_path;
+using tconst_test::write_file;
 using ::testing::HasSubstr;
-
-// ctest runs test cases in parallel processes: every file name carries its test's name.
-std::string tmp(const std::string& name) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return ::testing::TempDir() + "tconst_snap_" + info->test_suite_name() + "_" + info->name() +
-         "_" + name;
-}
 
 std::shared_ptr<const tconst::Model<double>> model_of(const tconst_test::RefShape& shape,
                                                       uint64_t seed, const std::string& name) {
-  const std::string path = tmp(name + ".safetensors");
+  const std::string path = temp_path(name + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, seed), path, "F32");
   return tconst::Model<double>::load(path);
 }
@@ -35,20 +33,13 @@ const tconst_test::RefShape kShapes[] = {
     {"transformer", 23, 16, 4, 3, 0, 0, 0, 24},
 };
 
-std::string read_bytes(const std::string& p) {
-  return tconst::read_file(p);
-}
-void write_bytes(const std::string& p, const std::string& b) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc).write(b.data(), (std::streamsize)b.size());
-}
-
 TEST(Snapshot, RestoreContinuesIdentically) {
   for (const auto& shape : kShapes) {
     auto model = model_of(shape, 5, shape.arch);
     for (int cut : {0, 1, 4, 9, 13}) {
       auto a = tconst::make_session(model);
       for (int p = 0; p < cut; ++p) a->feed((p * 7) % shape.V);
-      const std::string path = tmp(shape.arch + "_" + std::to_string(cut) + ".snap");
+      const std::string path = temp_path(shape.arch + "_" + std::to_string(cut) + ".snap");
       tconst::save_session(*a, path);
       auto b = tconst::make_session(model);
       b->feed(1);  // some other state, to be replaced
@@ -59,7 +50,7 @@ TEST(Snapshot, RestoreContinuesIdentically) {
       for (int p = cut; p < cut + 11; ++p) {
         const tconst::Vector<double> la = a->feed((p * 5) % shape.V);
         const tconst::Vector<double>& lb = b->feed((p * 5) % shape.V);
-        ASSERT_EQ((la - lb).cwiseAbs().maxCoeff(), 0.0) << shape.arch << " cut " << cut;
+        ASSERT_EQ(max_abs_diff(la, lb), 0.0) << shape.arch << " cut " << cut;
       }
     }
   }
@@ -73,8 +64,8 @@ TEST(Snapshot, SizeGrowsOnlyByTheTokenLog) {
   for (int p = 1; p <= 40; ++p) {
     s->feed(p % 23);
     if (p % 4 == 0) {
-      tconst::save_session(*s, tmp("size.snap"));
-      sizes.push_back(read_bytes(tmp("size.snap")).size());
+      tconst::save_session(*s, temp_path("size.snap"));
+      sizes.push_back(tconst::read_file(temp_path("size.snap")).size());
     }
   }
   for (size_t i = 1; i < sizes.size(); ++i) EXPECT_EQ(sizes[i] - sizes[i - 1], 16u);
@@ -86,26 +77,26 @@ class BadSnapshot : public ::testing::Test {
     model_ = model_of(kShapes[0], 5, "bad");
     source_ = tconst::make_session(model_);
     for (int p = 0; p < 10; ++p) source_->feed(p % 23);
-    tconst::save_session(*source_, tmp("good.snap"));
-    good_ = read_bytes(tmp("good.snap"));
+    tconst::save_session(*source_, temp_path("good.snap"));
+    good_ = tconst::read_file(temp_path("good.snap"));
     target_ = tconst::make_session(model_);
     for (int p = 0; p < 6; ++p) target_->feed((p * 3) % 23);
     before_ = target_->logits();
   }
   void expect_rejected(const std::string& bytes, const std::string& message) {
-    write_bytes(tmp("bad.snap"), bytes);
+    write_file(temp_path("bad.snap"), bytes);
     try {
-      tconst::load_session(*target_, tmp("bad.snap"));
+      tconst::load_session(*target_, temp_path("bad.snap"));
       FAIL() << "accepted a bad snapshot; expected: " << message;
     } catch (const tconst::Error& e) {
       EXPECT_THAT(e.what(), HasSubstr(message));
     }
     EXPECT_EQ(target_->position(), 6);
-    EXPECT_EQ((target_->logits() - before_).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_EQ(max_abs_diff(target_->logits(), before_), 0.0);
     // And it still streams as before.
     auto fresh = tconst::make_session(model_);
     for (int p = 0; p < 6; ++p) fresh->feed((p * 3) % 23);
-    EXPECT_EQ((target_->feed(4) - fresh->feed(4)).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_EQ(max_abs_diff(target_->feed(4), fresh->feed(4)), 0.0);
   }
   std::shared_ptr<const tconst::Model<double>> model_;
   std::unique_ptr<tconst::Session<double>> source_, target_;
@@ -136,22 +127,22 @@ TEST_F(BadSnapshot, DifferentModel) {
   auto other = model_of({"tconstformer", 23, 16, 4, 2, 3, 4, 5, 24}, 5, "other");
   auto s = tconst::make_session(other);
   s->feed(3);
-  tconst::save_session(*s, tmp("other.snap"));
-  expect_rejected(read_bytes(tmp("other.snap")), "different model");
+  tconst::save_session(*s, temp_path("other.snap"));
+  expect_rejected(tconst::read_file(temp_path("other.snap")), "different model");
 }
 TEST_F(BadSnapshot, MissingFile) {
-  EXPECT_THROW(tconst::load_session(*target_, tmp("does_not_exist.snap")), tconst::Error);
+  EXPECT_THROW(tconst::load_session(*target_, temp_path("does_not_exist.snap")), tconst::Error);
   EXPECT_EQ(target_->position(), 6);
 }
 
 TEST(Snapshot, FloatSnapshotIntoDoubleIsRejected) {
-  const std::string path = tmp("prec.safetensors");
+  const std::string path = temp_path("prec.safetensors");
   tconst_test::write_model(tconst_test::make_random_model(kShapes[0], 5), path, "F32");
   auto f = tconst::make_session(tconst::Model<float>::load(path));
   f->feed(1);
-  tconst::save_session(*f, tmp("prec.snap"));
+  tconst::save_session(*f, temp_path("prec.snap"));
   auto d = tconst::make_session(tconst::Model<double>::load(path));
-  EXPECT_THROW(tconst::load_session(*d, tmp("prec.snap")), tconst::Error);
+  EXPECT_THROW(tconst::load_session(*d, temp_path("prec.snap")), tconst::Error);
 }
 
 // Saving over an existing snapshot never leaves a half-written file behind.
@@ -159,13 +150,13 @@ TEST(Snapshot, SaveReplacesAtomically) {
   auto model = model_of(kShapes[0], 5, "atomic");
   auto s = tconst::make_session(model);
   s->feed(2);
-  tconst::save_session(*s, tmp("atomic.snap"));
+  tconst::save_session(*s, temp_path("atomic.snap"));
   s->feed(3);
-  tconst::save_session(*s, tmp("atomic.snap"));
-  std::ifstream probe(tmp("atomic.snap.tmp"));
+  tconst::save_session(*s, temp_path("atomic.snap"));
+  std::ifstream probe(temp_path("atomic.snap.tmp"));
   EXPECT_FALSE(probe.good());
   auto r = tconst::make_session(model);
-  tconst::load_session(*r, tmp("atomic.snap"));
+  tconst::load_session(*r, temp_path("atomic.snap"));
   EXPECT_EQ(r->position(), 2);
 }
 

@@ -8,7 +8,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -16,13 +15,18 @@
 #include <type_traits>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
 
+using tconst_test::random_tokens;
 using tconst_test::RefShape;
+using tconst_test::same_bits;
 
 constexpr int kThreads = 8;
 constexpr int kTokens = 40;  // with W = 4: nine resyncs per stream
@@ -37,33 +41,14 @@ static_assert(std::is_same_v<decltype(tconst::Model<float>::load("")),
                              std::shared_ptr<const tconst::Model<float>>>,
               "a loaded model is handed out as shared_ptr<const Model>");
 
-std::string tmp(const std::string& name) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return ::testing::TempDir() + "tconst_threads_" + info->test_suite_name() + "_" + info->name() +
-         "_" + name;
-}
-
 std::string write_model(const RefShape& shape) {
-  const std::string path = tmp(shape.arch + ".safetensors");
+  const std::string path = tconst_test::temp_path(shape.arch + ".safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 77), path, "F32");
   return path;
 }
 
-std::vector<int32_t> sequence(int thread, int V) {
-  tconst_test::SplitMix64 rng(1000 + static_cast<uint64_t>(thread));
-  std::vector<int32_t> ids(kTokens);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng.next() % static_cast<uint64_t>(V));
-  return ids;
-}
-
 template <typename Scalar>
 using Rows = std::vector<tconst::Vector<Scalar>>;
-
-template <typename Scalar>
-bool same_bits(const tconst::Vector<Scalar>& a, const tconst::Vector<Scalar>& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), sizeof(Scalar) * static_cast<size_t>(a.size())) == 0;
-}
 
 /// What one thread computes: every logit row of feeding `ids` token by token, then every row of
 /// score() over them on a second session.
@@ -105,7 +90,7 @@ void check_threads_match_single_thread(const RefShape& shape) {
   std::vector<std::vector<int32_t>> ids;
   std::vector<Stream<Scalar>> expected;
   for (int t = 0; t < kThreads; ++t) {
-    ids.push_back(sequence(t, shape.V));
+    ids.push_back(random_tokens(kTokens, shape.V, 1000 + t));
     expected.push_back(run_stream(model, ids.back()));
   }
 
@@ -154,7 +139,7 @@ TEST(Threads, ModelOutlivesTheCallersPointer) {
   for (const RefShape& shape : kShapes) {
     SCOPED_TRACE(shape.arch);
     const std::string path = write_model(shape);
-    const std::vector<int32_t> ids = sequence(0, shape.V);
+    const std::vector<int32_t> ids = random_tokens(kTokens, shape.V, 1000);
     const Stream<float> expected = run_stream(tconst::Model<float>::load(path), ids);
 
     std::weak_ptr<const tconst::Model<float>> weak;
@@ -197,7 +182,7 @@ TEST(Threads, LastSessionOnAnyThreadFreesTheModel) {
       auto model = tconst::Model<double>::load(path);
       weak = model;
       for (int t = 0; t < kThreads; ++t) {
-        ids.push_back(sequence(t, shape.V));
+        ids.push_back(random_tokens(kTokens, shape.V, 1000 + t));
         expected.push_back(run_stream(model, ids.back()));
         sessions.push_back(tconst::make_session(model));
       }

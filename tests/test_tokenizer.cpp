@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "support/errors.hpp"
+#include "support/temp_files.hpp"
 #include "tconst/error.hpp"
 #include "tconst/tokenizer/tokenizer.hpp"
 
@@ -25,26 +27,10 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using tconst::Gpt2BpeTokenizer;
 using Ids = std::vector<int32_t>;
+using tconst_test::expect_error;
+using tconst_test::TempDir;
 
 // ---- helpers -----------------------------------------------------------------------------------
-
-/// Runs `fn`, which must throw tconst::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const tconst::Error& e) {
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message \"" << message << "\" lacks \"" << part << "\"";
-    }
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-tconst exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "did not throw; expected an error mentioning \"" << parts.front() << "\"";
-}
 
 /// GPT-2's spelling of one byte in vocabulary files.
 std::string spell_byte(int b) {
@@ -134,31 +120,6 @@ SmallVocab hello_vocab() {
                      {"a", "a"},
                      {"aa", "aa"}});
 }
-
-/// A fresh, empty directory for one test's files.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::path(testing::TempDir()) /
-            ("tconst_tok_" + std::string(info->test_suite_name()) + "_" + info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string write(const std::string& name, std::string_view content) const {
-    const fs::path p = path_ / name;
-    std::ofstream(p, std::ios::binary) << content;
-    return p.string();
-  }
-  std::string path() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 std::string all_bytes() {
   std::string s;
@@ -447,13 +408,13 @@ TEST(Gpt2Bpe, LoadsEveryFileLayout) {
   const std::string text = "hello world aaaaa";
   const Ids expected = v.load()->encode(text);
 
-  TempDir hf;
+  TempDir hf("hf");
   hf.write("vocab.json", v.vocab_json());
   hf.write("merges.txt", v.merges_txt());
   EXPECT_EQ(tconst::load_tokenizer(hf.path())->encode(text), expected);
   EXPECT_EQ(tconst::load_tokenizer(hf.path() + "/vocab.json")->encode(text), expected);
 
-  TempDir openai;
+  TempDir openai("openai");
   openai.write("encoder.json", v.vocab_json());
   // Windows line endings and no "#version" line are both accepted.
   std::string crlf;
@@ -461,7 +422,7 @@ TEST(Gpt2Bpe, LoadsEveryFileLayout) {
   openai.write("vocab.bpe", crlf);
   EXPECT_EQ(tconst::load_tokenizer(openai.path())->encode(text), expected);
 
-  TempDir tj;
+  TempDir tj("tokenizer_json");
   const std::string file = tj.write("tokenizer.json", v.tokenizer_json().dump(2));
   EXPECT_EQ(tconst::load_tokenizer(file)->encode(text), expected);
   EXPECT_EQ(tconst::load_tokenizer(tj.path())->encode(text), expected);  // found in the directory
@@ -505,7 +466,7 @@ TEST(Gpt2Bpe, TokenizerJsonAddPrefixSpace) {
 // ---- bad tokenizer files -----------------------------------------------------------------------
 
 TEST(TokenizerErrors, MissingFiles) {
-  TempDir dir;
+  TempDir dir("dir");
   expect_error([&] { tconst::load_tokenizer(dir.path() + "/nope"); }, {"does not exist", "nope"});
   expect_error([&] { tconst::load_tokenizer(dir.path()); },
                {"holds no tokenizer files", "vocab.json + merges.txt"});
@@ -526,7 +487,7 @@ TEST(TokenizerErrors, MalformedJson) {
                {"expected a JSON object", "array"});
   expect_error([&] { Gpt2BpeTokenizer::from_tokenizer_json_string("{\"model\": {\"vocab\": "); },
                {"tokenizer.json is not valid JSON"});
-  TempDir dir;
+  TempDir dir("dir");
   const std::string file = dir.write("tokenizer.json", "not json at all");
   expect_error([&] { tconst::load_tokenizer(file); }, {file, "not valid JSON"});
 }
@@ -595,7 +556,7 @@ TEST(TokenizerErrors, BadMerges) {
                {"merges.txt line 2", "\"xyz\"", "not in the vocabulary"});
   expect_error([&] { Gpt2BpeTokenizer::from_strings(vocab, "h e\nx y\n"); },
                {"merges.txt line 2", "gives \"xy\"", "not in the vocabulary"});
-  TempDir dir;
+  TempDir dir("dir");
   dir.write("encoder.json", vocab);
   const std::string bpe = dir.write("vocab.bpe", "#version: 0.2\nh e\nzz top\n");
   expect_error([&] { tconst::load_tokenizer(dir.path()); }, {bpe + " line 3", "\"zz\""});

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "../support/ref_model.hpp"
+#include "ref_model.hpp"
 
 namespace tconst_test {
 namespace naive {
