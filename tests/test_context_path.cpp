@@ -7,9 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "reference/naive_forward.hpp"
+#include "support/naive_forward.hpp"
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
+#include "support/temp_files.hpp"
+#include "support/tokens.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
@@ -32,15 +34,11 @@ const Case kCases[] = {
 };
 
 std::string temp_model(const std::string& name) {
-  return ::testing::TempDir() + "tconst_context_path_" + name + "_" + std::to_string(::getpid()) +
-         ".safetensors";
+  return tconst_test::temp_path(name + ".safetensors");
 }
 
 std::vector<int> tokens_for(const RefShape& s, int n) {
-  tconst_test::SplitMix64 rng(4321);
-  std::vector<int> t(static_cast<size_t>(n));
-  for (int& x : t) x = static_cast<int>(rng.next() % static_cast<uint64_t>(s.V));
-  return t;
+  return tconst_test::random_tokens(n, s.V, 4321);
 }
 
 class ResyncModes : public ::testing::TestWithParam<Case> {};

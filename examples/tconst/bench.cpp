@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "tconst/cpu.hpp"
 
 namespace tconst_cli {
 namespace {
@@ -53,6 +54,12 @@ int run_depths(const BenchOptions& o) {
   return 0;
 }
 
+// Said once the figures are in (an error stays the only line on stderr).
+void note_kernels() {
+  std::fprintf(stderr, "tconst bench: float kernels %s (TCONST_ISA=avx512|avx2|none caps them)\n",
+               tconst::vector_kernels());
+}
+
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
@@ -63,9 +70,11 @@ int cmd_bench(int argc, char** argv) {
     }
   }
   const BenchOptions o = parse_bench_options(argc, argv);
-  if (o.streams > 0) return run_streams(o);
-  if (o.interleave) return run_interleaved(o);
-  return run_depths(o);
+  const int status = o.streams > 0  ? run_streams(o)
+                     : o.interleave ? run_interleaved(o)
+                                    : run_depths(o);
+  note_kernels();
+  return status;
 }
 
 }  // namespace tconst_cli
