@@ -209,9 +209,15 @@ TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
   const auto arr = bench_json("--model " + kModel + " --depths 0,20,100 --n-gen 8");
   ASSERT_TRUE(arr.is_array());
   ASSERT_EQ(arr.size(), 3u);
-  const std::set<std::string> keys = {"arch",          "depth",         "threads",
-                                      "hit_ms_median", "resync_ms",     "amortized_ms_per_token",
-                                      "cache_bytes",   "peak_rss_bytes"};
+  const std::set<std::string> keys = {"arch",
+                                      "depth",
+                                      "threads",
+                                      "prefill_ms",
+                                      "hit_ms_median",
+                                      "resync_ms",
+                                      "amortized_ms_per_token",
+                                      "cache_bytes",
+                                      "peak_rss_bytes"};
   const int64_t depths[] = {0, 20, 100};
   for (size_t i = 0; i < arr.size(); ++i) {
     const auto& o = arr[i];
@@ -221,6 +227,7 @@ TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
     EXPECT_EQ(o["arch"], "tconstformer");
     EXPECT_EQ(o["depth"], depths[i]);
     EXPECT_EQ(o["threads"], 1);
+    EXPECT_GT(o["prefill_ms"].get<double>(), 0.0);
     EXPECT_GT(o["hit_ms_median"].get<double>(), 0.0);
     EXPECT_TRUE(o["resync_ms"].is_number());
     EXPECT_GT(o["amortized_ms_per_token"].get<double>(), 0.0);

@@ -45,6 +45,7 @@ struct BenchResult {
   std::string arch;
   int64_t depth = 0;
   int threads = 1;
+  double prefill_ms = -1;  // time to first token: prefill of `depth` tokens; < 0: synthetic
   double hit_ms_median = 0;
   double resync_ms = -1;  // < 0: none (baseline)
   double amortized_ms_per_token = 0;

@@ -14,11 +14,13 @@ nlohmann::json to_json(const BenchResult& r) {
   nlohmann::json j = {{"arch", r.arch},
                       {"depth", r.depth},
                       {"threads", r.threads},
+                      {"prefill_ms", nullptr},
                       {"hit_ms_median", r.hit_ms_median},
                       {"resync_ms", nullptr},
                       {"amortized_ms_per_token", r.amortized_ms_per_token},
                       {"cache_bytes", r.cache_bytes},
                       {"peak_rss_bytes", r.peak_rss_bytes}};
+  if (r.prefill_ms >= 0) j["prefill_ms"] = r.prefill_ms;
   if (r.resync_ms >= 0) j["resync_ms"] = r.resync_ms;
   return j;
 }
@@ -43,18 +45,19 @@ void write_trace(const std::string& path, const std::vector<BenchResult>& result
 namespace {
 
 void print_results_table(const std::vector<BenchResult>& results) {
-  std::printf("%-13s %8s %7s %12s %11s %14s %13s %13s\n", "arch", "depth", "threads", "hit ms",
-              "resync ms", "amortized ms", "cache MB", "peak RSS MB");
+  std::printf("%-13s %8s %7s %12s %12s %11s %14s %13s %13s\n", "arch", "depth", "threads",
+              "prefill ms", "hit ms", "resync ms", "amortized ms", "cache MB", "peak RSS MB");
+  auto figure = [](double ms) {
+    if (ms < 0) return std::string("-");
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f", ms);
+    return std::string(text);
+  };
   for (const auto& r : results) {
-    char resync[32];
-    if (r.resync_ms >= 0) {
-      std::snprintf(resync, sizeof resync, "%.1f", r.resync_ms);
-    } else {
-      std::snprintf(resync, sizeof resync, "-");
-    }
-    std::printf("%-13s %8lld %7d %12.3f %11s %14.3f %13.2f %13.1f%s\n", r.arch.c_str(),
-                (long long)r.depth, r.threads, r.hit_ms_median, resync, r.amortized_ms_per_token,
-                r.cache_bytes / 1e6, r.peak_rss_bytes / 1e6, r.synthetic ? "  *" : "");
+    std::printf("%-13s %8lld %7d %12s %12.3f %11s %14.3f %13.2f %13.1f%s\n", r.arch.c_str(),
+                (long long)r.depth, r.threads, figure(r.prefill_ms).c_str(), r.hit_ms_median,
+                figure(r.resync_ms).c_str(), r.amortized_ms_per_token, r.cache_bytes / 1e6,
+                r.peak_rss_bytes / 1e6, r.synthetic ? "  *" : "");
   }
 }
 

@@ -115,7 +115,10 @@ BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, int64_t
   r.threads = threads;
   auto session = tconst::make_session(model);
   tconst::Rng rng(12345);
+  const auto t0 = std::chrono::steady_clock::now();
   r.synthetic = prefill_to_depth(*session, depth, rng);
+  const std::chrono::duration<double, std::milli> prefill = std::chrono::steady_clock::now() - t0;
+  if (!r.synthetic) r.prefill_ms = prefill.count();
   const int64_t W = c.is_baseline() ? 0 : c.generate_window;
   const int32_t first = random_ids(rng, 1, c.vocab_size)[0];
   const StepTimes t = time_steps(*session, first, std::max<int64_t>({n_gen, W, trace_steps}));
@@ -147,6 +150,7 @@ BenchResult from_child_report(const nlohmann::json& j) {
   r.arch = j.at("arch").get<std::string>();
   r.depth = j.at("depth").get<int64_t>();
   r.threads = j.at("threads").get<int>();
+  r.prefill_ms = j.at("prefill_ms").is_null() ? -1.0 : j.at("prefill_ms").get<double>();
   r.hit_ms_median = j.at("hit_ms_median").get<double>();
   r.resync_ms = j.at("resync_ms").is_null() ? -1.0 : j.at("resync_ms").get<double>();
   r.amortized_ms_per_token = j.at("amortized_ms_per_token").get<double>();
