@@ -3,6 +3,7 @@
 // kind of bad input.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/wait.h>
 
 #include <cmath>
@@ -206,7 +207,7 @@ nlohmann::json bench_json(const std::string& args) {
 }
 
 TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
-  const auto arr = bench_json("--model " + kModel + " --depths 0,20,100 --n-gen 8");
+  const auto arr = bench_json("--model " + kModel + " --depths 0,20,100 --n-gen 8 --threads 1");
   ASSERT_TRUE(arr.is_array());
   ASSERT_EQ(arr.size(), 3u);
   const std::set<std::string> keys = {"arch",
@@ -234,6 +235,16 @@ TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
     EXPECT_EQ(o["cache_bytes"], 28672) << "the fixed cache of info --json";
     EXPECT_GT(o["peak_rss_bytes"].get<int64_t>(), 0);
   }
+}
+
+// Without --threads, the program runs on every processor it may use.
+TEST(CliBench, DefaultThreadsAreTheProcessorsAvailable) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+  const auto arr = bench_json("--model " + kModel + " --depths 20 --n-gen 8");
+  ASSERT_EQ(arr.size(), 1u);
+  EXPECT_EQ(arr[0]["threads"], CPU_COUNT(&set));
 }
 
 TEST(CliBench, BaselineHasNoResyncAndItsCacheGrowsByARowPerToken) {

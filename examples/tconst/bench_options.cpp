@@ -6,6 +6,7 @@
 
 #include "args.hpp"
 #include "bench.hpp"
+#include "commands.hpp"
 #include "tconst/tconst.hpp"
 
 namespace tconst_cli {
@@ -65,7 +66,7 @@ BenchOptions parse_bench_options(int argc, char** argv) {
   o.model_path = a.str("model");
   o.depths = a.integer_list("depths", "1024,4096,16384,65536");
   o.n_gen = a.integer("n-gen", 64, 1, 1 << 20);
-  o.threads = static_cast<int>(a.integer("threads", 1, 1, 1024));
+  o.threads = static_cast<int>(a.integer("threads", default_threads(), 1, 1024));
   o.trace_steps = a.integer("trace-steps", 0, 0, 1 << 20);
   o.trace_out = a.str("trace-out");
   o.json = a.flag("json");

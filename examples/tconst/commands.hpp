@@ -24,6 +24,9 @@ int cmd_detokenize(const Args& args);  // tokenize.cpp
 int cmd_bench(int argc, char** argv);
 
 /// OpenMP threads for what follows (a no-op in a build without OpenMP).
+/// Threads when --threads is not given: the processors this process may run on (1 without
+/// OpenMP).
+int default_threads();
 void set_thread_count(int threads);
 /// --threads N (default 1): a cache-hit step is bound by memory bandwidth, which one core all but
 /// saturates on common machines, and OpenMP threads that compete with other processes for cores

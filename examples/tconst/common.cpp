@@ -1,5 +1,6 @@
 // What several subcommands share: threads, standard input, printing ids, picking a tokenizer.
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -21,8 +22,19 @@ void set_thread_count(int threads) {
 #endif
 }
 
+int default_threads() {
+#ifdef _OPENMP
+  // The processors this process may run on: a cache-hit step splits its products and attention
+  // over them (on a 2-core machine 2 threads take about half the time of one), and so does a
+  // resync.
+  return std::max(1, std::min(1024, omp_get_num_procs()));
+#else
+  return 1;
+#endif
+}
+
 void set_threads(const Args& args) {
-  set_thread_count(static_cast<int>(args.integer("threads", 1, 1, 1024)));
+  set_thread_count(static_cast<int>(args.integer("threads", default_threads(), 1, 1024)));
 }
 
 std::string read_stdin() {

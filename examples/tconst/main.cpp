@@ -38,7 +38,7 @@ const char* const kUsage =
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
-    "common flags: --precision float|double (default float), --threads N (default 1),\n"
+    "common flags: --precision float|double (default float), --threads N (default: the cores),\n"
     "              --tokenizer PATH (GPT-2 vocabulary files for gpt2 models)\n";
 
 /// A subcommand and the flags it takes besides the common ones (--precision, --threads,
