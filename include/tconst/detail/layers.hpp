@@ -29,21 +29,6 @@ inline Index max_threads() noexcept {
 #endif
 }
 
-/// Calls f(i, lane) for i in [0, n), split statically over `lanes` OpenMP threads (lane: the
-/// thread's number), or all on this thread (lane 0) when lanes is 1 or there is no OpenMP.
-template <typename F>
-void for_each_lane(Index n, Index lanes, const F& f) {
-#ifdef _OPENMP
-  if (lanes > 1) {
-#pragma omp parallel for num_threads(static_cast <int>(lanes)) schedule(static)
-    for (Index i = 0; i < n; ++i) f(i, static_cast<Index>(omp_get_thread_num()));
-    return;
-  }
-#endif
-  (void)lanes;
-  for (Index i = 0; i < n; ++i) f(i, 0);
-}
-
 /// Working buffers of a window pass, sized once for `rows` rows and `keys` attended keys.
 template <typename S>
 struct WindowScratch {

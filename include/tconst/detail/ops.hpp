@@ -38,6 +38,38 @@ using ConstRowVecMap = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
 /// microseconds, more than a small GEMV.
 constexpr Index kMinRowsPerThread = 64;
 
+/// Calls f(i, lane) for i in [0, n), split statically over `lanes` OpenMP threads (lane: the
+/// thread's number), or all on this thread (lane 0) when lanes is 1 or there is no OpenMP.
+template <typename F>
+void for_each_lane(Index n, Index lanes, const F& f) {
+#ifdef _OPENMP
+  if (lanes > 1) {
+#pragma omp parallel for num_threads(static_cast <int>(lanes)) schedule(static)
+    for (Index i = 0; i < n; ++i) f(i, static_cast<Index>(omp_get_thread_num()));
+    return;
+  }
+#endif
+  (void)lanes;
+  for (Index i = 0; i < n; ++i) f(i, 0);
+}
+
+/// Multiply-adds below which a split over threads costs more (the fork) than it saves.
+constexpr Index kMinSplitWork = Index{1} << 17;
+
+/// Threads for `parts` independent parts of `work` multiply-adds each, each thread taking
+/// `per_lane` scalars of a scratch buffer of `scratch_len`: 1 inside a parallel region, without
+/// OpenMP, or when the work would not pay for the fork.
+inline Index lanes_for(Index parts, Index work, Index per_lane, Index scratch_len) noexcept {
+#ifdef _OPENMP
+  if (omp_in_parallel() || parts * work < kMinSplitWork || per_lane <= 0) return 1;
+  return std::max<Index>(
+      1, std::min({static_cast<Index>(omp_get_max_threads()), parts, scratch_len / per_lane}));
+#else
+  (void)parts, (void)work, (void)per_lane, (void)scratch_len;
+  return 1;
+#endif
+}
+
 /// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2). `out` may equal `in`.
 template <typename S>
 void layer_norm(const S* in, Index ld_in, S* out, Index ld_out, Index n, Index d,
@@ -245,19 +277,22 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
 /// nq query rows against nk key rows, per head, separate softmax per call (SPEC §2):
 /// out[nq, d] (+)= Attn(Q, K, V). With causal_base >= 0, query row r sees keys j <= causal_base + r
 /// only (the window's causal mask, rows offset by the cache rows already present).
-/// `scores` holds at least max(nq, heads) * nk scalars.
+/// `scores` holds at least max(nq, heads) * nk scalars; given scores_len, the heads are split over
+/// as many threads as it has room for (nq * nk scalars each; each head's arithmetic is the same on
+/// any thread, so the result does not depend on the thread count).
 template <typename S>
 void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
                  Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
-                 S* scores) {
+                 S* scores, Index scores_len = 0) {
   if (nq == 1) {
     const Index visible = causal_base >= 0 ? std::min(nk, causal_base + 1) : nk;
     attend_one(Q, K, V, ld_kv, visible, heads, dh, scores, out, accumulate);
     return;
   }
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
-  RowsMap<S> P(scores, nq, nk, Eigen::OuterStride<>(nk));
-  for (Index h = 0; h < heads; ++h) {
+  const Index lanes = lanes_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
+  for_each_lane(heads, lanes, [&](Index h, Index lane) {
+    RowsMap<S> P(scores + lane * nq * nk, nq, nk, Eigen::OuterStride<>(nk));
     ConstRowsMap<S> Qh(Q + h * dh, nq, dh, Eigen::OuterStride<>(ld_q));
     ConstRowsMap<S> Kh(K + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
     ConstRowsMap<S> Vh(V + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
@@ -275,7 +310,7 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
     } else {
       Oh.noalias() = P * Vh;
     }
-  }
+  });
 }
 
 /// Non-causal attention of a fixed set of queries to keys that arrive in chunks, with a running
@@ -296,11 +331,19 @@ class OnlineAttention {
     sum_.setZero(nq, heads);
   }
 
-  /// Folds in nk more keys and values. `scores` holds at least nq * nk scalars.
-  void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores) {
+  /// Folds in nk more keys and values. `scores` holds at least nq * nk scalars; given scores_len,
+  /// the heads are split over as many threads as it has room for (as attend_rows).
+  ///
+  /// The order that makes a chunk at a time exact: for each query row and head, with m the running
+  /// maximum of the scaled scores, l the running sum of exp(score - m) and acc the running sum of
+  /// exp(score - m) * value, a new chunk with maximum m' >= m rescales l and acc by exp(m - m')
+  /// and adds its own terms taken against m'. finish() divides acc by l: the softmax over every key
+  /// seen, whatever the chunking.
+  void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores, Index scores_len = 0) {
     const S scale = S(1) / std::sqrt(static_cast<S>(dh_));
-    RowsMap<S> P(scores, nq_, nk, Eigen::OuterStride<>(nk));
-    for (Index h = 0; h < heads_; ++h) {
+    const Index lanes = lanes_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
+    for_each_lane(heads_, lanes, [&](Index h, Index lane) {
+      RowsMap<S> P(scores + lane * nq_ * nk, nq_, nk, Eigen::OuterStride<>(nk));
       ConstRowsMap<S> Qh(Q_ + h * dh_, nq_, dh_, Eigen::OuterStride<>(ld_q_));
       ConstRowsMap<S> Kh(K + h * dh_, nk, dh_, Eigen::OuterStride<>(ld_kv));
       ConstRowsMap<S> Vh(V + h * dh_, nk, dh_, Eigen::OuterStride<>(ld_kv));
@@ -317,7 +360,7 @@ class OnlineAttention {
         acc_.row(r).segment(h * dh_, dh_) *= rescale;
       }
       acc_.middleCols(h * dh_, dh_).noalias() += P * Vh;
-    }
+    });
   }
 
   /// Bytes held by the accumulators.

@@ -49,7 +49,7 @@ struct ContextScratch {
   std::vector<S> qkv;     // [R, 3d] projections (q | k | v, or a part of them)
   std::vector<S> att;     // [R, d] attention output
   std::vector<S> h1, h3;  // [R, f] FFN hidden
-  std::vector<S> scores;  // [R * max(R, Z)] attention scores of one head
+  std::vector<S> scores;  // [threads, R * max(R, Z)] attention scores of one head per thread
   std::vector<S> kept;    // [Lc, d] C_b kept for block b + 1 (bounded_resync = false only)
   OnlineAttention<S> online;
 
@@ -142,7 +142,8 @@ class ContextPath {
       grow(s.att, R * d);
       grow(s.h1, R * f);
       grow(s.h3, R * f);
-      grow(s.scores, R * std::max(R, Z));
+      // One block of scores per thread: the attentions split their heads over the threads.
+      grow(s.scores, detail::max_threads() * R * std::max(R, Z));
       if (keep) grow(s.kept, Lc * d);
       s.online.reset(s.Qz.data(), d, Z, heads, dh);  // sizes its accumulators
       if (context_kv != nullptr) context_kv->reserve(Lc);
@@ -189,7 +190,7 @@ class ContextPath {
       detail::rope(qkv, 3 * d, Z, 2 * d, dh, hs, m.rope_theta());
       store_z(b, j, qkv + d, qkv + 2 * d, 3 * d);
       detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
-                          s.att.data(), d, false, s.scores.data());
+                          s.att.data(), d, false, s.scores.data(), scores_len());
       add_linear(s.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc);
       detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data());
     }
@@ -230,7 +231,7 @@ class ContextPath {
       project(s.xn.data(), n, P0, 0, 1, Qc, d);
       detail::rope(Qc, d, n, d, dh, r0, m.rope_theta());
       detail::attend_rows(Qc, d, n, cache.z_keys(b, D - 1), cache.z_values(b, D - 1), d, Z, heads,
-                          dh, Index{-1}, s.att.data(), d, false, s.scores.data());
+                          dh, Index{-1}, s.att.data(), d, false, s.scores.data(), scores_len());
       add_linear(s.att.data(), n, PR.out_w, PR.out_b.data, C);
       detail::ffn_residual(C, d, n, PR, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data());
     }
@@ -243,7 +244,7 @@ class ContextPath {
       detail::layer_norm(s.C.data(), d, s.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
       project(s.xn.data(), n, P0, 1, 2, kv, 2 * d);
       detail::rope(kv, 2 * d, n, d, dh, r0, m.rope_theta());
-      s.online.add(kv, kv + d, 2 * d, n, s.scores.data());
+      s.online.add(kv, kv + d, 2 * d, n, s.scores.data(), scores_len());
       if (context_kv != nullptr) {
         for (Index r = 0; r < n; ++r) {
           std::memcpy(context_kv->keys(b) + (r0 + r) * d, kv + r * 2 * d, sizeof(Scalar) * d);
@@ -255,6 +256,8 @@ class ContextPath {
         if (r0 + n == Lc) kept_block = b;
       }
     }
+
+    Index scores_len() const { return static_cast<Index>(s.scores.size()); }
 
     // out[n, parts * d] = parts [first, first + parts) of qkv(xn): 0 = q, 1 = k, 2 = v.
     void project(const Scalar* x, Index n, const LayerWeights<Scalar>& P, Index first, Index parts,
