@@ -48,28 +48,30 @@ struct Shape {
   Index n, k, o;
 };
 
-/// One shape: the double product (and sum of |terms|) once, then every path, with and without
-/// accumulation, against it.
+/// One shape: the double product (Eigen's, and the sums of |terms|) once, then every path, with and
+/// without accumulation, against it.
 void check_shape(const Shape& s, bool bias, uint64_t seed, GemmWorkspace& ws) {
   const Index ld_in = s.k + 3, ld_out = s.o + 5;
   const std::vector<float> W = random_floats(static_cast<size_t>(s.o * s.k), seed);
   const std::vector<float> in = random_floats(static_cast<size_t>(s.n * ld_in), seed + 1);
   const std::vector<float> b = random_floats(static_cast<size_t>(s.o), seed + 2);
   const std::vector<float> start = random_floats(static_cast<size_t>(s.n * ld_out), seed + 3);
-  std::vector<double> want(static_cast<size_t>(s.n * s.o)), mag(want.size());
-  for (Index g = 0; g < s.n; ++g) {
+  // want = in W^T (+ bias) and mag = |in| |W|^T (+ |bias|), in double.
+  using Rows = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Rows X =
+      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                 Eigen::OuterStride<>>(in.data(), s.n, s.k, Eigen::OuterStride<>(ld_in))
+          .cast<double>();
+  const Rows Wd =
+      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+          W.data(), s.o, s.k)
+          .cast<double>();
+  Rows want = X * Wd.transpose();
+  Rows mag = X.cwiseAbs() * Wd.cwiseAbs().transpose();
+  if (bias) {
     for (Index o = 0; o < s.o; ++o) {
-      double sum = bias ? b[static_cast<size_t>(o)] : 0.0;
-      double m = std::abs(sum);
-      const float* x = in.data() + g * ld_in;
-      const float* w = W.data() + o * s.k;
-      for (Index j = 0; j < s.k; ++j) {
-        const double t = static_cast<double>(x[j]) * w[j];
-        sum += t;
-        m += std::abs(t);
-      }
-      want[static_cast<size_t>(g * s.o + o)] = sum;
-      mag[static_cast<size_t>(g * s.o + o)] = m;
+      want.col(o).array() += b[static_cast<size_t>(o)];
+      mag.col(o).array() += std::abs(b[static_cast<size_t>(o)]);
     }
   }
   for (Isa isa : paths()) {
@@ -93,9 +95,8 @@ void check_shape(const Shape& s, bool bias, uint64_t seed, GemmWorkspace& ws) {
             ASSERT_EQ(out[at], kPad) << "wrote into the padding at row " << g << ", column " << o;
             continue;
           }
-          const size_t r = static_cast<size_t>(g * s.o + o);
           const double base = acc ? start[at] : 0.0;
-          ASSERT_NEAR(out[at], base + want[r], 1e-6 * (mag[r] + std::abs(base)) + 1e-6)
+          ASSERT_NEAR(out[at], base + want(g, o), 1e-6 * (mag(g, o) + std::abs(base)) + 1e-6)
               << "row " << g << ", column " << o;
         }
       }

@@ -10,10 +10,11 @@
 // floats) stay in L1 while every panel of the packed input streams past them from L2; the input
 // in blocks of rows whose packed panels fill at most kGemmBlockFloats (a part of L2).
 //
-// Threads (OpenMP, when enabled): each thread packs a share of the block's panels, then computes
-// a contiguous range of output columns over the whole block. k is never split and every output
-// goes through the same sequence of operations whichever thread computes it, so the result has the
-// same bits for any number of threads.
+// Threads (OpenMP, when enabled): a contiguous range of input rows each (and of output columns
+// when there are fewer panels of rows than threads); a thread packs the rows it computes into its
+// own part of the workspace, so no thread waits for another. k is never split and every output
+// goes through the same sequence of operations whichever thread and tile compute it, so the result
+// has the same bits for any number of threads.
 //
 // As in dispatch.hpp the kernels are compiled for AVX-512 and for AVX2 + FMA and chosen at run time
 // (TCONST_ISA caps the choice); Isa::none and double use Eigen's product.
@@ -203,54 +204,50 @@ inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const 
   }
   const Index passes = (k + kGemmKcMax - 1) / kGemmKcMax;
   const Index kc = (k + passes - 1) / passes;
-  const Index nr = kern.nr;
-  Index nb = std::max(nr, kGemmBlockFloats / kc / nr * nr);  // rows per block, at most
-  const Index blocks = (n + nb - 1) / nb;
-  nb = ((n + blocks - 1) / blocks + nr - 1) / nr * nr;  // the same for every block, balanced
-  const size_t need = static_cast<size_t>(std::min(nb, (n + nr - 1) / nr * nr) * kc);
+  const Index nr = kern.nr, mr = kern.mr;
+  const Index row_panels = (n + nr - 1) / nr, col_panels = (o + mr - 1) / mr;
+  // Threads on a grid: tn ranges of input rows by tc ranges of output columns. Rows first: a
+  // thread packs the rows it computes, so threads never wait for one another.
+  const int threads = gemm_threads(n, k, o, row_panels * col_panels);
+  const Index tn = std::min<Index>(threads, row_panels), tc = threads / tn;
+  const Index most_panels = (row_panels + tn - 1) / tn;  // of one thread
+  const Index budget_rows = std::max(nr, kGemmBlockFloats / kc / nr * nr);
+  const Index per_thread = std::min(budget_rows, most_panels * nr) * kc;
+  const size_t need = static_cast<size_t>(per_thread * tn * tc);
   if (ws.packed.size() < need) ws.packed.resize(need);
-  float* packed = ws.packed.data();
-  const Index col_panels = (o + kern.mr - 1) / kern.mr;
-  const int threads = gemm_threads(n, k, o, col_panels);
 
-  // Thread t of nt: packs its share of each block's panels, then computes its output columns.
-  auto run = [&](int t, int nt) {
-    const Index c0 = std::min(o, col_panels * t / nt * kern.mr);
-    const Index c1 = std::min(o, col_panels * (t + 1) / nt * kern.mr);
-    for (Index p0 = 0; p0 < k; p0 += kc) {
-      const Index kcur = std::min(kc, k - p0);
-      for (Index n0 = 0; n0 < n; n0 += nb) {
-        const Index rows = std::min(nb, n - n0);
-        const Index panels = (rows + nr - 1) / nr;
-        for (Index p = panels * t / nt; p < panels * (t + 1) / nt; ++p) {
-          kern.pack(in + (n0 + p * nr) * ld_in, ld_in, std::min(nr, rows - p * nr), p0, kcur,
-                    packed + p * nr * kcur);
+  auto run = [&](Index t) {
+    const Index rt = t / tc, ct = t % tc;
+    const Index r0 = std::min(n, row_panels * rt / tn * nr);
+    const Index r1 = std::min(n, row_panels * (rt + 1) / tn * nr);
+    const Index c0 = std::min(o, col_panels * ct / tc * mr);
+    const Index c1 = std::min(o, col_panels * (ct + 1) / tc * mr);
+    if (r0 >= r1 || c0 >= c1) return;
+    float* packed = ws.packed.data() + t * per_thread;
+    // Blocks of the thread's rows, of the same whole number of panels (the last may be short).
+    const Index blocks = (r1 - r0 + budget_rows - 1) / budget_rows;
+    const Index nb = ((r1 - r0 + blocks - 1) / blocks + nr - 1) / nr * nr;
+    for (Index n0 = r0; n0 < r1; n0 += nb) {
+      const Index rows = std::min(nb, r1 - n0);
+      for (Index p0 = 0; p0 < k; p0 += kc) {
+        const Index kcur = std::min(kc, k - p0);
+        for (Index j = 0; j < rows; j += nr) {
+          kern.pack(in + (n0 + j) * ld_in, ld_in, std::min(nr, rows - j), p0, kcur,
+                    packed + j * kcur);
         }
-#ifdef _OPENMP
-        if (nt > 1) {
-#pragma omp barrier
-        }
-#endif
-        if (c0 < c1) {
-          kern.compute(W, k, c0, c1, p0, kcur, packed, rows, p0 == 0 ? bias : nullptr,
-                       out + n0 * ld_out, ld_out, accumulate || p0 > 0);
-        }
-#ifdef _OPENMP
-        if (nt > 1) {
-#pragma omp barrier
-        }
-#endif
+        kern.compute(W, k, c0, c1, p0, kcur, packed, rows, p0 == 0 ? bias : nullptr,
+                     out + n0 * ld_out, ld_out, accumulate || p0 > 0);
       }
     }
   };
 #ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    run(omp_get_thread_num(), omp_get_num_threads());
+  if (tn * tc > 1) {
+#pragma omp parallel for num_threads(static_cast <int>(tn * tc)) schedule(static)
+    for (Index t = 0; t < tn * tc; ++t) run(t);
     return;
   }
 #endif
-  run(0, 1);
+  run(0);
 }
 
 /// gemm() with active_isa()'s kernels.
