@@ -154,6 +154,45 @@ inline int gemm_threads(Eigen::Index n, Eigen::Index k, Eigen::Index o, Eigen::I
 #endif
 }
 
+/// The first entry of [0, count) split into `parts` contiguous ranges of whole units: part i
+/// starts at unit units * i / parts.
+inline Eigen::Index gemm_range_start(Eigen::Index count, Eigen::Index unit, Eigen::Index parts,
+                                     Eigen::Index i) {
+  const Eigen::Index units = (count + unit - 1) / unit;
+  return std::min(count, units * i / parts * unit);
+}
+
+/// The largest range when [0, count) is split into `parts` ranges of whole units.
+inline Eigen::Index gemm_largest_range(Eigen::Index count, Eigen::Index unit, Eigen::Index parts) {
+  Eigen::Index most = 0;
+  for (Eigen::Index i = 0; i < parts; ++i) {
+    most = std::max(most, gemm_range_start(count, unit, parts, i + 1) -
+                              gemm_range_start(count, unit, parts, i));
+  }
+  return most;
+}
+
+/// A grid of tn ranges of n rows (panels of nr) by tc ranges of o columns (tiles of mr), tn * tc
+/// <= threads, whose largest cell is the smallest. A thread packs the rows it computes, so threads
+/// that share rows pack them twice: a split of the columns has to win by more than that (about 1 %
+/// of the time at the resync's shapes; counted as 3 %).
+inline void gemm_grid(int threads, Eigen::Index n, Eigen::Index nr, Eigen::Index o, Eigen::Index mr,
+                      Eigen::Index& tn, Eigen::Index& tc) {
+  double best = 0;
+  tn = tc = 1;
+  for (Eigen::Index rows = threads; rows >= 1; --rows) {
+    const Eigen::Index cols = threads / rows;
+    const double cell = static_cast<double>(gemm_largest_range(n, nr, rows)) *
+                        static_cast<double>(gemm_largest_range(o, mr, cols)) *
+                        (cols > 1 ? 1.03 : 1.0);
+    if (tn * tc == 1 || cell < best) {
+      best = cell;
+      tn = rows;
+      tc = cols;
+    }
+  }
+}
+
 /// gemm_eigen() over fixed ranges of kGemmEigenCols output columns, shared by the threads. Eigen's
 /// blocking depends on a product's sizes and, when Eigen splits a product over threads itself, on
 /// their count; here every range is one single-threaded product of the same size on any thread
@@ -206,22 +245,19 @@ inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const 
   const Index kc = (k + passes - 1) / passes;
   const Index nr = kern.nr, mr = kern.mr;
   const Index row_panels = (n + nr - 1) / nr, col_panels = (o + mr - 1) / mr;
-  // Threads on a grid: tn ranges of input rows by tc ranges of output columns. Rows first: a
-  // thread packs the rows it computes, so threads never wait for one another.
-  const int threads = gemm_threads(n, k, o, row_panels * col_panels);
-  const Index tn = std::min<Index>(threads, row_panels), tc = threads / tn;
-  const Index most_panels = (row_panels + tn - 1) / tn;  // of one thread
+  // Threads on a grid: tn ranges of input rows by tc ranges of output columns.
+  Index tn = 1, tc = 1;
+  gemm_grid(gemm_threads(n, k, o, row_panels * col_panels), n, nr, o, mr, tn, tc);
   const Index budget_rows = std::max(nr, kGemmBlockFloats / kc / nr * nr);
-  const Index per_thread = std::min(budget_rows, most_panels * nr) * kc;
+  const Index per_thread =
+      std::min(budget_rows, (gemm_largest_range(n, nr, tn) + nr - 1) / nr * nr) * kc;
   const size_t need = static_cast<size_t>(per_thread * tn * tc);
   if (ws.packed.size() < need) ws.packed.resize(need);
 
   auto run = [&](Index t) {
     const Index rt = t / tc, ct = t % tc;
-    const Index r0 = std::min(n, row_panels * rt / tn * nr);
-    const Index r1 = std::min(n, row_panels * (rt + 1) / tn * nr);
-    const Index c0 = std::min(o, col_panels * ct / tc * mr);
-    const Index c1 = std::min(o, col_panels * (ct + 1) / tc * mr);
+    const Index r0 = gemm_range_start(n, nr, tn, rt), r1 = gemm_range_start(n, nr, tn, rt + 1);
+    const Index c0 = gemm_range_start(o, mr, tc, ct), c1 = gemm_range_start(o, mr, tc, ct + 1);
     if (r0 >= r1 || c0 >= c1) return;
     float* packed = ws.packed.data() + t * per_thread;
     // Blocks of the thread's rows, of the same whole number of panels (the last may be short).
