@@ -1,12 +1,15 @@
 // Micro-benchmarks of the kernels in tconst/ops.hpp at the paper's 41M shape, in float, on random
-// data, plus two machine figures that bound them: memory read bandwidth and GEMM rate.
+// data, plus three machine figures that bound them: memory read bandwidth, GEMM rate and the FMA
+// units' peak per instruction set (BM_FmaPeak).
 //
 //   d = 432, h = 12, dh = 36, f = 1280, V = 50257, W = Hh = 256
 //
 // Cache-hit step: the GEMVs (qkv, out, w1/w3, w2, head) report bytes processed (GB/s), to compare
 // with BM_MemoryReadBandwidth; attention of one query over 256 window or compressed keys.
 // Resync: the GEMMs of a 256-row chunk, the online (chunked) attention and the Z x Z attention
-// report GFLOP/s, to compare with BM_GemmRate. LayerNorm and RoPE on 1 and 256 rows.
+// report GFLOP/s, to compare with BM_GemmRate. BM_Gemm: the packed product of kernels/gemm.hpp at
+// the resync's shapes on 256 and 1024 rows, beside Eigen's product and (where the build found it)
+// OpenBLAS's sgemm, to quote as a share of BM_FmaPeak. LayerNorm and RoPE on 1 and 256 rows.
 //
 // Arguments: `threads` sets OpenMP's and Eigen's thread count (1 and up to omp_get_max_threads(),
 // which follows OMP_NUM_THREADS); `cold` = 1 cycles through copies of the matrix spread over a
