@@ -6,9 +6,10 @@
 // NV * lanes rows, k-major), and no copy of the model's weights is ever made. The tile is stored
 // transposed, 4 output columns at a time.
 //
-// Blocking: k in passes of at most kGemmKcMax columns, so that a tile's MR weight rows (MR * kc
-// floats) stay in L1 while every panel of the packed input streams past them from L2; the input
-// in blocks of rows whose packed panels fill at most kGemmBlockFloats (a part of L2).
+// Blocking: k in passes of at most kGemmKcMax columns (the output is re-read by every pass after
+// the first); the input in blocks of rows whose packed panels fill at most kGemmBlockFloats (a
+// part of L2), which stream past a tile's MR weight rows, and each weight row is read once per
+// block.
 //
 // Threads (OpenMP, when enabled): a contiguous range of input rows each (and of output columns
 // when there are fewer panels of rows than threads); a thread packs the rows it computes into its
@@ -82,8 +83,10 @@ struct GemmWorkspace {
   LineVector<float> packed;  // [panels][kc][panel width] one block of input rows, transposed
 };
 
-/// Columns of k per pass (a tile's weight rows stay in L1 for a pass).
-constexpr Eigen::Index kGemmKcMax = 512;
+/// Columns of k per pass, at most. The model's k (432, 1280) take one pass: passes short enough to
+/// keep a tile's weight rows in L1 (3 of 427 for k = 1280) re-read and re-write the output block
+/// and cost more than those rows' coming from L2.
+constexpr Eigen::Index kGemmKcMax = 1280;
 /// Floats of packed input per block of rows (the block stays in L2 while the weights pass by).
 constexpr Eigen::Index kGemmBlockFloats = Eigen::Index{128} << 10;
 /// Output columns per product on the Eigen path (Isa::none, double).
