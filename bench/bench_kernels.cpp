@@ -1,12 +1,15 @@
 // Micro-benchmarks of the kernels in tconst/ops.hpp at the paper's 41M shape, in float, on random
-// data, plus two machine figures that bound them: memory read bandwidth and GEMM rate.
+// data, plus three machine figures that bound them: memory read bandwidth, GEMM rate and the FMA
+// units' peak per instruction set (BM_FmaPeak).
 //
 //   d = 432, h = 12, dh = 36, f = 1280, V = 50257, W = Hh = 256
 //
 // Cache-hit step: the GEMVs (qkv, out, w1/w3, w2, head) report bytes processed (GB/s), to compare
 // with BM_MemoryReadBandwidth; attention of one query over 256 window or compressed keys.
 // Resync: the GEMMs of a 256-row chunk, the online (chunked) attention and the Z x Z attention
-// report GFLOP/s, to compare with BM_GemmRate. LayerNorm and RoPE on 1 and 256 rows.
+// report GFLOP/s, to compare with BM_GemmRate. BM_Gemm: the packed product of kernels/gemm.hpp at
+// the resync's shapes on 256 and 1024 rows, beside Eigen's product and (where the build found it)
+// OpenBLAS's sgemm, to quote as a share of BM_FmaPeak. LayerNorm and RoPE on 1 and 256 rows.
 //
 // Arguments: `threads` sets OpenMP's and Eigen's thread count (1 and up to omp_get_max_threads(),
 // which follows OMP_NUM_THREADS); `cold` = 1 cycles through copies of the matrix spread over a
@@ -24,11 +27,23 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/kernels/gemm.hpp"
 #include "tconst/detail/ops.hpp"
 #include "tconst/model.hpp"
+#include "tconst/synthetic.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+#if TCONST_BENCH_OPENBLAS
+// OpenBLAS's Fortran interface (no header needed): column-major C = alpha op(A) op(B) + beta C.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void openblas_set_num_threads(int threads);
+}
 #endif
 
 namespace {
@@ -48,13 +63,11 @@ constexpr size_t kPoolBytes = size_t{1} << 30;
 
 // ---- helpers --------------------------------------------------------------------------------
 
+/// n floats uniform in [-scale, scale), drawn from tconst::Rng(seed).
 std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
   std::vector<float> v(n);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (float& e : v) {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    e = scale * (static_cast<float>(x >> 40) / 8388608.0f - 1.0f);  // U(-scale, scale)
-  }
+  tconst::Rng rng(seed);
+  tconst::fill_uniform(rng, v.data(), static_cast<int64_t>(n), -scale, scale);
   return v;
 }
 
@@ -196,6 +209,116 @@ BENCHMARK(BM_GemmRate)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// FMA peak: per thread, independent chains of vector multiply-adds on registers (no memory
+// traffic), so that the GEMM figures can be quoted as a share of what the FMA units do. Compiled
+// per instruction set as the kernels are (dispatch.hpp), whatever this file's flags. 16 chains in
+// AVX-512's 32 registers; 12 in AVX2's 16 (16 chains and the two constants would spill).
+constexpr int kFmaChains512 = 16;
+constexpr int kFmaChains256 = 12;
+constexpr int64_t kFmaSteps = int64_t{1} << 22;  // multiply-adds per chain per call
+
+#if TCONST_X86_DISPATCH
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+/// kFmaSteps steps of kFmaChains512 chains a = a * b + c, 16 lanes each; returns their sum.
+float fma_chains_avx512() {
+  __m512 a[kFmaChains512];
+  for (int j = 0; j < kFmaChains512; ++j)
+    a[j] = _mm512_set1_ps(1.0f + 0.01f * static_cast<float>(j));
+  const __m512 b = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(1e-4f);
+  for (int64_t i = 0; i < kFmaSteps; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kFmaChains512; ++j) a[j] = _mm512_fmadd_ps(a[j], b, c);
+  }
+  __m512 s = a[0];
+  for (int j = 1; j < kFmaChains512; ++j) s = _mm512_add_ps(s, a[j]);
+  return _mm512_reduce_add_ps(s);
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+/// As fma_chains_avx512 with 8 lanes and kFmaChains256 chains.
+float fma_chains_avx2() {
+  __m256 a[kFmaChains256];
+  for (int j = 0; j < kFmaChains256; ++j)
+    a[j] = _mm256_set1_ps(1.0f + 0.01f * static_cast<float>(j));
+  const __m256 b = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-4f);
+  for (int64_t i = 0; i < kFmaSteps; ++i) {
+#pragma GCC unroll 12
+    for (int j = 0; j < kFmaChains256; ++j) a[j] = _mm256_fmadd_ps(a[j], b, c);
+  }
+  __m256 s = a[0];
+  for (int j = 1; j < kFmaChains256; ++j) s = _mm256_add_ps(s, a[j]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  float t = 0;
+  for (float x : lanes) t += x;
+  return t;
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // TCONST_X86_DISPATCH
+
+/// The FMA units' rate on `threads` = range(0) threads, each running its own chains.
+void BM_FmaPeak(benchmark::State& state, td::Isa isa) {
+#if TCONST_X86_DISPATCH
+  if (td::rows_gemm_for(isa) == nullptr) {
+    state.SkipWithError("this CPU does not run this instruction set");
+    return;
+  }
+  const int64_t threads = state.range(0);
+  const int lanes = isa == td::Isa::avx512 ? 16 : 8;
+  const int chains = isa == td::Isa::avx512 ? kFmaChains512 : kFmaChains256;
+  float (*run)() = isa == td::Isa::avx512 ? &fma_chains_avx512 : &fma_chains_avx2;
+  for (auto _ : state) {
+    float total = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
+    for (int64_t t = 0; t < threads; ++t) total += run();
+#else
+    total = run();
+#endif
+    benchmark::DoNotOptimize(total);
+  }
+  report_flops(
+      state, 2.0 * lanes * chains * static_cast<double>(kFmaSteps) * static_cast<double>(threads));
+#else
+  (void)isa;
+  state.SkipWithError("no x86 vector kernels in this build");
+#endif
+}
+BENCHMARK_CAPTURE(BM_FmaPeak, avx512, td::Isa::avx512)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_FmaPeak, avx2, td::Isa::avx2)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // ---- cache-hit step: GEMVs ------------------------------------------------------------------
 
 /// y = W x (+ b), W [rows, cols]: one token through one weight matrix (detail::gemv).
@@ -325,6 +448,85 @@ BENCHMARK_CAPTURE(BM_Linear, head_50257x432, kVocab, kD, false)
     ->ArgNames({"rows", "threads"})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+
+// ---- resync: the packed GEMM against Eigen's product and OpenBLAS ---------------------------
+
+/// A resync's product out[n, o] = in[n, k] W^T + bias, n = range(0) rows, on range(1) threads, by
+/// `how`: gemm.hpp's packed product (active_isa(): TCONST_ISA picks the path), Eigen's product
+/// (as linear() does for many rows), or OpenBLAS's sgemm where the build found it (a yardstick).
+enum class GemmBy { packed, eigen, openblas };
+
+void BM_Gemm(benchmark::State& state, GemmBy how, Index k, Index o, bool with_bias) {
+  const Index n = state.range(0);
+  const int64_t threads = state.range(1);
+  set_threads(threads);
+  const std::vector<float> W = random_floats(static_cast<size_t>(o * k), 81, 0.05f);
+  const std::vector<float> bias = random_floats(static_cast<size_t>(o), 82);
+  const std::vector<float> in = random_floats(static_cast<size_t>(n * k), 83);
+  std::vector<float> out(static_cast<size_t>(n * o));
+  const float* b = with_bias ? bias.data() : nullptr;
+  td::GemmWorkspace ws;
+  using Rows = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Map<const Rows> X(in.data(), n, k), Wm(W.data(), o, k);
+  Eigen::Map<Rows> O(out.data(), n, o);
+  switch (how) {
+    case GemmBy::packed:
+      state.SetLabel(td::isa_name(td::active_isa()));
+      for (auto _ : state) {
+        td::gemm(W.data(), k, o, in.data(), k, n, b, out.data(), o, false, ws);
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+      }
+      break;
+    case GemmBy::eigen:
+      state.SetLabel(Eigen::SimdInstructionSetsInUse());
+      for (auto _ : state) {
+        O.noalias() = X * Wm.transpose();
+        if (b != nullptr) O.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(b, o);
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+      }
+      break;
+    case GemmBy::openblas:
+#if TCONST_BENCH_OPENBLAS
+      openblas_set_num_threads(static_cast<int>(threads));
+      for (auto _ : state) {
+        // Column-major: out^T [o, n] = W^T^T [o, k] in^T [k, n].
+        const int mi = static_cast<int>(o), ni = static_cast<int>(n), ki = static_cast<int>(k);
+        const float one = 1.0f, zero = 0.0f;
+        sgemm_("T", "N", &mi, &ni, &ki, &one, W.data(), &ki, in.data(), &ki, &zero, out.data(),
+               &mi);
+        if (b != nullptr) O.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(b, o);
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+      }
+#else
+      state.SkipWithError("built without OpenBLAS");
+#endif
+      break;
+  }
+  report_flops(state, 2.0 * static_cast<double>(n) * static_cast<double>(k) * o);
+  state.SetItemsProcessed(n * state.iterations());  // tokens
+}
+#define TCONST_GEMM(how, name, k, o, bias)                          \
+  BENCHMARK_CAPTURE(BM_Gemm, how##_##name, GemmBy::how, k, o, bias) \
+      ->ArgsProduct({{kW, 4 * kW}, thread_counts()})                \
+      ->ArgNames({"rows", "threads"})                               \
+      ->UseRealTime()                                               \
+      ->Unit(benchmark::kMicrosecond)
+#define TCONST_GEMM_SHAPES(how)                     \
+  TCONST_GEMM(how, qkv_432x1296, kD, 3 * kD, true); \
+  TCONST_GEMM(how, out_432x432, kD, kD, true);      \
+  TCONST_GEMM(how, w1_w3_432x1280, kD, kF, false);  \
+  TCONST_GEMM(how, w2_1280x432, kF, kD, false);     \
+  TCONST_GEMM(how, kv_432x864, kD, 2 * kD, true)
+TCONST_GEMM_SHAPES(packed);
+TCONST_GEMM_SHAPES(eigen);
+#if TCONST_BENCH_OPENBLAS
+TCONST_GEMM_SHAPES(openblas);
+#endif
+#undef TCONST_GEMM_SHAPES
+#undef TCONST_GEMM
 
 /// The compress layer's context attention: Z = 256 queries fold in one chunk of range(0) keys
 /// (OnlineAttention::add, keys and values read from a [chunk, 3d] qkv buffer as in the resync).

@@ -1,0 +1,309 @@
+#pragma once
+// Many-row matrix products in float, out[n, o] (+)= in[n, k] W[o, k]^T (+ bias[o]): the products
+// of a resync's chunks of context rows with the weight matrices. W is in PyTorch's layout, [o, k]
+// row-major, and is read where it lies: each register tile broadcasts MR weight rows one float at
+// a time against NV vectors of input rows, so only the input is packed (transposed into panels of
+// NV * lanes rows, k-major), and no copy of the model's weights is ever made. The tile is stored
+// transposed, 4 output columns at a time.
+//
+// Blocking: k in passes of at most kGemmKcMax columns (the output is re-read by every pass after
+// the first); the input in blocks of rows whose packed panels fill at most kGemmBlockFloats (a
+// part of L2), which stream past a tile's MR weight rows, and each weight row is read once per
+// block.
+//
+// Threads (OpenMP, when enabled): a contiguous range of input rows each (and of output columns
+// when there are fewer panels of rows than threads); a thread packs the rows it computes into its
+// own part of the workspace, so no thread waits for another. k is never split and every output
+// goes through the same sequence of operations whichever thread and tile compute it, so the result
+// has the same bits for any number of threads.
+//
+// As in dispatch.hpp the kernels are compiled for AVX-512 and for AVX2 + FMA and chosen at run time
+// (TCONST_ISA caps the choice); Isa::none and double use Eigen's product.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstddef>
+
+#include "tconst/detail/big_buffer.hpp"
+#include "tconst/detail/kernels/dispatch.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if TCONST_X86_DISPATCH
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#define TCONST_GEMM_NS gemm_avx512
+#define TCONST_GEMM_LANES 16
+#define TCONST_GEMM_MR 12
+#define TCONST_GEMM_NV 2
+#include "tconst/detail/kernels/gemm.inl"  // undefines the four TCONST_GEMM_ macros
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define TCONST_GEMM_NS gemm_avx2
+#define TCONST_GEMM_LANES 8
+#define TCONST_GEMM_MR 6
+#define TCONST_GEMM_NV 2
+#include "tconst/detail/kernels/gemm.inl"  // undefines the four TCONST_GEMM_ macros
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#endif  // TCONST_X86_DISPATCH
+
+namespace tconst {
+namespace detail {
+
+/// The packing buffer of gemm(): grows to the largest block it has packed and is then reused, so
+/// repeated products of the same shapes allocate nothing. One per caller (not shared by threads
+/// that call gemm() at the same time).
+struct GemmWorkspace {
+  LineVector<float> packed;  // [panels][kc][panel width] one block of input rows, transposed
+};
+
+/// Columns of k per pass, at most. The model's k (432, 1280) take one pass: passes short enough to
+/// keep a tile's weight rows in L1 (3 of 427 for k = 1280) re-read and re-write the output block
+/// and cost more than those rows' coming from L2.
+constexpr Eigen::Index kGemmKcMax = 1280;
+/// Floats of packed input per block of rows (the block stays in L2 while the weights pass by).
+constexpr Eigen::Index kGemmBlockFloats = Eigen::Index{128} << 10;
+/// Output columns per product on the Eigen path (Isa::none, double).
+constexpr Eigen::Index kGemmEigenCols = 128;
+/// Multiply-adds per thread below which a product runs on fewer threads.
+constexpr Eigen::Index kGemmMinFmaPerThread = Eigen::Index{1} << 20;
+
+/// The pieces of one instruction set's product (gemm.inl).
+struct GemmKernels {
+  Eigen::Index mr = 0;  // weight rows (output columns) per register tile
+  Eigen::Index nr = 0;  // input rows per packed panel
+  Eigen::Index (*pack)(const float* in, Eigen::Index ld_in, Eigen::Index rows, Eigen::Index p0,
+                       Eigen::Index kc, float* dst) = nullptr;
+  void (*compute)(const float* W, Eigen::Index ldw, Eigen::Index o0, Eigen::Index o1,
+                  Eigen::Index p0, Eigen::Index kc, const float* packed, Eigen::Index rows,
+                  const float* bias, float* out, Eigen::Index ld_out, bool load_out) = nullptr;
+};
+
+/// The product's pieces for `isa`; empty (compute == nullptr) when this build or this CPU cannot
+/// run it, or for Isa::none.
+inline GemmKernels gemm_kernels_for(Isa isa) {
+#if TCONST_X86_DISPATCH
+  if (rows_gemm_for(isa) == nullptr) return {};  // the CPU check of dispatch.hpp
+  switch (isa) {
+    case Isa::avx512:
+      return {gemm_avx512::kMr, gemm_avx512::kNr, &gemm_avx512::pack_panel, &gemm_avx512::compute};
+    case Isa::avx2:
+      return {gemm_avx2::kMr, gemm_avx2::kNr, &gemm_avx2::pack_panel, &gemm_avx2::compute};
+    case Isa::none:
+      break;
+  }
+#endif
+  (void)isa;
+  return {};
+}
+
+/// out[n, o] (+)= in[n, k] W^T (+ bias) with Eigen's product, on one thread: Eigen runs a product
+/// on one thread inside an active parallel region, or without OpenMP.
+template <typename S>
+void gemm_eigen(const S* W, Eigen::Index k, Eigen::Index o, const S* in, Eigen::Index ld_in,
+                Eigen::Index n, const S* bias, S* out, Eigen::Index ld_out, bool accumulate) {
+  using Rows = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<Rows, 0, Eigen::OuterStride<>> O(out, n, o, Eigen::OuterStride<>(ld_out));
+  const Eigen::Map<const Rows, 0, Eigen::OuterStride<>> X(in, n, k, Eigen::OuterStride<>(ld_in));
+  const Eigen::Map<const Rows> Wm(W, o, k);
+  if (!accumulate) O.setZero();
+  if (k > 0) O.noalias() += X * Wm.transpose();
+  if (bias != nullptr)
+    O.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(bias, o);
+}
+
+/// Threads gemm() uses for a product of n x k x o multiply-adds with `panels` ranges of output
+/// columns to share: OpenMP's count (1 inside a parallel region or without OpenMP), fewer when
+/// each would get less than kGemmMinFmaPerThread.
+inline int gemm_threads(Eigen::Index n, Eigen::Index k, Eigen::Index o, Eigen::Index panels) {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+  const double fma = static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(o);
+  const double by_work = fma / static_cast<double>(kGemmMinFmaPerThread);
+  Eigen::Index t = omp_get_max_threads();
+  t = std::min<Eigen::Index>(t, panels);
+  if (by_work < static_cast<double>(t))
+    t = std::max<Eigen::Index>(1, static_cast<Eigen::Index>(by_work));
+  return static_cast<int>(t);
+#else
+  (void)n, (void)k, (void)o, (void)panels;
+  return 1;
+#endif
+}
+
+/// The first entry of [0, count) split into `parts` contiguous ranges of whole units: part i
+/// starts at unit units * i / parts.
+inline Eigen::Index gemm_range_start(Eigen::Index count, Eigen::Index unit, Eigen::Index parts,
+                                     Eigen::Index i) {
+  const Eigen::Index units = (count + unit - 1) / unit;
+  return std::min(count, units * i / parts * unit);
+}
+
+/// The largest range when [0, count) is split into `parts` ranges of whole units.
+inline Eigen::Index gemm_largest_range(Eigen::Index count, Eigen::Index unit, Eigen::Index parts) {
+  Eigen::Index most = 0;
+  for (Eigen::Index i = 0; i < parts; ++i) {
+    most = std::max(most, gemm_range_start(count, unit, parts, i + 1) -
+                              gemm_range_start(count, unit, parts, i));
+  }
+  return most;
+}
+
+/// A grid of tn ranges of n rows (panels of nr) by tc ranges of o columns (tiles of mr), tn * tc
+/// <= threads, whose largest cell is the smallest. A thread packs the rows it computes, so threads
+/// that share rows pack them twice: a split of the columns has to win by more than that (about 1 %
+/// of the time at the resync's shapes; counted as 3 %).
+inline void gemm_grid(int threads, Eigen::Index n, Eigen::Index nr, Eigen::Index o, Eigen::Index mr,
+                      Eigen::Index& tn, Eigen::Index& tc) {
+  double best = 0;
+  tn = tc = 1;
+  for (Eigen::Index rows = threads; rows >= 1; --rows) {
+    const Eigen::Index cols = threads / rows;
+    const double cell = static_cast<double>(gemm_largest_range(n, nr, rows)) *
+                        static_cast<double>(gemm_largest_range(o, mr, cols)) *
+                        (cols > 1 ? 1.03 : 1.0);
+    if (tn * tc == 1 || cell < best) {
+      best = cell;
+      tn = rows;
+      tc = cols;
+    }
+  }
+}
+
+/// gemm_eigen() over fixed ranges of kGemmEigenCols output columns, shared by the threads. Eigen's
+/// blocking depends on a product's sizes and, when Eigen splits a product over threads itself, on
+/// their count; here every range is one single-threaded product of the same size on any thread
+/// count, so the result has the same bits on any.
+template <typename S>
+void gemm_eigen_split(const S* W, Eigen::Index k, Eigen::Index o, const S* in, Eigen::Index ld_in,
+                      Eigen::Index n, const S* bias, S* out, Eigen::Index ld_out, bool accumulate) {
+  using Eigen::Index;
+  const Index ranges = (o + kGemmEigenCols - 1) / kGemmEigenCols;
+  auto run = [&](int t, int nt) {
+    for (Index r = ranges * t / nt; r < ranges * (t + 1) / nt; ++r) {
+      const Index c0 = r * kGemmEigenCols, c = std::min(kGemmEigenCols, o - c0);
+      gemm_eigen(W + c0 * k, k, c, in, ld_in, n, bias != nullptr ? bias + c0 : nullptr, out + c0,
+                 ld_out, accumulate);
+    }
+  };
+#ifdef _OPENMP
+  // Outside an active parallel region Eigen would split a large product itself: open one of at
+  // least 2 threads, in which it does not.
+  if (!omp_in_parallel() && omp_get_max_threads() > 1) {
+    const int threads = std::max(2, gemm_threads(n, k, o, ranges));
+#pragma omp parallel num_threads(threads)
+    run(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  run(0, 1);
+}
+
+/// out[n, o] = in[n, k] W[o, k]^T (+ bias[o]), or out += that when `accumulate`, with the kernels
+/// of `isa` (or the best one below it that this CPU runs; Eigen for Isa::none). W is [o, k]
+/// row-major, input rows ld_in apart (ld_in >= k), output rows ld_out apart (ld_out >= o); bias
+/// may be nullptr. Nothing outside out's n x o entries is written. Allocates only when `ws` has
+/// to grow.
+inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const float* in,
+                 Eigen::Index ld_in, Eigen::Index n, const float* bias, float* out,
+                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
+  using Eigen::Index;
+  if (n <= 0 || o <= 0) return;
+  GemmKernels kern;
+  for (Isa i = isa; kern.compute == nullptr && i != Isa::none;
+       i = static_cast<Isa>(static_cast<int>(i) - 1)) {
+    kern = gemm_kernels_for(i);
+  }
+  if (kern.compute == nullptr || k <= 0) {
+    gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
+    return;
+  }
+  const Index passes = (k + kGemmKcMax - 1) / kGemmKcMax;
+  const Index kc = (k + passes - 1) / passes;
+  const Index nr = kern.nr, mr = kern.mr;
+  const Index row_panels = (n + nr - 1) / nr, col_panels = (o + mr - 1) / mr;
+  // Threads on a grid: tn ranges of input rows by tc ranges of output columns.
+  Index tn = 1, tc = 1;
+  gemm_grid(gemm_threads(n, k, o, row_panels * col_panels), n, nr, o, mr, tn, tc);
+  const Index budget_rows = std::max(nr, kGemmBlockFloats / kc / nr * nr);
+  const Index per_thread =
+      std::min(budget_rows, (gemm_largest_range(n, nr, tn) + nr - 1) / nr * nr) * kc;
+  const size_t need = static_cast<size_t>(per_thread * tn * tc);
+  if (ws.packed.size() < need) ws.packed.resize(need);
+
+  auto run = [&](Index t) {
+    const Index rt = t / tc, ct = t % tc;
+    const Index r0 = gemm_range_start(n, nr, tn, rt), r1 = gemm_range_start(n, nr, tn, rt + 1);
+    const Index c0 = gemm_range_start(o, mr, tc, ct), c1 = gemm_range_start(o, mr, tc, ct + 1);
+    if (r0 >= r1 || c0 >= c1) return;
+    float* packed = ws.packed.data() + t * per_thread;
+    // Blocks of the thread's rows, of the same whole number of panels (the last may be short).
+    const Index blocks = (r1 - r0 + budget_rows - 1) / budget_rows;
+    const Index nb = ((r1 - r0 + blocks - 1) / blocks + nr - 1) / nr * nr;
+    for (Index n0 = r0; n0 < r1; n0 += nb) {
+      const Index rows = std::min(nb, r1 - n0);
+      for (Index p0 = 0; p0 < k; p0 += kc) {
+        const Index kcur = std::min(kc, k - p0);
+        for (Index j = 0; j < rows; j += nr) {
+          kern.pack(in + (n0 + j) * ld_in, ld_in, std::min(nr, rows - j), p0, kcur,
+                    packed + j * kcur);
+        }
+        kern.compute(W, k, c0, c1, p0, kcur, packed, rows, p0 == 0 ? bias : nullptr,
+                     out + n0 * ld_out, ld_out, accumulate || p0 > 0);
+      }
+    }
+  };
+#ifdef _OPENMP
+  if (tn * tc > 1) {
+#pragma omp parallel for num_threads(static_cast <int>(tn * tc)) schedule(static)
+    for (Index t = 0; t < tn * tc; ++t) run(t);
+    return;
+  }
+#endif
+  run(0);
+}
+
+/// gemm() with active_isa()'s kernels.
+inline void gemm(const float* W, Eigen::Index k, Eigen::Index o, const float* in,
+                 Eigen::Index ld_in, Eigen::Index n, const float* bias, float* out,
+                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
+  gemm(active_isa(), W, k, o, in, ld_in, n, bias, out, ld_out, accumulate, ws);
+}
+
+/// The same product in double, with Eigen's (there are no double kernels); `ws` is unused.
+inline void gemm(const double* W, Eigen::Index k, Eigen::Index o, const double* in,
+                 Eigen::Index ld_in, Eigen::Index n, const double* bias, double* out,
+                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
+  (void)ws;
+  if (n <= 0 || o <= 0) return;
+  gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
+}
+
+}  // namespace detail
+}  // namespace tconst

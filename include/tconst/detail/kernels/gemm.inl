@@ -1,0 +1,268 @@
+// One instruction set's pieces of the packed matrix product of gemm.hpp, included by gemm.hpp
+// once per instruction set inside a region that compiles every function for it, with its
+// parameters defined: TCONST_GEMM_NS (namespace), TCONST_GEMM_LANES (16: AVX-512, 8: AVX2 + FMA),
+// TCONST_GEMM_MR (weight rows per register tile) and TCONST_GEMM_NV (vectors of input rows per
+// register tile). Undefines them at its end. No include guard: it is read twice.
+//
+// The register tile is out^T: MR output columns (weight rows, read in place and broadcast one
+// float at a time) by NV vectors of input rows (read from a packed panel, the input's transpose:
+// for each k, NV * LANES consecutive input rows). So the weights need no packed copy, and only the
+// input, which every weight row reuses, is packed. The tile is transposed in registers when it is
+// stored, 4 output columns at a time.
+
+namespace tconst {
+namespace detail {
+namespace TCONST_GEMM_NS {
+
+using Eigen::Index;
+
+constexpr int kLanes = TCONST_GEMM_LANES;
+constexpr int kMr = TCONST_GEMM_MR;
+constexpr int kNv = TCONST_GEMM_NV;
+constexpr int kNr = kNv * kLanes;  // input rows in a full panel
+
+#if TCONST_GEMM_LANES == 16
+using V = __m512;
+inline V vzero() {
+  return _mm512_setzero_ps();
+}
+inline V vload(const float* p) {
+  return _mm512_load_ps(p);
+}
+inline V vset(float a) {
+  return _mm512_set1_ps(a);
+}
+inline V vfma(V a, V b, V c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+inline V vadd(V a, V b) {
+  return _mm512_add_ps(a, b);
+}
+inline V unpacklo(V a, V b) {
+  return _mm512_unpacklo_ps(a, b);
+}
+inline V unpackhi(V a, V b) {
+  return _mm512_unpackhi_ps(a, b);
+}
+inline V unpacklo2(V a, V b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+inline V unpackhi2(V a, V b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+/// The four 128-bit lanes of a.
+inline void quarters(V a, __m128 (&q)[kLanes / 4]) {
+  q[0] = _mm512_castps512_ps128(a);
+  q[1] = _mm512_extractf32x4_ps(a, 1);
+  q[2] = _mm512_extractf32x4_ps(a, 2);
+  q[3] = _mm512_extractf32x4_ps(a, 3);
+}
+#else
+using V = __m256;
+inline V vzero() {
+  return _mm256_setzero_ps();
+}
+inline V vload(const float* p) {
+  return _mm256_load_ps(p);
+}
+inline V vset(float a) {
+  return _mm256_set1_ps(a);
+}
+inline V vfma(V a, V b, V c) {
+  return _mm256_fmadd_ps(a, b, c);
+}
+inline V vadd(V a, V b) {
+  return _mm256_add_ps(a, b);
+}
+inline V unpacklo(V a, V b) {
+  return _mm256_unpacklo_ps(a, b);
+}
+inline V unpackhi(V a, V b) {
+  return _mm256_unpackhi_ps(a, b);
+}
+inline V unpacklo2(V a, V b) {
+  return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
+}
+inline V unpackhi2(V a, V b) {
+  return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
+}
+inline void quarters(V a, __m128 (&q)[kLanes / 4]) {
+  q[0] = _mm256_castps256_ps128(a);
+  q[1] = _mm256_extractf128_ps(a, 1);
+}
+#endif
+
+/// The mask of _mm_maskload_ps / _mm_maskstore_ps for the first m (1..3) of 4 floats.
+inline __m128i head_mask(int m) {
+  return _mm_cmpgt_epi32(_mm_set1_epi32(m), _mm_setr_epi32(0, 1, 2, 3));
+}
+
+/// Packs input rows [0, rows) (rows <= kNr), columns [p0, p0 + kc), into a panel of
+/// width = ceil(rows / kLanes) * kLanes floats per column: dst[c * width + r] = in[r, p0 + c],
+/// zero for r >= rows. Returns the width.
+inline Index pack_panel(const float* in, Index ld_in, Index rows, Index p0, Index kc, float* dst) {
+  const Index width = (rows + kLanes - 1) / kLanes * kLanes;
+  const float* src = in + p0;
+  Index r = 0;
+  // 8 rows by 8 columns at a time, transposed in registers.
+  for (; r + 8 <= rows; r += 8) {
+    Index c = 0;
+    for (; c + 8 <= kc; c += 8) {
+      __m256 a[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) a[i] = _mm256_loadu_ps(src + (r + i) * ld_in + c);
+      const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(a[4], a[5]), t5 = _mm256_unpackhi_ps(a[4], a[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(a[6], a[7]), t7 = _mm256_unpackhi_ps(a[6], a[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* d = dst + c * width + r;
+      _mm256_storeu_ps(d + 0 * width, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(d + 1 * width, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(d + 2 * width, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(d + 3 * width, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(d + 4 * width, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(d + 5 * width, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(d + 6 * width, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(d + 7 * width, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    for (; c < kc; ++c) {
+      for (Index i = 0; i < 8; ++i) dst[c * width + r + i] = src[(r + i) * ld_in + c];
+    }
+  }
+  for (Index c = 0; c < kc; ++c) {
+    for (Index i = r; i < rows; ++i) dst[c * width + i] = src[i * ld_in + c];
+    for (Index i = rows; i < width; ++i) dst[c * width + i] = 0.0f;
+  }
+  return width;
+}
+
+/// Stores (or adds to) out the transposed tile: out[j, i] (+)= acc[i][v] lane j - v * kLanes, for
+/// output columns i < M and input rows j < rows.
+template <int M, int NV>
+inline void store_tile(V (&acc)[M][NV], float* out, Index ld_out, Index rows, bool load_out) {
+  constexpr int kQ = kLanes / 4;
+#pragma GCC unroll 4
+  for (int g = 0; g < (M + 3) / 4; ++g) {
+    const int m = M - 4 * g < 4 ? M - 4 * g : 4;  // columns in this group
+    const __m128i mask = head_mask(m);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const V a0 = acc[4 * g][v];
+      const V a1 = 4 * g + 1 < M ? acc[4 * g + 1][v] : vzero();
+      const V a2 = 4 * g + 2 < M ? acc[4 * g + 2][v] : vzero();
+      const V a3 = 4 * g + 3 < M ? acc[4 * g + 3][v] : vzero();
+      const V t0 = unpacklo(a0, a1), t1 = unpackhi(a0, a1);
+      const V t2 = unpacklo(a2, a3), t3 = unpackhi(a2, a3);
+      // u[c]'s 128-bit lane q: columns 4g..4g+3 of input row v * kLanes + 4q + c.
+      __m128 u[4][kQ];
+      quarters(unpacklo2(t0, t2), u[0]);
+      quarters(unpackhi2(t0, t2), u[1]);
+      quarters(unpacklo2(t1, t3), u[2]);
+      quarters(unpackhi2(t1, t3), u[3]);
+#pragma GCC unroll 4
+      for (int q = 0; q < kQ; ++q) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const Index j = v * kLanes + 4 * q + c;
+          if (j >= rows) break;  // a short last panel
+          float* p = out + j * ld_out + 4 * g;
+          __m128 x = u[c][q];
+          if (m == 4) {
+            if (load_out) x = _mm_add_ps(_mm_loadu_ps(p), x);
+            _mm_storeu_ps(p, x);
+          } else {
+            if (load_out) x = _mm_add_ps(_mm_maskload_ps(p, mask), x);
+            _mm_maskstore_ps(p, mask, x);
+          }
+        }
+      }
+    }
+  }
+}
+
+/// One register tile over kc columns: out[j, i] (+)= sum_c w[i * ldw + c] * panel[c * NV * kLanes
+/// + j] (+ bias[i]) for i < M, j < rows. `w` is the first weight row at its first column.
+template <int M, int NV>
+void tile(const float* w, Index ldw, const float* panel, Index kc, const float* bias, float* out,
+          Index ld_out, Index rows, bool load_out) {
+  V acc[M][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
+  }
+  for (Index c = 0; c < kc; ++c) {
+    V x[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) x[v] = vload(panel + c * (NV * kLanes) + v * kLanes);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      const V s = vset(w[i * ldw + c]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(s, x[v], acc[i][v]);
+    }
+  }
+  if (bias != nullptr) {
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      const V b = vset(bias[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = vadd(acc[i][v], b);
+    }
+  }
+  store_tile<M, NV>(acc, out, ld_out, rows, load_out);
+}
+
+using TileFn = void (*)(const float*, Index, const float*, Index, const float*, float*, Index,
+                        Index, bool);
+
+template <int M, int NV = kNv>
+inline TileFn tile_for_nv(int nv) {
+  if constexpr (NV == 0) {
+    return nullptr;
+  } else {
+    return nv == NV ? &tile<M, NV> : tile_for_nv<M, NV - 1>(nv);
+  }
+}
+
+/// The tile of m (1..kMr) weight rows by nv (1..kNv) vectors.
+template <int M = kMr>
+inline TileFn tile_for(int m, int nv) {
+  if constexpr (M == 0) {
+    return nullptr;
+  } else {
+    return m == M ? tile_for_nv<M>(nv) : tile_for<M - 1>(m, nv);
+  }
+}
+
+/// out[j, o] (+)= in[j, p0:p0+kc] . W[o, p0:p0+kc] (+ bias[o]) for o in [o0, o1) and the `rows`
+/// input rows packed panel after panel (pack_panel) in `packed`; out points at input row 0's
+/// output row. W is read in place, rows ldw apart.
+inline void compute(const float* W, Index ldw, Index o0, Index o1, Index p0, Index kc,
+                    const float* packed, Index rows, const float* bias, float* out, Index ld_out,
+                    bool load_out) {
+  for (Index op = o0; op < o1; op += kMr) {
+    const int m = static_cast<int>(std::min<Index>(kMr, o1 - op));
+    const float* w = W + op * ldw + p0;
+    const float* b = bias != nullptr ? bias + op : nullptr;
+    for (Index j0 = 0; j0 < rows; j0 += kNr) {
+      const Index r = std::min<Index>(kNr, rows - j0);
+      const int nv = static_cast<int>((r + kLanes - 1) / kLanes);
+      const TileFn fn = m == kMr && nv == kNv ? &tile<kMr, kNv> : tile_for(m, nv);
+      fn(w, ldw, packed + j0 * kc, kc, b, out + j0 * ld_out + op, ld_out, r, load_out);
+    }
+  }
+}
+
+}  // namespace TCONST_GEMM_NS
+}  // namespace detail
+}  // namespace tconst
+
+#undef TCONST_GEMM_NS
+#undef TCONST_GEMM_LANES
+#undef TCONST_GEMM_MR
+#undef TCONST_GEMM_NV
