@@ -81,31 +81,31 @@ TEST_P(ResyncModes, BoundedAndKeptEqualFullForwardFloat) {
 INSTANTIATE_TEST_SUITE_P(Shapes, ResyncModes, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
-// Resync buffers held after resyncs at context lengths 8W and 32W (kept between resyncs, so that
-// they can be read): a bounded resync's do not grow with the context; with three blocks and
-// bounded_resync = false they do, by the kept context rows.
+// Resync buffers held after resyncs at context lengths 600 and 2400 (kept between resyncs, so
+// that they can be read), both above the 256-row chunk: a bounded resync's do not grow with the
+// context; with three blocks and bounded_resync = false they do, by the kept context rows.
 TEST(ResyncMemory, BoundedResyncBuffersDoNotGrowWithTheContext) {
   const RefShape shape{"tconstformer", 23, 16, 2, 3, 3, 4, 4, 24};
   const std::string path = temp_model("memory");
   tconst_test::write_model(tconst_test::make_random_model(shape, 9), path, "F32");
   auto model = tconst::Model<float>::load(path);
+  const std::vector<int> tokens = tokens_for(shape, 2401);
+  const std::vector<int32_t> ids(tokens.begin(), tokens.end());
   for (bool bounded : {true, false}) {
     tconst::SessionOptions o;
     o.keep_resync_buffers = true;
     o.bounded_resync = bounded;
     tconst::TConstSession<float> s(model, o);
-    const std::vector<int> tokens = tokens_for(shape, 32 * shape.W + 1);
-    const std::vector<int32_t> ids(tokens.begin(), tokens.end());
-    s.prefill(ids.data(), 8 * shape.W + 1);
-    const size_t at_8w = s.resync_buffer_bytes();
-    s.prefill(ids.data() + 8 * shape.W + 1, 24 * shape.W);
-    const size_t at_32w = s.resync_buffer_bytes();
-    ASSERT_GT(at_8w, 0u);
+    s.prefill(ids.data(), 601);
+    const size_t at_600 = s.resync_buffer_bytes();
+    s.prefill(ids.data() + 601, 1800);
+    const size_t at_2400 = s.resync_buffer_bytes();
+    ASSERT_GT(at_600, 0u);
     if (bounded) {
-      EXPECT_EQ(at_32w, at_8w);
+      EXPECT_EQ(at_2400, at_600);
     } else {
-      // Context rows [Lc, d] of one block: 24 W rows more.
-      EXPECT_EQ(at_32w - at_8w, sizeof(float) * 24 * shape.W * shape.d);
+      // Context rows [Lc, d] of one block: 1800 rows more.
+      EXPECT_EQ(at_2400 - at_600, sizeof(float) * 1800 * shape.d);
     }
   }
 }

@@ -40,7 +40,7 @@ struct WindowScratch {
   detail::LineVector<S> att;     // [rows, d] attention output
   detail::LineVector<S> h1, h3;  // [rows, f] FFN hidden
   detail::LineVector<S> scores;  // attention scores of one query block
-  detail::LineVector<S> batch_logits;  // [streams, V], only for several streams stepped together
+  GemmWorkspace gemm;            // the packed GEMM's input panels (prefill: many rows)
 
   void reserve(Index n_rows, Index n_keys, Index d, Index f, Index heads) {
     if (n_rows > rows) {
@@ -108,12 +108,12 @@ void layer_body(const Model<S>& m, const LayerWeights<S>& L, S* x, Index n, Wind
   S* qkv = s.qkv.data();
   S* att = s.att.data();
   layer_norm(x, d, xn, d, n, d, L.norm1_w, L.norm1_b, c.norm_eps);
-  linear<S>(xn, d, n, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d);
+  linear<S>(xn, d, n, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d, &s.gemm);
   attend(qkv, att);
-  linear<S>(att, d, n, L.out_w.mat(), L.out_b.data, xn, d);
+  linear<S>(att, d, n, L.out_w.mat(), L.out_b.data, xn, d, &s.gemm);
   RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) +=
       ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
-  ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data());
+  ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data(), &s.gemm);
 }
 
 /// The attention of n consecutive rows of one stream at positions pos0.. (qkv [n, 3d] as

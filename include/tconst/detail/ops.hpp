@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tconst/detail/kernels/dispatch.hpp"
+#include "tconst/detail/kernels/gemm.hpp"
 #include "tconst/model.hpp"
 
 #ifdef _OPENMP
@@ -107,17 +108,12 @@ void for_row_ranges(Index rows, const F& f) {
   f(0, rows);
 }
 
-/// Input rows up to which linear() uses the kernel of rows_gemm.hpp (where the CPU has one)
-/// instead of Eigen's matrix product. Eigen packs the weights on every call, which costs more than
-/// it saves for a few rows. With more rows (a resync's chunks) Eigen's product wins when Eigen was
-/// compiled for AVX or wider; compiled for the baseline SSE2 it is the slower one at any size.
-#if defined(EIGEN_VECTORIZE_AVX)
+/// Input rows up to which linear() uses the few-row kernel (rows_gemm.inl: each weight row read
+/// once, no packing), where the CPU has one; above, the packed GEMM (gemm.hpp), whose packing of
+/// the input pays off once there are more rows than one register tile holds.
 constexpr Index kRowsGemmMaxRows = 16;
-#else
-constexpr Index kRowsGemmMaxRows = std::numeric_limits<Index>::max();
-#endif
 
-/// out[n, o] = in[n, i] W^T (+ bias) with the kernel of rows_gemm.hpp, or false when there is none
+/// out[n, o] = in[n, i] W^T (+ bias) with the few-row kernel, or false when there is none
 /// for S or this CPU, or n is above kRowsGemmMaxRows.
 template <typename S>
 bool linear_few_rows(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias,
@@ -149,17 +145,31 @@ void gemv(const ConstMatrixMap<S>& W, const S* x, const S* bias, S* y) noexcept 
   });
 }
 
-/// out[n, o] = in[n, i] W^T + bias, W stored [o, i] (PyTorch layout).
+/// out[n, o] = in[n, i] W^T + bias, W stored [o, i] (PyTorch layout); out += that with
+/// `accumulate`. A few rows take the few-row kernel (or a GEMV); more take the packed GEMM, whose
+/// packing buffer `ws` holds (many rows need one).
 template <typename S>
 void linear(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias, S* out,
-            Index ld_out) {
-  if (linear_few_rows(in, ld_in, n, W, bias, out, ld_out)) return;
-  if (n == 1) {
-    gemv(W, in, bias, out);
+            Index ld_out, GemmWorkspace* ws = nullptr, bool accumulate = false) {
+  if (!accumulate) {
+    if (linear_few_rows(in, ld_in, n, W, bias, out, ld_out)) return;
+    if (n == 1) {
+      gemv(W, in, bias, out);
+      return;
+    }
+  }
+  if (ws != nullptr) {
+    gemm(W.data(), W.cols(), W.rows(), in, ld_in, n, bias, out, ld_out, accumulate, *ws);
     return;
   }
   RowsMap<S> O(out, n, W.rows(), Eigen::OuterStride<>(ld_out));
-  O.noalias() = ConstRowsMap<S>(in, n, W.cols(), Eigen::OuterStride<>(ld_in)) * W.transpose();
+  const auto product =
+      ConstRowsMap<S>(in, n, W.cols(), Eigen::OuterStride<>(ld_in)) * W.transpose();
+  if (accumulate) {
+    O.noalias() += product;
+  } else {
+    O.noalias() = product;
+  }
   if (bias != nullptr) O.rowwise() += Eigen::Map<const Vector<S>>(bias, W.rows()).transpose();
 }
 
@@ -417,27 +427,39 @@ void silu_gate_reference(S* a, const S* g, Index n) noexcept {
   x = x / (S(1) + (-x).exp()) * Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(g, n);
 }
 
-/// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f].
+/// a[i] = silu(a[i]) * g[i] for i < n, with the vector kernel where there is one.
+template <typename S>
+void silu_gate(S* a, const S* g, Index n) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    if (const SiluGateFn fn = active_silu_gate()) {
+      fn(a, g, n);
+      return;
+    }
+  }
+  silu_gate_reference(a, g, n);
+}
+
+/// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f];
+/// `ws` the packed GEMM's, for many rows.
 template <typename S>
 void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
-                  S* h3) {
+                  S* h3, GemmWorkspace* ws = nullptr) {
   const Index d = L.w2.rows, f = L.w1.rows;
   layer_norm(x, ld_x, xn, d, n, d, L.norm2_w, L.norm2_b, eps);
   if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
-    linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f);
-    linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f);
-    silu_gate_reference(h1, h3, n * f);
+    linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f, ws);
+    linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f, ws);
+    silu_gate(h1, h3, n * f);
   }
   if (n <= kRowsGemmMaxRows) {
     // w2's product into xn, free again, then the residual, so that the product can take the
-    // kernel of rows_gemm.hpp.
+    // few-row kernel.
     linear<S>(h1, f, n, L.w2.mat(), nullptr, xn, d);
     RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)) +=
         ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
     return;
   }
-  RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)).noalias() +=
-      ConstRowsMap<S>(h1, n, f, Eigen::OuterStride<>(f)) * L.w2.mat().transpose();
+  linear<S>(h1, f, n, L.w2.mat(), nullptr, x, ld_x, ws, true);
 }
 
 }  // namespace detail

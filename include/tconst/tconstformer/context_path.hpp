@@ -52,6 +52,7 @@ struct ContextScratch {
   std::vector<S> scores;  // [threads, R * max(R, Z)] attention scores of one head per thread
   std::vector<S> kept;    // [Lc, d] C_b kept for block b + 1 (bounded_resync = false only)
   OnlineAttention<S> online;
+  GemmWorkspace gemm;  // the packed GEMM's input panels
 
   /// Frees what grows with the history (kept); the chunk buffers stay.
   void release_stream() { std::vector<S>().swap(kept); }
@@ -60,7 +61,7 @@ struct ContextScratch {
     return sizeof(S) * (C.capacity() + Zc.capacity() + Qz.capacity() + xn.capacity() +
                         qkv.capacity() + att.capacity() + h1.capacity() + h3.capacity() +
                         scores.capacity() + kept.capacity()) +
-           online.bytes();
+           online.bytes() + sizeof(float) * gemm.packed.capacity();
   }
 };
 
@@ -175,7 +176,8 @@ class ContextPath {
       }
       s.online.finish(s.att.data(), d);
       add_linear(s.att.data(), Z, P0.out_w, P0.out_b.data, Zc);
-      detail::ffn_residual(Zc, d, Z, P0, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data());
+      detail::ffn_residual(Zc, d, Z, P0, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(),
+                           &s.gemm);
     }
 
     // Hidden layer j of block b (P_j) over Zin = Zc: (Qz, Kz, Vz) = qkv_j(LN1_j(Zin)), rotated at
@@ -192,7 +194,8 @@ class ContextPath {
       detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
                           s.att.data(), d, false, s.scores.data(), scores_len());
       add_linear(s.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc);
-      detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data());
+      detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(),
+                           &s.gemm);
     }
 
     // Restore layer of block b (P_R) over Zin = Zc: (_, Kz, Vz) = qkv_R(LN1_R(Zin)), rotated at
@@ -233,7 +236,7 @@ class ContextPath {
       detail::attend_rows(Qc, d, n, cache.z_keys(b, D - 1), cache.z_values(b, D - 1), d, Z, heads,
                           dh, Index{-1}, s.att.data(), d, false, s.scores.data(), scores_len());
       add_linear(s.att.data(), n, PR.out_w, PR.out_b.data, C);
-      detail::ffn_residual(C, d, n, PR, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data());
+      detail::ffn_residual(C, d, n, PR, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(), &s.gemm);
     }
 
     // The compress layer's keys and values of context rows [r0, r0 + n) of block b, whose rows
@@ -263,14 +266,13 @@ class ContextPath {
     void project(const Scalar* x, Index n, const LayerWeights<Scalar>& P, Index first, Index parts,
                  Scalar* out, Index ld_out) {
       detail::linear<Scalar>(x, d, n, P.qkv_w.row_block(first * d, parts * d),
-                             P.qkv_b.data + first * d, out, ld_out);
+                             P.qkv_b.data + first * d, out, ld_out, &s.gemm);
     }
 
     // x[n, d] += in[n, d] W^T + bias.
     void add_linear(const Scalar* in, Index n, const WeightView<Scalar>& W, const Scalar* bias,
                     Scalar* x) {
-      detail::linear<Scalar>(in, d, n, W.mat(), bias, s.xn.data(), d);
-      Eigen::Map<Vector<Scalar>>(x, n * d) += Eigen::Map<const Vector<Scalar>>(s.xn.data(), n * d);
+      detail::linear<Scalar>(in, d, n, W.mat(), bias, x, d, &s.gemm, true);
     }
 
     // Copies Z rows of rotated keys k and values v (row stride ld) into the cache's Kz, Vz.
