@@ -125,7 +125,7 @@ TEST(OpenMP, OneQueryAttentionSplitByHeadsGivesTheSameBits) {
 // compress layer's online attention) split their heads over the threads when given room for a
 // block of scores per thread; the result has the same bits as on one thread.
 template <typename S>
-void expect_split_row_attention_identical() {
+void expect_split_row_attention_identical(bool through_gemm) {
   constexpr Eigen::Index heads = 4, dh = 32, d = heads * dh, nq = 64, nk = 96;
   tconst_test::SplitMix64 gen(43);
   auto random = [&](Eigen::Index n) {
@@ -137,16 +137,19 @@ void expect_split_row_attention_identical() {
   ASSERT_GE(heads * 2 * nq * nk * dh, tconst::detail::kMinSplitWork) << "large enough to split";
   std::vector<S> scores(static_cast<size_t>(3 * nq * nk));
   const Eigen::Index len = static_cast<Eigen::Index>(scores.size());
+  tconst::detail::AttentionLanes<S> lanes;
+  lanes.lanes.resize(3);
+  tconst::detail::AttentionLanes<S>* al = through_gemm ? &lanes : nullptr;
   std::vector<S> want(nq * d, S(0.5)), got(nq * d, S(0.5));
   {
     Threads one(1);
     tconst::detail::attend_rows(Q.data(), d, nq, K.data(), V.data(), d, nk, heads, dh, 7,
-                                want.data(), d, true, scores.data(), len);
+                                want.data(), d, true, scores.data(), len, al);
   }
   {
     Threads three(3);
     tconst::detail::attend_rows(Q.data(), d, nq, K.data(), V.data(), d, nk, heads, dh, 7,
-                                got.data(), d, true, scores.data(), len);
+                                got.data(), d, true, scores.data(), len, al);
   }
   EXPECT_EQ(got, want) << "attend_rows";
   std::vector<S> online_want(nq * d), online_got(nq * d);
@@ -154,16 +157,19 @@ void expect_split_row_attention_identical() {
     Threads t(threads);
     tconst::detail::OnlineAttention<S> online;
     online.reset(Q.data(), d, nq, heads, dh);
-    online.add(K.data(), V.data(), d, nk / 2, scores.data(), len);
-    online.add(K.data() + nk / 2 * d, V.data() + nk / 2 * d, d, nk - nk / 2, scores.data(), len);
+    online.add(K.data(), V.data(), d, nk / 2, scores.data(), len, al);
+    online.add(K.data() + nk / 2 * d, V.data() + nk / 2 * d, d, nk - nk / 2, scores.data(), len,
+               al);
     online.finish(threads == 1 ? online_want.data() : online_got.data(), d);
   }
   EXPECT_EQ(online_got, online_want) << "OnlineAttention";
 }
 
 TEST(OpenMP, ManyRowAttentionSplitByHeadsGivesTheSameBits) {
-  expect_split_row_attention_identical<float>();
-  expect_split_row_attention_identical<double>();
+  for (bool through_gemm : {false, true}) {
+    expect_split_row_attention_identical<float>(through_gemm);
+    expect_split_row_attention_identical<double>(through_gemm);
+  }
 }
 
 }  // namespace

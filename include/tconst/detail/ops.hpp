@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -284,6 +285,75 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
   attend_one_serial(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
 }
 
+/// Per-thread buffers for the attention products of many query rows, which go through the packed
+/// GEMM: one head's keys gathered into rows of dh, its values transposed, and the GEMM's panels.
+/// Sized at first use, then reused.
+template <typename S>
+struct AttentionLanes {
+  struct Lane {
+    std::vector<S> k;   // [nk, dh] one head's keys, contiguous
+    std::vector<S> vt;  // [dh, nk] one head's values, transposed
+    GemmWorkspace gemm;
+  };
+  std::vector<Lane> lanes;
+
+  size_t bytes() const {
+    size_t b = 0;
+    for (const Lane& l : lanes) {
+      b +=
+          sizeof(S) * (l.k.capacity() + l.vt.capacity()) + sizeof(float) * l.gemm.packed.capacity();
+    }
+    return b;
+  }
+};
+
+/// P[nq, nk] = Qh Kh^T for one head (dh columns of rows ld_q and ld_k apart): through the packed
+/// GEMM with `lane`, else Eigen's product.
+template <typename S>
+void head_scores(const S* Qh, Index ld_q, Index nq, const S* Kh, Index ld_k, Index nk, Index dh,
+                 S* P, typename AttentionLanes<S>::Lane* lane) {
+  if (lane == nullptr) {
+    RowsMap<S>(P, nq, nk, Eigen::OuterStride<>(nk)).noalias() =
+        ConstRowsMap<S>(Qh, nq, dh, Eigen::OuterStride<>(ld_q)) *
+        ConstRowsMap<S>(Kh, nk, dh, Eigen::OuterStride<>(ld_k)).transpose();
+    return;
+  }
+  if (static_cast<Index>(lane->k.size()) < nk * dh) lane->k.resize(static_cast<size_t>(nk * dh));
+  for (Index j = 0; j < nk; ++j)
+    std::memcpy(lane->k.data() + j * dh, Kh + j * ld_k, sizeof(S) * dh);
+  gemm(lane->k.data(), dh, nk, Qh, ld_q, nq, nullptr, P, nk, false, lane->gemm);
+}
+
+/// out[nq, dh] (+)= P[nq, nk] Vh[nk, dh] for one head (Vh's rows ld_v apart, out's ld_out apart):
+/// through the packed GEMM with `lane`, else Eigen's product.
+template <typename S>
+void head_values(const S* P, Index nq, Index nk, const S* Vh, Index ld_v, Index dh, S* out,
+                 Index ld_out, bool accumulate, typename AttentionLanes<S>::Lane* lane) {
+  if (lane == nullptr) {
+    RowsMap<S> O(out, nq, dh, Eigen::OuterStride<>(ld_out));
+    const auto product = ConstRowsMap<S>(P, nq, nk, Eigen::OuterStride<>(nk)) *
+                         ConstRowsMap<S>(Vh, nk, dh, Eigen::OuterStride<>(ld_v));
+    if (accumulate) {
+      O.noalias() += product;
+    } else {
+      O.noalias() = product;
+    }
+    return;
+  }
+  if (static_cast<Index>(lane->vt.size()) < nk * dh) lane->vt.resize(static_cast<size_t>(nk * dh));
+  RowsMap<S>(lane->vt.data(), dh, nk, Eigen::OuterStride<>(nk)) =
+      ConstRowsMap<S>(Vh, nk, dh, Eigen::OuterStride<>(ld_v)).transpose();
+  gemm(lane->vt.data(), nk, dh, P, nk, nq, nullptr, out, ld_out, accumulate, lane->gemm);
+}
+
+/// The lane buffers of thread `lane`, or nullptr without any.
+template <typename S>
+typename AttentionLanes<S>::Lane* lane_of(AttentionLanes<S>* al, Index lane) {
+  return al != nullptr && lane < static_cast<Index>(al->lanes.size())
+             ? &al->lanes[static_cast<size_t>(lane)]
+             : nullptr;
+}
+
 /// nq query rows against nk key rows, per head, separate softmax per call (SPEC §2):
 /// out[nq, d] (+)= Attn(Q, K, V). With causal_base >= 0, query row r sees keys j <= causal_base + r
 /// only (the window's causal mask, rows offset by the cache rows already present).
@@ -293,7 +363,7 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
 template <typename S>
 void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
                  Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
-                 S* scores, Index scores_len = 0) {
+                 S* scores, Index scores_len = 0, AttentionLanes<S>* al = nullptr) {
   if (nq == 1) {
     const Index visible = causal_base >= 0 ? std::min(nk, causal_base + 1) : nk;
     attend_one(Q, K, V, ld_kv, visible, heads, dh, scores, out, accumulate);
@@ -302,11 +372,9 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
   const Index lanes = lanes_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
   for_each_lane(heads, lanes, [&](Index h, Index lane) {
-    RowsMap<S> P(scores + lane * nq * nk, nq, nk, Eigen::OuterStride<>(nk));
-    ConstRowsMap<S> Qh(Q + h * dh, nq, dh, Eigen::OuterStride<>(ld_q));
-    ConstRowsMap<S> Kh(K + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
-    ConstRowsMap<S> Vh(V + h * dh, nk, dh, Eigen::OuterStride<>(ld_kv));
-    P.noalias() = Qh * Kh.transpose();
+    S* p = scores + lane * nq * nk;
+    head_scores(Q + h * dh, ld_q, nq, K + h * dh, ld_kv, nk, dh, p, lane_of(al, lane));
+    RowsMap<S> P(p, nq, nk, Eigen::OuterStride<>(nk));
     for (Index r = 0; r < nq; ++r) {
       const Index visible = causal_base >= 0 ? std::min(nk, causal_base + r + 1) : nk;
       auto row = P.row(r);
@@ -314,12 +382,8 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
       softmax(row.data(), visible);
       row.tail(nk - visible).setZero();
     }
-    RowsMap<S> Oh(out + h * dh, nq, dh, Eigen::OuterStride<>(ld_out));
-    if (accumulate) {
-      Oh.noalias() += P * Vh;
-    } else {
-      Oh.noalias() = P * Vh;
-    }
+    head_values(p, nq, nk, V + h * dh, ld_kv, dh, out + h * dh, ld_out, accumulate,
+                lane_of(al, lane));
   });
 }
 
@@ -349,15 +413,14 @@ class OnlineAttention {
   /// exp(score - m) * value, a new chunk with maximum m' >= m rescales l and acc by exp(m - m')
   /// and adds its own terms taken against m'. finish() divides acc by l: the softmax over every key
   /// seen, whatever the chunking.
-  void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores, Index scores_len = 0) {
+  void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores, Index scores_len = 0,
+           AttentionLanes<S>* al = nullptr) {
     const S scale = S(1) / std::sqrt(static_cast<S>(dh_));
     const Index lanes = lanes_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
     for_each_lane(heads_, lanes, [&](Index h, Index lane) {
-      RowsMap<S> P(scores + lane * nq_ * nk, nq_, nk, Eigen::OuterStride<>(nk));
-      ConstRowsMap<S> Qh(Q_ + h * dh_, nq_, dh_, Eigen::OuterStride<>(ld_q_));
-      ConstRowsMap<S> Kh(K + h * dh_, nk, dh_, Eigen::OuterStride<>(ld_kv));
-      ConstRowsMap<S> Vh(V + h * dh_, nk, dh_, Eigen::OuterStride<>(ld_kv));
-      P.noalias() = Qh * Kh.transpose();
+      S* p = scores + lane * nq_ * nk;
+      head_scores(Q_ + h * dh_, ld_q_, nq_, K + h * dh_, ld_kv, nk, dh_, p, lane_of(al, lane));
+      RowsMap<S> P(p, nq_, nk, Eigen::OuterStride<>(nk));
       P *= scale;
       for (Index r = 0; r < nq_; ++r) {
         auto row = P.row(r);
@@ -369,7 +432,8 @@ class OnlineAttention {
         max_(r, h) = new_max;
         acc_.row(r).segment(h * dh_, dh_) *= rescale;
       }
-      acc_.middleCols(h * dh_, dh_).noalias() += P * Vh;
+      head_values(p, nq_, nk, V + h * dh_, ld_kv, dh_, acc_.data() + h * dh_, heads_ * dh_, true,
+                  lane_of(al, lane));
     });
   }
 

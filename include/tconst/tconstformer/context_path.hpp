@@ -52,7 +52,8 @@ struct ContextScratch {
   std::vector<S> scores;  // [threads, R * max(R, Z)] attention scores of one head per thread
   std::vector<S> kept;    // [Lc, d] C_b kept for block b + 1 (bounded_resync = false only)
   OnlineAttention<S> online;
-  GemmWorkspace gemm;  // the packed GEMM's input panels
+  GemmWorkspace gemm;       // the packed GEMM's input panels
+  AttentionLanes<S> lanes;  // per thread: the attentions' products through the packed GEMM
 
   /// Frees what grows with the history (kept); the chunk buffers stay.
   void release_stream() { std::vector<S>().swap(kept); }
@@ -61,7 +62,7 @@ struct ContextScratch {
     return sizeof(S) * (C.capacity() + Zc.capacity() + Qz.capacity() + xn.capacity() +
                         qkv.capacity() + att.capacity() + h1.capacity() + h3.capacity() +
                         scores.capacity() + kept.capacity()) +
-           online.bytes() + sizeof(float) * gemm.packed.capacity();
+           online.bytes() + sizeof(float) * gemm.packed.capacity() + lanes.bytes();
   }
 };
 
@@ -145,6 +146,9 @@ class ContextPath {
       grow(s.h3, R * f);
       // One block of scores per thread: the attentions split their heads over the threads.
       grow(s.scores, detail::max_threads() * R * std::max(R, Z));
+      if (static_cast<Index>(s.lanes.lanes.size()) < detail::max_threads()) {
+        s.lanes.lanes.resize(static_cast<size_t>(detail::max_threads()));
+      }
       if (keep) grow(s.kept, Lc * d);
       s.online.reset(s.Qz.data(), d, Z, heads, dh);  // sizes its accumulators
       if (context_kv != nullptr) context_kv->reserve(Lc);
@@ -192,7 +196,7 @@ class ContextPath {
       detail::rope(qkv, 3 * d, Z, 2 * d, dh, hs, m.rope_theta());
       store_z(b, j, qkv + d, qkv + 2 * d, 3 * d);
       detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
-                          s.att.data(), d, false, s.scores.data(), scores_len());
+                          s.att.data(), d, false, s.scores.data(), scores_len(), &s.lanes);
       add_linear(s.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc);
       detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(),
                            &s.gemm);
@@ -234,7 +238,8 @@ class ContextPath {
       project(s.xn.data(), n, P0, 0, 1, Qc, d);
       detail::rope(Qc, d, n, d, dh, r0, m.rope_theta());
       detail::attend_rows(Qc, d, n, cache.z_keys(b, D - 1), cache.z_values(b, D - 1), d, Z, heads,
-                          dh, Index{-1}, s.att.data(), d, false, s.scores.data(), scores_len());
+                          dh, Index{-1}, s.att.data(), d, false, s.scores.data(), scores_len(),
+                          &s.lanes);
       add_linear(s.att.data(), n, PR.out_w, PR.out_b.data, C);
       detail::ffn_residual(C, d, n, PR, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(), &s.gemm);
     }
@@ -247,7 +252,7 @@ class ContextPath {
       detail::layer_norm(s.C.data(), d, s.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
       project(s.xn.data(), n, P0, 1, 2, kv, 2 * d);
       detail::rope(kv, 2 * d, n, d, dh, r0, m.rope_theta());
-      s.online.add(kv, kv + d, 2 * d, n, s.scores.data(), scores_len());
+      s.online.add(kv, kv + d, 2 * d, n, s.scores.data(), scores_len(), &s.lanes);
       if (context_kv != nullptr) {
         for (Index r = 0; r < n; ++r) {
           std::memcpy(context_kv->keys(b) + (r0 + r) * d, kv + r * 2 * d, sizeof(Scalar) * d);
