@@ -219,6 +219,27 @@ void softmax(S* p, Index n) noexcept {
   softmax_reference(p, n);
 }
 
+/// max_j p[j], with the vector kernel where there is one (n >= 1).
+template <typename S>
+S max_of(const S* p, Index n) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    if (const MaxOfFn fn = active_kernels().max_of) return fn(p, n);
+  }
+  return Eigen::Map<const Vector<S>>(p, n).maxCoeff();
+}
+
+/// p[j] = e^(p[j] - shift) for j < n (shift >= every p[j]); returns their sum. With the vector
+/// kernel where there is one.
+template <typename S>
+S exp_sum(S* p, Index n, S shift) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    if (const ExpSumFn fn = active_kernels().exp_sum) return fn(p, n, shift);
+  }
+  Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(p, n);
+  a = (a - shift).exp();
+  return a.sum();
+}
+
 /// One query row against nk key rows, every head (attend_one's arithmetic), portably:
 /// P[h, j] = q_h . K[j, h] / sqrt(dh), softmax over j, out_h (+)= P[h, :] V[:, h].
 template <typename S>
@@ -423,12 +444,11 @@ class OnlineAttention {
       RowsMap<S> P(p, nq_, nk, Eigen::OuterStride<>(nk));
       P *= scale;
       for (Index r = 0; r < nq_; ++r) {
-        auto row = P.row(r);
+        S* row = p + r * nk;
         const S old_max = max_(r, h);
-        const S new_max = std::max(old_max, row.maxCoeff());
+        const S new_max = std::max(old_max, max_of(row, nk));
         const S rescale = std::exp(old_max - new_max);  // 0 on the first chunk (old = -inf)
-        row = (row.array() - new_max).exp();
-        sum_(r, h) = sum_(r, h) * rescale + row.sum();
+        sum_(r, h) = sum_(r, h) * rescale + exp_sum(row, nk, new_max);
         max_(r, h) = new_max;
         acc_.row(r).segment(h * dh_, dh_) *= rescale;
       }

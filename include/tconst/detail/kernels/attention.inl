@@ -56,27 +56,39 @@ inline void attention_scores(const float* q, const float* K, Index ld, Index nk,
   }
 }
 
-/// p[0..n) = softmax(p[0..n)) in place, shifted by the maximum so that no exponent is positive
-/// (softmax_reference in ops.hpp is the portable form).
-inline void softmax(float* p, Index n) {
+/// The largest of p[0..n), n >= 1.
+inline float max_of(const float* p, Index n) {
   const Index whole = n / kLanes * kLanes;
-  const int rest = static_cast<int>(n - whole);
   V m = vset(-std::numeric_limits<float>::infinity());
   for (Index j = 0; j < whole; j += kLanes) m = vmax(m, vload(p + j));
   float mx = vmax_lanes(m);
   for (Index j = whole; j < n; ++j) mx = std::max(mx, p[j]);
+  return mx;
+}
+
+/// p[j] = e^(p[j] - shift) for j < n, shift >= every p[j]; returns their sum.
+inline float exp_sum(float* p, Index n, float shift) {
+  const Index whole = n / kLanes * kLanes;
+  const int rest = static_cast<int>(n - whole);
   V sum = vzero();
   for (Index j = 0; j < whole; j += kLanes) {
-    const V e = vexp_nonpositive(vadd(vload(p + j), vset(-mx)));
+    const V e = vexp_nonpositive(vadd(vload(p + j), vset(-shift)));
     vstore(p + j, e);
     sum = vadd(sum, e);
   }
   if (rest > 0) {
-    const V e = vexp_nonpositive(vadd(vload_head(p + whole, rest), vset(-mx)));
+    const V e = vexp_nonpositive(vadd(vload_head(p + whole, rest), vset(-shift)));
     vstore_head(p + whole, e, rest);
     sum = vadd(sum, vload_head(p + whole, rest));
   }
-  const float inv = 1.0f / vsum(sum);
+  return vsum(sum);
+}
+
+/// p[0..n) = softmax(p[0..n)) in place, shifted by the maximum so that no exponent is positive
+/// (softmax_reference in ops.hpp is the portable form).
+inline void softmax(float* p, Index n) {
+  const float inv = 1.0f / exp_sum(p, n, max_of(p, n));
+  const Index whole = n / kLanes * kLanes;
   for (Index j = 0; j < whole; j += kLanes) vstore(p + j, vmul(vload(p + j), vset(inv)));
   for (Index j = whole; j < n; ++j) p[j] *= inv;
 }

@@ -94,12 +94,20 @@ using SiluGateFn = void (*)(float* a, const float* g, Eigen::Index n);
 /// p[0..n) = softmax(p[0..n)) in place.
 using SoftmaxFn = void (*)(float* p, Eigen::Index n);
 
+/// The largest of p[0..n), n >= 1.
+using MaxOfFn = float (*)(const float* p, Eigen::Index n);
+
+/// p[j] = e^(p[j] - shift) for j < n (shift >= every p[j]); returns their sum.
+using ExpSumFn = float (*)(float* p, Eigen::Index n, float shift);
+
 /// The kernels of one instruction set; all nullptr when this build or this CPU cannot run it.
 struct Kernels {
   RowsGemmFn rows_gemm = nullptr;
   AttendOneFn attend_one = nullptr;
   SiluGateFn silu_gate = nullptr;
   SoftmaxFn softmax = nullptr;
+  MaxOfFn max_of = nullptr;
+  ExpSumFn exp_sum = nullptr;
 };
 
 /// The kernels for `isa` (checked against the CPU once per call).
@@ -109,12 +117,14 @@ inline Kernels kernels_for(Isa isa) {
   switch (isa) {
     case Isa::avx512:
       if (__builtin_cpu_supports("avx512f")) {
-        return {&avx512::rows_gemm, &avx512::attend_one, &avx512::silu_gate, &avx512::softmax};
+        return {&avx512::rows_gemm, &avx512::attend_one, &avx512::silu_gate,
+                &avx512::softmax,   &avx512::max_of,     &avx512::exp_sum};
       }
       return {};
     case Isa::avx2:
       if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return {&avx2::rows_gemm, &avx2::attend_one, &avx2::silu_gate, &avx2::softmax};
+        return {&avx2::rows_gemm, &avx2::attend_one, &avx2::silu_gate,
+                &avx2::softmax,   &avx2::max_of,     &avx2::exp_sum};
       }
       return {};
     case Isa::none:
