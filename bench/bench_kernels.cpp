@@ -218,16 +218,7 @@ constexpr int kFmaChains256 = 12;
 constexpr int64_t kFmaSteps = int64_t{1} << 22;  // multiply-adds per chain per call
 
 #if TCONST_X86_DISPATCH
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-// GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 intrinsics.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "tconst/detail/kernels/target_avx512_begin.inl"
 /// kFmaSteps steps of kFmaChains512 chains a = a * b + c, 16 lanes each; returns their sum.
 float fma_chains_avx512() {
   __m512 a[kFmaChains512];
@@ -242,19 +233,8 @@ float fma_chains_avx512() {
   for (int j = 1; j < kFmaChains512; ++j) s = _mm512_add_ps(s, a[j]);
   return _mm512_reduce_add_ps(s);
 }
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
-
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+#include "tconst/detail/kernels/target_avx2_begin.inl"
+#include "tconst/detail/kernels/target_end.inl"
 /// As fma_chains_avx512 with 8 lanes and kFmaChains256 chains.
 float fma_chains_avx2() {
   __m256 a[kFmaChains256];
@@ -273,11 +253,7 @@ float fma_chains_avx2() {
   for (float x : lanes) t += x;
   return t;
 }
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "tconst/detail/kernels/target_end.inl"
 #endif  // TCONST_X86_DISPATCH
 
 /// The FMA units' rate on `threads` = range(0) threads, each running its own chains.

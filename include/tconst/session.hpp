@@ -102,6 +102,15 @@ class SessionBase : public Session<Scalar> {
   using typename Session<Scalar>::Logits;
   using typename Session<Scalar>::RowCallback;
 
+  using Session<Scalar>::prefill;
+  const Logits& prefill(const int32_t* ids, size_t n) override {
+    consume(ids, n, nullptr);
+    return logits();
+  }
+  void score(const int32_t* ids, size_t n, const RowCallback& on_row) override {
+    consume(ids, n, on_row ? &on_row : nullptr);
+  }
+
   const Logits& logits() const override { return position() > 0 ? logits_ : empty_; }
   int64_t position() const override { return static_cast<int64_t>(log_.size()); }
   const std::vector<int32_t>& tokens() const override { return log_; }
@@ -180,6 +189,11 @@ class SessionBase : public Session<Scalar> {
       (*on_row)(index0 + static_cast<size_t>(r), logits_);
     }
   }
+
+  /// Consumes ids[0..n) as prefill and score do: with on_row, every token's logits go to on_row
+  /// (index counted from 0); without it, only the state and the last token's logits are needed.
+  /// All ids are checked before any is consumed.
+  virtual void consume(const int32_t* ids, size_t n, const RowCallback* on_row) = 0;
 
   /// The architecture's caches in the state bytes, between the token log and the logits.
   virtual void write_caches(detail::ByteWriter& w) const = 0;

@@ -34,7 +34,6 @@ class TConstSession final : public SessionBase<Scalar> {
   using Index = Eigen::Index;
   using typename Session<Scalar>::Logits;
   using typename Session<Scalar>::RowCallback;
-  using Session<Scalar>::prefill;
 
   explicit TConstSession(std::shared_ptr<const Model<Scalar>> model, SessionOptions options = {})
       : SessionBase<Scalar>(checked(std::move(model)), options),
@@ -61,15 +60,6 @@ class TConstSession final : public SessionBase<Scalar> {
     }
     this->emit_logits(scheduler_.final_rows(), 1, nullptr, 0);
     return this->logits_;
-  }
-
-  const Logits& prefill(const int32_t* ids, size_t n) override {
-    consume(ids, n, nullptr);
-    return this->logits();
-  }
-
-  void score(const int32_t* ids, size_t n, const RowCallback& on_row) override {
-    consume(ids, n, on_row ? &on_row : nullptr);
   }
 
   size_t cache_bytes() const override {
@@ -181,7 +171,7 @@ class TConstSession final : public SessionBase<Scalar> {
 
   // Consumes ids[0..n): with on_row every token's logits are produced; without it only the
   // window holding the last token is run.
-  void consume(const int32_t* ids, size_t n, const RowCallback* on_row) {
+  void consume(const int32_t* ids, size_t n, const RowCallback* on_row) override {
     ensure_fresh();
     this->check(ids, n);
     if (n == 0) return;

@@ -28,7 +28,6 @@ class TransformerSession final : public SessionBase<Scalar> {
   using Index = Eigen::Index;
   using typename Session<Scalar>::Logits;
   using typename Session<Scalar>::RowCallback;
-  using Session<Scalar>::prefill;
 
   /// Rows of a prompt run through the layers together (bounds the batched pass's buffers).
   static constexpr Index kPrefillChunk = 256;
@@ -42,15 +41,6 @@ class TransformerSession final : public SessionBase<Scalar> {
     this->check(&token, 1);
     run(&token, 1, nullptr, 0);
     return this->logits_;
-  }
-
-  const Logits& prefill(const int32_t* ids, size_t n) override {
-    consume(ids, n, nullptr);
-    return this->logits();
-  }
-
-  void score(const int32_t* ids, size_t n, const RowCallback& on_row) override {
-    consume(ids, n, on_row ? &on_row : nullptr);
   }
 
   size_t cache_bytes() const override { return kv_.bytes(); }
@@ -111,7 +101,7 @@ class TransformerSession final : public SessionBase<Scalar> {
 
   TransformerSession(const TransformerSession&) = default;
 
-  void consume(const int32_t* ids, size_t n, const RowCallback* on_row) {
+  void consume(const int32_t* ids, size_t n, const RowCallback* on_row) override {
     this->check(ids, n);
     for (size_t a = 0; a < n; a += kPrefillChunk) {
       run(ids + a, static_cast<Index>(std::min<size_t>(kPrefillChunk, n - a)), on_row, a);

@@ -30,44 +30,20 @@
 
 #if TCONST_X86_DISPATCH
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-// GCC 12 warns about the deliberately undefined vectors inside its own AVX-512 intrinsics.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "tconst/detail/kernels/target_avx512_begin.inl"
 #define TCONST_ISA_NS avx512
 #define TCONST_ISA_LANES 16
 #define TCONST_ISA_ROWS 4
 #define TCONST_ISA_GROUP 4
 #include "tconst/detail/kernels/kernels.inl"  // undefines the four TCONST_ISA_ macros
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
-
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+#include "tconst/detail/kernels/target_avx2_begin.inl"
+#include "tconst/detail/kernels/target_end.inl"
 #define TCONST_ISA_NS avx2
 #define TCONST_ISA_LANES 8
 #define TCONST_ISA_ROWS 4
 #define TCONST_ISA_GROUP 2
 #include "tconst/detail/kernels/kernels.inl"  // undefines the four TCONST_ISA_ macros
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "tconst/detail/kernels/target_end.inl"
 
 #endif  // TCONST_X86_DISPATCH
 

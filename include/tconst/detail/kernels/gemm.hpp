@@ -33,43 +33,20 @@
 
 #if TCONST_X86_DISPATCH
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "tconst/detail/kernels/target_avx512_begin.inl"
 #define TCONST_GEMM_NS gemm_avx512
 #define TCONST_GEMM_LANES 16
 #define TCONST_GEMM_MR 12
 #define TCONST_GEMM_NV 2
 #include "tconst/detail/kernels/gemm.inl"  // undefines the four TCONST_GEMM_ macros
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
-
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+#include "tconst/detail/kernels/target_avx2_begin.inl"
+#include "tconst/detail/kernels/target_end.inl"
 #define TCONST_GEMM_NS gemm_avx2
 #define TCONST_GEMM_LANES 8
 #define TCONST_GEMM_MR 6
 #define TCONST_GEMM_NV 2
 #include "tconst/detail/kernels/gemm.inl"  // undefines the four TCONST_GEMM_ macros
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "tconst/detail/kernels/target_end.inl"
 
 #endif  // TCONST_X86_DISPATCH
 

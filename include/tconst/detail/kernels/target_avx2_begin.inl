@@ -1,0 +1,9 @@
+// Opens a region whose functions are compiled for AVX2 and FMA; target_end.inl closes it. Read
+// once per region: no include guard.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC diagnostic push
+#endif
