@@ -1,6 +1,9 @@
 // Opens a region whose functions are compiled for AVX-512 (with AVX2 and FMA); target_end.inl
 // closes it. Read once per region: no include guard.
 #if defined(__clang__)
+// Clang counts a region that spans files as unused, though it applies it.
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wpragma-clang-attribute"
 #pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
 #else
 #pragma GCC push_options
