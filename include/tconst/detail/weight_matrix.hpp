@@ -1,0 +1,83 @@
+#pragma once
+// WeightMatrix: a read-only [rows, cols] row-major weight matrix (PyTorch [out, in] layout) in one
+// of the formats of SPEC §6.1 (float32, BF16, or Q8 with per-block float32 scales), as a float
+// model keeps it in memory. The products over it (quant_linear.hpp) widen the weights in
+// registers; dequantize_row() is the scalar definition every kernel is tested against.
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace tconst {
+namespace detail {
+
+enum class WeightFormat : uint8_t { f32, bf16, q8 };
+
+inline const char* to_string(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::f32:
+      return "f32";
+    case WeightFormat::bf16:
+      return "bf16";
+    case WeightFormat::q8:
+      return "q8";
+  }
+  return "?";
+}
+
+struct WeightMatrix {
+  WeightFormat format = WeightFormat::f32;
+  const void* data = nullptr;     // [rows, cols]: float (f32), uint16_t bits (bf16), int8_t (q8)
+  const float* scales = nullptr;  // q8 only: [rows, blocks()], block c / block of row r
+  Eigen::Index block = 0;         // q8 only: weights per scale along a row (SPEC §6.1 B)
+  Eigen::Index rows = 0, cols = 0;
+
+  /// Scales per row (q8): ceil(cols / block).
+  Eigen::Index blocks() const { return block > 0 ? (cols + block - 1) / block : 0; }
+  /// Bytes of the weights (and scales) a product reads.
+  size_t bytes() const {
+    const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+    switch (format) {
+      case WeightFormat::f32:
+        return 4 * n;
+      case WeightFormat::bf16:
+        return 2 * n;
+      case WeightFormat::q8:
+        return n + 4 * static_cast<size_t>(rows) * static_cast<size_t>(blocks());
+    }
+    return 0;
+  }
+};
+
+/// The float32 a BF16 pattern stands for (SPEC §6.1).
+inline float bf16_bits_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/// out[c] = W[r, c] for c < cols, by SPEC §6.1's formula (one float32 multiplication for q8).
+inline void dequantize_row(const WeightMatrix& W, Eigen::Index r, float* out) {
+  const Eigen::Index n = W.cols;
+  switch (W.format) {
+    case WeightFormat::f32:
+      std::memcpy(out, static_cast<const float*>(W.data) + r * n, sizeof(float) * n);
+      return;
+    case WeightFormat::bf16: {
+      const uint16_t* p = static_cast<const uint16_t*>(W.data) + r * n;
+      for (Eigen::Index c = 0; c < n; ++c) out[c] = bf16_bits_to_float(p[c]);
+      return;
+    }
+    case WeightFormat::q8: {
+      const int8_t* p = static_cast<const int8_t*>(W.data) + r * n;
+      const float* s = W.scales + r * W.blocks();
+      for (Eigen::Index c = 0; c < n; ++c) out[c] = s[c / W.block] * static_cast<float>(p[c]);
+      return;
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace tconst
