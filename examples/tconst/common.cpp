@@ -57,13 +57,16 @@ std::unique_ptr<tconst::Tokenizer> tokenizer_for(const tconst::ModelConfig* conf
     return tconst::load_tokenizer(path);
   }
   const std::string& name = config->tokenizer;
-  if (name.empty()) {
+  std::unique_ptr<tconst::Tokenizer> tok;
+  // A model file that carries its tokenizer (SPEC §6.2) needs no --tokenizer; one given wins.
+  if (path.empty() && args.has("model")) tok = tconst::embedded_tokenizer(args.str("model"));
+  if (tok == nullptr && name.empty()) {
     // Files without tconst.tokenizer: bytes when the vocabulary is bytes, else GPT-2 when given.
     if (!path.empty()) return tconst::load_tokenizer(path);
     if (config->vocab_size == 256) return tconst::make_tokenizer_by_name("bytes");
     throw tconst::Error("the model names no tokenizer; pass --tokenizer PATH");
   }
-  auto tok = tconst::make_tokenizer(name, path);
+  if (tok == nullptr) tok = tconst::make_tokenizer(name, path);
   if (tok->vocab_size() > config->vocab_size) {
     throw tconst::Error("tokenizer has " + std::to_string(tok->vocab_size()) +
                         " tokens but the model's vocabulary is " +

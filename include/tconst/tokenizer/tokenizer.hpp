@@ -1,7 +1,8 @@
 // Everything about tokenizers, and the functions that pick one.
 //
 // A model's metadata names its tokenizer under `tconst.tokenizer`: "bytes" needs no files, "gpt2"
-// needs the vocabulary the user points at with --tokenizer PATH. make_tokenizer() joins the two.
+// needs its vocabulary, carried in the model file itself (embedded.hpp, SPEC §6.2) or in files the
+// user points at with --tokenizer PATH. make_tokenizer() joins a name and a path.
 #pragma once
 
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include "tconst/error.hpp"
 #include "tconst/tokenizer/bytes.hpp"
+#include "tconst/tokenizer/embedded.hpp"
 #include "tconst/tokenizer/gpt2_bpe.hpp"
 #include "tconst/tokenizer/interface.hpp"
 #include "tconst/tokenizer/stream_decoder.hpp"
@@ -95,8 +97,9 @@ inline std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const 
   if (name == "gpt2") {
     if (path.empty()) {
       throw Error(
-          "the model uses the gpt2 tokenizer: pass --tokenizer PATH, a directory with vocab.json "
-          "+ merges.txt (or encoder.json + vocab.bpe), or a tokenizer.json");
+          "the model uses the gpt2 tokenizer and does not carry it: pass --tokenizer PATH, a "
+          "directory with vocab.json + merges.txt (or encoder.json + vocab.bpe), or a "
+          "tokenizer.json");
     }
     return load_tokenizer(path);
   }
