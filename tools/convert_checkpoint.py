@@ -4,7 +4,8 @@ TLinFormer code into a tconst model file (SPEC section 6).
 
   /usr/bin/python3 tools/convert_checkpoint.py --checkpoint ckpt.pt \
       --config model.yaml --out model.safetensors [--dtype f32|f16|bf16] \
-      [--arch tconstformer|tlinformer|transformer] [--tokenizer gpt2]
+      [--arch tconstformer|tlinformer|transformer] [--tokenizer gpt2] \
+      [--embed-tokenizer DIR]
 
 --config is the YAML model config (keys vocab_size, n_embd, n_head,
 n_transformer_block, block_inner_depth, history_windown_size,
@@ -35,10 +36,13 @@ def main(argv=None):
     p.add_argument("--tokenizer", help="tconst.tokenizer metadata (default: bytes for V=256, gpt2 for V=50257)")
     p.add_argument("--drop-unexpected", action="store_true",
                    help="drop tensors the format does not know instead of failing")
+    p.add_argument("--embed-tokenizer", metavar="PATH",
+                   help="carry this GPT-2 tokenizer (directory or file) inside the model file")
     args = p.parse_args(argv)
     try:
         cfg = convert(args.checkpoint, args.out, config=args.config, arch=args.arch, dtype=args.dtype,
-                      tokenizer=args.tokenizer, drop_unexpected=args.drop_unexpected,
+                      tokenizer=args.tokenizer, tokenizer_files=args.embed_tokenizer,
+                      drop_unexpected=args.drop_unexpected,
                       log=lambda m: print(f"convert_checkpoint: {m}", file=sys.stderr))
     except (ConversionError, ValueError, OSError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)

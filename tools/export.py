@@ -2,7 +2,7 @@
 """Export a checkpoint written by tools/train.py as a tconst model file.
 
   /usr/bin/python3 tools/export.py --checkpoint run.pt --out model.safetensors \
-      [--dtype f32|f16|bf16] [--tokenizer bytes]
+      [--dtype f32|f16|bf16] [--tokenizer bytes] [--embed-tokenizer DIR]
 
 (Checkpoints from the authors' training code go through
 tools/convert_checkpoint.py instead.)
@@ -25,6 +25,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     p.add_argument("--tokenizer", help="tconst.tokenizer metadata (default: the checkpoint's, e.g. bytes)")
+    p.add_argument("--embed-tokenizer", metavar="PATH",
+                   help="carry this GPT-2 tokenizer (directory or file) inside the model file")
     args = p.parse_args(argv)
     ck = torch.load(args.checkpoint, map_location="cpu")
     if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
@@ -34,8 +36,9 @@ def main(argv=None):
     cfg = ModelConfig.from_dict(ck["config"])
     tokenizer = args.tokenizer or ck.get("tokenizer")
     try:
-        write_model_file(args.out, cfg, ck["model"], dtype=args.dtype, tokenizer=tokenizer)
-    except ValueError as e:
+        write_model_file(args.out, cfg, ck["model"], dtype=args.dtype, tokenizer=tokenizer,
+                         tokenizer_files=args.embed_tokenizer)
+    except (ValueError, OSError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes): {cfg.arch} step {ck.get('step')} "

@@ -300,7 +300,8 @@ def default_tokenizer(vocab_size):
     return None
 
 
-def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None, drop_unexpected=False, log=print):
+def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None, drop_unexpected=False, log=print,
+            tokenizer_files=None):
     """Convert `checkpoint` (path or loaded object) into the model file `out`.
 
     config: path of a YAML model config, a dict, or None to use the config
@@ -353,7 +354,7 @@ def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None
 
     if tokenizer is None:
         tokenizer = default_tokenizer(cfg.vocab_size)
-    write_model_file(out, cfg, state, dtype=dtype, tokenizer=tokenizer)
+    write_model_file(out, cfg, state, dtype=dtype, tokenizer=tokenizer, tokenizer_files=tokenizer_files)
     return cfg
 
 

@@ -9,6 +9,7 @@ import torch
 
 from .model import ModelConfig, TConstModel
 from .safetensors_io import read_safetensors, write_safetensors
+from .tokenizer_files import tokenizer_metadata
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64}
 
@@ -40,9 +41,11 @@ def metadata_for(cfg: ModelConfig, tokenizer=None):
     return meta
 
 
-def write_model_file(path, cfg: ModelConfig, state_dict, dtype="f32", tokenizer=None):
+def write_model_file(path, cfg: ModelConfig, state_dict, dtype="f32", tokenizer=None, tokenizer_files=None):
     """Write `state_dict` (SPEC names) with `cfg`'s metadata. Buffers such as
-    `*.rope.inv_freq` are dropped; every tensor is cast to `dtype`."""
+    `*.rope.inv_freq` are dropped; every tensor is cast to `dtype`. With
+    `tokenizer_files` (a path, see tokenizer_files.py) the file carries that
+    GPT-2 tokenizer (SPEC 6.2)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     out = {}
@@ -51,11 +54,16 @@ def write_model_file(path, cfg: ModelConfig, state_dict, dtype="f32", tokenizer=
             continue
         out[name] = t.detach().to("cpu", DTYPES[dtype]).contiguous()
     check_tensors(cfg, out)
-    write_safetensors(path, out, metadata_for(cfg, tokenizer))
+    meta = metadata_for(cfg, tokenizer)
+    if tokenizer_files:
+        if tokenizer not in (None, "gpt2"):
+            raise ValueError(f"a carried tokenizer is gpt2, but the tokenizer is '{tokenizer}'")
+        meta.update(tokenizer_metadata(tokenizer_files))
+    write_safetensors(path, out, meta)
 
 
-def export_model(model: TConstModel, path, dtype="f32", tokenizer=None):
-    write_model_file(path, model.cfg, model.state_dict(), dtype, tokenizer)
+def export_model(model: TConstModel, path, dtype="f32", tokenizer=None, tokenizer_files=None):
+    write_model_file(path, model.cfg, model.state_dict(), dtype, tokenizer, tokenizer_files)
 
 
 def expected_shapes(cfg: ModelConfig):
