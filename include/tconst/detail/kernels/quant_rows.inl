@@ -82,9 +82,10 @@ inline void qaccumulate(V (&acc)[R][G], const QuantRows& W, Index r0, const floa
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     const V w = widen<F>(W.row(r0 + r), W.scale_row(r0 + r), W.shift, c, head);
+    // The same columns of the next R rows, once per 64-byte line of them.
     if constexpr (Fetch) {
-      const char* next = static_cast<const char*>(W.row(r0 + R + r)) + W.elem * c;
-      _mm_prefetch(next, _MM_HINT_T0);
+      const size_t at = W.elem * static_cast<size_t>(c);
+      if (at % 64 == 0) _mm_prefetch(static_cast<const char*>(W.row(r0 + R + r)) + at, _MM_HINT_T0);
     }
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[r][g] = vfma(w, x[g], acc[r][g]);
