@@ -5,7 +5,8 @@
 // multiples of a tile, k not a multiple of the vector width nor of the Q8 block, every block size
 // from 16 to 256; padded strides (the input's padding is NaN, so reading it shows; the output's
 // must stay untouched); with and without bias; overwriting and accumulating; with and without a
-// workspace. Then the same bits on 1 and 2 threads, and the f32 format's forwarding.
+// workspace. Then the same bits on 1 and 2 threads, no allocation once the workspace has grown,
+// and the f32 format's forwarding.
 //
 // Tolerance: recursive summation of k products with fused multiply-adds, then the bias and the
 // accumulated value, rounds at most k + 2 times, so |got - exact| <= (k + 2) u (sum_c |in[c]|
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "support/counting_new.hpp"
 #include "tconst/detail/quant_linear.hpp"
 #include "tconst/synthetic.hpp"
 
@@ -198,6 +200,32 @@ TEST(QuantLinear, Q8EveryBlockSizeAgainstEveryK) {
         check_shape(WeightFormat::q8, {n, k, 13, block}, (k + n) % 2 == 0, seed, ws);
         seed += 10;
         if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+/// Once the workspace has grown, a product of the same shape allocates nothing, on every path
+/// (few rows without a workspace, many with one).
+TEST(QuantLinear, NoAllocationOnceTheWorkspaceHasGrown) {
+  const Index k = 432, o = 301, n = 100;
+  const std::vector<float> in = random_floats(static_cast<size_t>(n * k), 61);
+  std::vector<float> out(static_cast<size_t>(n * o));
+  for (WeightFormat format : {WeightFormat::bf16, WeightFormat::q8}) {
+    const Matrix m = random_matrix(format, o, k, 32, 62);
+    for (Isa isa : paths()) {
+      GemmWorkspace ws;
+      for (int round = 0; round < 2; ++round) {
+        const long before = tconst_test::heap_allocations();
+        for (Index rows : {Index{1}, Index{8}}) {
+          tconst::detail::quant_linear(isa, in.data(), k, rows, m.W, nullptr, out.data(), o,
+                                       nullptr, false);
+        }
+        tconst::detail::quant_linear(isa, in.data(), k, n, m.W, nullptr, out.data(), o, &ws, true);
+        if (round == 1) {
+          EXPECT_EQ(tconst_test::heap_allocations(), before)
+              << tconst::detail::to_string(format) << " " << tconst::detail::isa_name(isa);
+        }
       }
     }
   }
