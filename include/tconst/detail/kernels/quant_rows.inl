@@ -195,28 +195,30 @@ inline void quant_rows(const WeightMatrix& W, Index o0, Index o1, const float* i
 /// dst[i * kc + c] = W[r0 + i, p0 + c] for i < m, c < kc: a strip of weight rows widened to float
 /// (the same values as dequantize_row), for the packed product's register tile.
 inline void widen_strip(const WeightMatrix& W, Index r0, Index m, Index p0, Index kc, float* dst) {
-  const bool q8 = W.format == WeightFormat::q8;
-  const Index nb = q8 ? W.blocks() : 0;
+  if (W.format == WeightFormat::bf16) {
+    for (Index i = 0; i < m; ++i) {
+      const uint16_t* p = static_cast<const uint16_t*>(W.data) + (r0 + i) * W.cols + p0;
+      float* d = dst + i * kc;
+      Index c = 0;
+      for (; c + kLanes <= kc; c += kLanes) vstore(d + c, widen_bf16(p + c));
+      for (; c < kc; ++c) d[c] = bf16_bits_to_float(p[c]);
+    }
+    return;
+  }
+  int shift = 0;  // the block is a power of two
+  while ((Index{1} << shift) < W.block) ++shift;
+  const Index nb = W.blocks(), b0 = p0 >> shift, b1 = ((p0 + kc - 1) >> shift) + 1;
   for (Index i = 0; i < m; ++i) {
-    float* d = dst + i * kc;
-    const Index r = r0 + i;
-    // Segments of one block each (the whole strip for bf16): one scale per segment.
-    for (Index c = 0; c < kc;) {
-      const Index col = p0 + c;
-      const Index end = q8 ? std::min(kc, (col / W.block + 1) * W.block - p0) : kc;
-      Index j = c;
-      if (q8) {
-        const int8_t* p = static_cast<const int8_t*>(W.data) + r * W.cols + p0;
-        const float sc = W.scales[r * nb + col / W.block];
-        const V s = vset(sc);
-        for (; j + kLanes <= end; j += kLanes) vstore(d + j, widen_q8(p + j, s));
-        for (; j < end; ++j) d[j] = sc * static_cast<float>(p[j]);
-      } else {
-        const uint16_t* p = static_cast<const uint16_t*>(W.data) + r * W.cols + p0;
-        for (; j + kLanes <= end; j += kLanes) vstore(d + j, widen_bf16(p + j));
-        for (; j < end; ++j) d[j] = bf16_bits_to_float(p[j]);
-      }
-      c = end;
+    const int8_t* p = static_cast<const int8_t*>(W.data) + (r0 + i) * W.cols;  // column 0
+    const float* s = W.scales + (r0 + i) * nb;
+    float* d = dst + i * kc;  // column p0
+    // Block after block, each with its scale; the first and last may be cut by the strip.
+    for (Index b = b0; b < b1; ++b) {
+      const Index c0 = std::max(p0, b << shift), c1 = std::min(p0 + kc, (b + 1) << shift);
+      const V sv = vset(s[b]);
+      Index c = c0;
+      for (; c + kLanes <= c1; c += kLanes) vstore(d + (c - p0), widen_q8(p + c, sv));
+      for (; c < c1; ++c) d[c - p0] = s[b] * static_cast<float>(p[c]);
     }
   }
 }
