@@ -94,6 +94,14 @@ inline QuantKernels quant_kernels_at_most(Isa isa) {
   return {};
 }
 
+/// quant_kernels_at_most(isa), looked up once per instruction set.
+inline const QuantKernels& quant_kernels(Isa isa) {
+  static const QuantKernels table[3] = {quant_kernels_at_most(Isa::none),
+                                        quant_kernels_at_most(Isa::avx2),
+                                        quant_kernels_at_most(Isa::avx512)};
+  return table[static_cast<int>(isa)];
+}
+
 /// dst[c - c0] = W[r, c] for c in [c0, c1): dequantize_row's values for part of a row.
 inline void dequantize_cols(const WeightMatrix& W, Index r, Index c0, Index c1, float* dst) {
   if (W.format == WeightFormat::f32) {
@@ -180,7 +188,7 @@ inline void quant_linear(Isa isa, const float* in, Index ld_in, Index n, const W
                          const float* bias, float* out, Index ld_out, GemmWorkspace* ws,
                          bool accumulate) {
   if (n <= 0 || W.rows <= 0) return;
-  const QuantKernels kern = quant_kernels_at_most(isa);
+  const QuantKernels& kern = quant_kernels(isa);
   if (ws == nullptr || n <= kRowsGemmMaxRows || W.cols <= 0) {
     for_row_ranges(W.rows, [&](Index r0, Index r1) {
       if (kern.rows != nullptr) {
