@@ -29,6 +29,7 @@
 
 #include "tconst/detail/kernels/gemm.hpp"
 #include "tconst/detail/ops.hpp"
+#include "tconst/detail/quant_linear.hpp"
 #include "tconst/model.hpp"
 #include "tconst/synthetic.hpp"
 
@@ -551,6 +552,121 @@ BENCHMARK(BM_AttendRows)
     ->ArgNames({"rows", "threads"})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+
+// ---- reduced-precision weights: products over BF16 and Q8 matrices --------------------------
+
+/// 1 GiB of BF16 weights (the upper halves of pool()'s floats, twice over: normal numbers, none
+/// subnormal), made once: the cold copies of the BF16 products.
+const std::vector<uint16_t>& bf16_pool() {
+  static const std::vector<uint16_t> p = [] {
+    std::vector<uint16_t> v(kPoolBytes / sizeof(uint16_t));
+    for (size_t i = 0; i < v.size(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &pool()[i % pool().size()], sizeof bits);
+      v[i] = static_cast<uint16_t>(bits >> 16);
+    }
+    return v;
+  }();
+  return p;
+}
+
+/// 1 GiB of Q8 weights (pool()'s floats times 127 / 0.05, four times over), made once; their
+/// scales are read from pool() itself.
+const std::vector<int8_t>& q8_pool() {
+  static const std::vector<int8_t> p = [] {
+    std::vector<int8_t> v(kPoolBytes);
+    const std::vector<float>& f = pool();
+    for (size_t i = 0; i < v.size(); ++i) {
+      v[i] =
+          static_cast<int8_t>(std::lround(std::clamp(f[i % f.size()] * 2540.0f, -127.0f, 127.0f)));
+    }
+    return v;
+  }();
+  return p;
+}
+
+/// out[n, rows] = in[n, cols] W^T for W [rows, cols] in `format` (Q8: blocks of `block`), through
+/// quant_linear.hpp's linear() (f32: the float linear()), n = range(0) rows on range(1) threads;
+/// range(2) = cold cycles through copies of W spread over 1 GiB, as a cache-hit
+/// step streams its weights. GB: the matrix's bytes (weights and scales) per second, to hold
+/// against BM_MemoryReadBandwidth on as many threads; GFLOP: against BM_FmaPeak.
+void BM_QuantLinear(benchmark::State& state, td::WeightFormat format, Index block, Index rows,
+                    Index cols) {
+  const Index n = state.range(0);
+  set_threads(state.range(1));
+  const bool cold = state.range(2) != 0;
+  td::WeightMatrix W;
+  W.format = format;
+  W.rows = rows;
+  W.cols = cols;
+  W.block = format == td::WeightFormat::q8 ? block : 0;
+  const size_t elem = format == td::WeightFormat::f32    ? 4
+                      : format == td::WeightFormat::bf16 ? 2
+                                                         : 1;
+  const size_t mat = static_cast<size_t>(rows * cols),
+               nscales = static_cast<size_t>(rows * W.blocks());
+  const char* base = format == td::WeightFormat::f32 ? reinterpret_cast<const char*>(pool().data())
+                     : format == td::WeightFormat::bf16
+                         ? reinterpret_cast<const char*>(bf16_pool().data())
+                         : reinterpret_cast<const char*>(q8_pool().data());
+  const size_t copies = cold ? std::max<size_t>(1, kPoolBytes / (mat * elem)) : 1;
+  const std::vector<float> in = random_floats(static_cast<size_t>(n * cols), 91);
+  std::vector<float> out(static_cast<size_t>(n * rows));
+  td::GemmWorkspace ws;
+  size_t i = 0;
+  for (auto _ : state) {
+    W.data = base + i * mat * elem;
+    W.scales = nscales > 0 ? pool().data() + i * nscales : nullptr;
+    td::linear(in.data(), cols, n, W, nullptr, out.data(), rows, &ws);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    if (++i == copies) i = 0;
+  }
+  report_bytes(state, static_cast<double>(W.bytes()));
+  report_flops(state, 2.0 * static_cast<double>(n) * static_cast<double>(mat));
+  state.SetLabel(td::isa_name(td::active_isa()));
+  state.SetItemsProcessed(n * state.iterations());  // tokens
+}
+
+/// BM_QuantLinear/<matrix>/<format>: the cache-hit shapes on 1 and 8 rows, cold; the resync's on
+/// 256 and 1024 rows, hot; each in f32, bf16, q8 with blocks of 32 and of 64.
+const bool kQuantBenchmarks = [] {
+  struct Format {
+    const char* name;
+    td::WeightFormat format;
+    Index block;
+  };
+  const Format formats[] = {{"f32", td::WeightFormat::f32, 0},
+                            {"bf16", td::WeightFormat::bf16, 0},
+                            {"q8b32", td::WeightFormat::q8, 32},
+                            {"q8b64", td::WeightFormat::q8, 64}};
+  struct Matrix {
+    const char* name;
+    Index rows, cols;
+    bool resync;
+  };
+  const Matrix matrices[] = {{"qkv_1296x432", 3 * kD, kD, true},
+                             {"w1_w3_1280x432", kF, kD, true},
+                             {"w2_432x1280", kD, kF, true},
+                             {"head_50257x432", kVocab, kD, false}};
+  for (const Matrix& m : matrices) {
+    for (const Format& f : formats) {
+      const std::string name = std::string("BM_QuantLinear/") + m.name + "/" + f.name;
+      benchmark::RegisterBenchmark(name.c_str(), BM_QuantLinear, f.format, f.block, m.rows, m.cols)
+          ->ArgsProduct({{1, 8}, thread_counts(), {1}})
+          ->ArgNames({"rows", "threads", "cold"})
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+      if (!m.resync) continue;
+      benchmark::RegisterBenchmark(name.c_str(), BM_QuantLinear, f.format, f.block, m.rows, m.cols)
+          ->ArgsProduct({{kW, 4 * kW}, thread_counts(), {0}})
+          ->ArgNames({"rows", "threads", "cold"})
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  return true;
+}();
 
 // ---- per-row kernels ------------------------------------------------------------------------
 

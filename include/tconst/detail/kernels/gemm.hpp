@@ -57,7 +57,9 @@ namespace detail {
 /// repeated products of the same shapes allocate nothing. One per caller (not shared by threads
 /// that call gemm() at the same time).
 struct GemmWorkspace {
-  LineVector<float> packed;  // [panels][kc][panel width] one block of input rows, transposed
+  // Per thread: [panels][kc][panel width] one block of input rows, transposed; then, for weights
+  // that are not float (quant_linear.hpp), [mr][kc] one tile's weight rows widened to float.
+  LineVector<float> packed;
 };
 
 /// Columns of k per pass, at most. The model's k (432, 1280) take one pass: passes short enough to
@@ -202,35 +204,40 @@ void gemm_eigen_split(const S* W, Eigen::Index k, Eigen::Index o, const S* in, E
   run(0, 1);
 }
 
-/// out[n, o] = in[n, k] W[o, k]^T (+ bias[o]), or out += that when `accumulate`, with the kernels
-/// of `isa` (or the best one below it that this CPU runs; Eigen for Isa::none). W is [o, k]
-/// row-major, input rows ld_in apart (ld_in >= k), output rows ld_out apart (ld_out >= o); bias
-/// may be nullptr. Nothing outside out's n x o entries is written. Allocates only when `ws` has
-/// to grow.
-inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const float* in,
-                 Eigen::Index ld_in, Eigen::Index n, const float* bias, float* out,
-                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
-  using Eigen::Index;
-  if (n <= 0 || o <= 0) return;
+/// The kernels of `isa`, or of the best one below it that this CPU runs (compute == nullptr: none).
+inline GemmKernels gemm_kernels_at_most(Isa isa) {
   GemmKernels kern;
   for (Isa i = isa; kern.compute == nullptr && i != Isa::none;
        i = static_cast<Isa>(static_cast<int>(i) - 1)) {
     kern = gemm_kernels_for(i);
   }
-  if (kern.compute == nullptr || k <= 0) {
-    gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
-    return;
-  }
+  return kern;
+}
+
+/// The blocking and threading of the packed product out[n, o] (+)= in[n, k] W^T, for any weight
+/// format: packs each thread's blocks of input rows with kern.pack and hands every block and pass
+/// to compute(scratch, c0, c1, p0, kc, packed, rows, out_block, first_pass), which multiplies the
+/// packed rows by weight rows [c0, c1) over columns [p0, p0 + kc) into out_block (input row 0's
+/// output row). Passes of k are multiples of `k_align` columns (but the last); each thread gets
+/// `scratch_floats` floats of ws besides its panels, 64-byte aligned. Allocates only when `ws`
+/// has to grow.
+template <typename Compute>
+void gemm_drive(const GemmKernels& kern, Eigen::Index k, Eigen::Index o, const float* in,
+                Eigen::Index ld_in, Eigen::Index n, float* out, Eigen::Index ld_out,
+                Eigen::Index k_align, Eigen::Index scratch_floats, GemmWorkspace& ws,
+                const Compute& compute) {
+  using Eigen::Index;
   const Index passes = (k + kGemmKcMax - 1) / kGemmKcMax;
-  const Index kc = (k + passes - 1) / passes;
+  const Index kc = ((k + passes - 1) / passes + k_align - 1) / k_align * k_align;
   const Index nr = kern.nr, mr = kern.mr;
   const Index row_panels = (n + nr - 1) / nr, col_panels = (o + mr - 1) / mr;
   // Threads on a grid: tn ranges of input rows by tc ranges of output columns.
   Index tn = 1, tc = 1;
   gemm_grid(gemm_threads(n, k, o, row_panels * col_panels), n, nr, o, mr, tn, tc);
   const Index budget_rows = std::max(nr, kGemmBlockFloats / kc / nr * nr);
-  const Index per_thread =
+  const Index panel_floats =
       std::min(budget_rows, (gemm_largest_range(n, nr, tn) + nr - 1) / nr * nr) * kc;
+  const Index per_thread = panel_floats + (scratch_floats + 15) / 16 * 16;
   const size_t need = static_cast<size_t>(per_thread * tn * tc);
   if (ws.packed.size() < need) ws.packed.resize(need);
 
@@ -251,8 +258,8 @@ inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const 
           kern.pack(in + (n0 + j) * ld_in, ld_in, std::min(nr, rows - j), p0, kcur,
                     packed + j * kcur);
         }
-        kern.compute(W, k, c0, c1, p0, kcur, packed, rows, p0 == 0 ? bias : nullptr,
-                     out + n0 * ld_out, ld_out, accumulate || p0 > 0);
+        compute(packed + panel_floats, c0, c1, p0, kcur, static_cast<const float*>(packed), rows,
+                out + n0 * ld_out, p0 == 0);
       }
     }
   };
@@ -264,6 +271,29 @@ inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const 
   }
 #endif
   run(0);
+}
+
+/// out[n, o] = in[n, k] W[o, k]^T (+ bias[o]), or out += that when `accumulate`, with the kernels
+/// of `isa` (or the best one below it that this CPU runs; Eigen for Isa::none). W is [o, k]
+/// row-major, input rows ld_in apart (ld_in >= k), output rows ld_out apart (ld_out >= o); bias
+/// may be nullptr. Nothing outside out's n x o entries is written. Allocates only when `ws` has
+/// to grow.
+inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const float* in,
+                 Eigen::Index ld_in, Eigen::Index n, const float* bias, float* out,
+                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
+  using Eigen::Index;
+  if (n <= 0 || o <= 0) return;
+  const GemmKernels kern = gemm_kernels_at_most(isa);
+  if (kern.compute == nullptr || k <= 0) {
+    gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
+    return;
+  }
+  gemm_drive(kern, k, o, in, ld_in, n, out, ld_out, 1, 0, ws,
+             [&](float*, Index c0, Index c1, Index p0, Index kc, const float* packed, Index rows,
+                 float* out_block, bool first) {
+               kern.compute(W, k, c0, c1, p0, kc, packed, rows, first ? bias : nullptr, out_block,
+                            ld_out, accumulate || !first);
+             });
 }
 
 /// gemm() with active_isa()'s kernels.

@@ -1,0 +1,33 @@
+// One instruction set's register-tile step of the packed product over BF16 or Q8 weights
+// (quant_linear.hpp): for each tile of weight rows, the rows' columns of this pass are widened to
+// float once (quant_rows.inl's widen_strip, exactly the dequantized values) into a per-thread
+// strip, which gemm.inl's float tile then reads in place of W against every packed panel of the
+// block. Read once per instruction set by quant_linear.hpp, inside the region of that set, with
+// TCONST_QUANT_NS (the few-row kernels' namespace) and TCONST_QUANT_GEMM_NS (gemm.inl's) set.
+
+namespace tconst {
+namespace detail {
+namespace TCONST_QUANT_GEMM_NS {
+
+/// out[j, o] (+)= in[j, p0:p0+kc] . W[o, p0:p0+kc] (+ bias[o]) for o in [o0, o1) and the `rows`
+/// input rows packed panel after panel in `packed` (gemm.inl's compute for a WeightMatrix).
+/// `strip` holds kMr * kc floats, 64-byte aligned.
+inline void compute_quant(const WeightMatrix& W, Index o0, Index o1, Index p0, Index kc,
+                          const float* packed, Index rows, const float* bias, float* out,
+                          Index ld_out, bool load_out, float* strip) {
+  for (Index op = o0; op < o1; op += kMr) {
+    const int m = static_cast<int>(std::min<Index>(kMr, o1 - op));
+    TCONST_QUANT_NS::widen_strip(W, op, m, p0, kc, strip);
+    const float* b = bias != nullptr ? bias + op : nullptr;
+    for (Index j0 = 0; j0 < rows; j0 += kNr) {
+      const Index r = std::min<Index>(kNr, rows - j0);
+      const int nv = static_cast<int>((r + kLanes - 1) / kLanes);
+      const TileFn fn = m == kMr && nv == kNv ? &tile<kMr, kNv> : tile_for(m, nv);
+      fn(strip, kc, packed + j0 * kc, kc, b, out + j0 * ld_out + op, ld_out, r, load_out);
+    }
+  }
+}
+
+}  // namespace TCONST_QUANT_GEMM_NS
+}  // namespace detail
+}  // namespace tconst

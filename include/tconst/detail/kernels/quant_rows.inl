@@ -1,0 +1,228 @@
+// One instruction set's few-row product over BF16 or Q8 weights (SPEC §6.1), out[n, o] (+)=
+// in[n, k] W[o, k]^T (+ bias): rows_gemm.inl's scheme (each weight row read once against every
+// input row while it is in registers), with each vector of weights widened to float as it is
+// loaded: BF16 shifted into the upper half, Q8 sign-extended to int32, converted and multiplied by
+// its block's scale, which is SPEC §6.1's float32 product, so the kernel multiplies exactly the
+// dequantized matrix. Also the widening of a strip of weight rows for the packed product
+// (quant_gemm.inl). Read once per instruction set by quant_linear.hpp, inside the namespace
+// TCONST_QUANT_NS whose simd.inl (dispatch.hpp) it builds on, with TCONST_QUANT_LANES set.
+
+namespace tconst {
+namespace detail {
+namespace TCONST_QUANT_NS {
+
+/// kLanes BF16 weights at p, widened.
+inline V widen_bf16(const uint16_t* p) {
+#if TCONST_QUANT_LANES == 16
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#else
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#endif
+}
+
+/// kLanes Q8 weights at p times `scale` (one float32 multiplication each, SPEC §6.1).
+inline V widen_q8(const int8_t* p, V scale) {
+#if TCONST_QUANT_LANES == 16
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return vmul(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
+#else
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return vmul(scale, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+#endif
+}
+
+/// The weights [c, c + kLanes) of one row (row points at its column 0; `scales` at its first
+/// scale, blocks 2^shift wide), widened; with head > 0 only the first `head` are read, the rest 0.
+template <WeightFormat F>
+inline V widen(const void* row, const float* scales, int shift, Index c, int head) {
+  if constexpr (F == WeightFormat::bf16) {
+    const uint16_t* p = static_cast<const uint16_t*>(row) + c;
+    if (head == 0) return widen_bf16(p);
+    uint16_t tmp[kLanes] = {};
+    std::memcpy(tmp, p, sizeof(uint16_t) * static_cast<size_t>(head));
+    return widen_bf16(tmp);
+  } else {
+    const int8_t* p = static_cast<const int8_t*>(row) + c;
+    // A vector lies in one block: blocks are multiples of 16 columns, vectors start on kLanes.
+    const V s = vset(scales[c >> shift]);
+    if (head == 0) return widen_q8(p, s);
+    int8_t tmp[16] = {};
+    std::memcpy(tmp, p, static_cast<size_t>(head));
+    return widen_q8(tmp, s);
+  }
+}
+
+/// The weight matrix as the few-row kernel walks it.
+struct QuantRows {
+  const void* data;     // row 0
+  const float* scales;  // q8: row 0's first scale
+  Index k;              // columns
+  Index blocks;         // q8: scales per row
+  int shift;            // q8: log2 of the block size
+  size_t elem;          // bytes per weight
+
+  const void* row(Index r) const { return static_cast<const char*>(data) + elem * r * k; }
+  const float* scale_row(Index r) const {
+    return scales != nullptr ? scales + r * blocks : nullptr;
+  }
+};
+
+/// acc[r][g] += W[r, c..c+L) * in[g, c..c+L) over one vector of columns (`head` > 0: only the
+/// first `head` columns are there); with Fetch, the same columns of the next R rows are fetched.
+template <WeightFormat F, int R, int G, bool Fetch>
+inline void qaccumulate(V (&acc)[R][G], const QuantRows& W, Index r0, const float* in, Index ld_in,
+                        Index c, int head) {
+  V x[G];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    x[g] = head > 0 ? vload_head(in + g * ld_in + c, head) : vload(in + g * ld_in + c);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const V w = widen<F>(W.row(r0 + r), W.scale_row(r0 + r), W.shift, c, head);
+    // The same columns of the next R rows, once per 64-byte line of them.
+    if constexpr (Fetch) {
+      const size_t at = W.elem * static_cast<size_t>(c);
+      if (at % 64 == 0) _mm_prefetch(static_cast<const char*>(W.row(r0 + R + r)) + at, _MM_HINT_T0);
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) acc[r][g] = vfma(w, x[g], acc[r][g]);
+  }
+}
+
+/// out[g * ld_out + r] (+)= the sum of acc[r][g]'s lanes (+ bias[r]).
+template <int R, int G>
+inline void qstore(V (&acc)[R][G], const float* bias, float* out, Index ld_out, bool accumulate) {
+  if (!accumulate) {
+    store_sums<R, G>(acc, bias, out, ld_out);
+    return;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const float b = bias != nullptr ? bias[r] : 0.0f;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) out[g * ld_out + r] += vsum(acc[r][g]) + b;
+  }
+}
+
+/// out[g, r0 + r] (+)= in[g, :] . W[r0 + r, :] (+ bias[r]) for R weight rows and G input rows.
+template <WeightFormat F, int R, int G, bool Fetch>
+inline void qblock(const QuantRows& W, Index r0, const float* in, Index ld_in, const float* bias,
+                   float* out, Index ld_out, bool accumulate) {
+  V acc[R][G];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) acc[r][g] = vzero();
+  }
+  const Index k = W.k;
+  Index c = 0;
+  for (; c + kLanes <= k; c += kLanes) qaccumulate<F, R, G, Fetch>(acc, W, r0, in, ld_in, c, 0);
+  if (c < k) qaccumulate<F, R, G, Fetch>(acc, W, r0, in, ld_in, c, static_cast<int>(k - c));
+  qstore<R, G>(acc, bias, out, ld_out, accumulate);
+}
+
+/// qblock for the last `rem` (< kGroup) input rows, G counting down to rem.
+template <WeightFormat F, int R, int G>
+inline void qlast_group(Index rem, const QuantRows& W, Index r0, const float* in, Index ld_in,
+                        const float* bias, float* out, Index ld_out, bool accumulate, bool fetch) {
+  if constexpr (G > 0) {
+    if (rem == G && fetch) {
+      qblock<F, R, G, true>(W, r0, in, ld_in, bias, out, ld_out, accumulate);
+    } else if (rem == G) {
+      qblock<F, R, G, false>(W, r0, in, ld_in, bias, out, ld_out, accumulate);
+    } else {
+      qlast_group<F, R, G - 1>(rem, W, r0, in, ld_in, bias, out, ld_out, accumulate, fetch);
+    }
+  }
+}
+
+/// Every group of up to kGroup input rows against R weight rows (as rows_gemm.inl's row_block).
+template <WeightFormat F, int R>
+inline void qrow_block(const QuantRows& W, Index r0, const float* in, Index ld_in, Index n,
+                       const float* bias, float* out, Index ld_out, bool accumulate) {
+  Index g0 = 0;
+  for (; g0 + kGroup <= n; g0 += kGroup) {
+    if (n <= kGroup || g0 == kGroup) {
+      qblock<F, R, kGroup, true>(W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
+                                 accumulate);
+    } else {
+      qblock<F, R, kGroup, false>(W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
+                                  accumulate);
+    }
+  }
+  qlast_group<F, R, kGroup - 1>(n - g0, W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out,
+                                ld_out, accumulate, n <= kGroup || g0 == kGroup);
+}
+
+/// out[g, o] (+)= in[g, :] . W[o, :] (+ bias[o]) for g < n (<= 16 for speed; any n works),
+/// o in [o0, o1); W in format F.
+template <WeightFormat F>
+inline void quant_rows_format(const QuantRows& W, Index o0, Index o1, const float* in, Index ld_in,
+                              Index n, const float* bias, float* out, Index ld_out,
+                              bool accumulate) {
+  Index o = o0;
+  auto b = [&](Index r) { return bias != nullptr ? bias + r : nullptr; };
+  if (n == 1) {  // a GEMV: more rows in flight keep more of memory's bandwidth busy
+    for (; o + 8 <= o1; o += 8) {
+      qblock<F, 8, 1, true>(W, o, in, ld_in, b(o), out + o, ld_out, accumulate);
+    }
+  }
+  for (; o + kRows <= o1; o += kRows) {
+    qrow_block<F, kRows>(W, o, in, ld_in, n, b(o), out + o, ld_out, accumulate);
+  }
+  for (; o < o1; ++o) qrow_block<F, 1>(W, o, in, ld_in, n, b(o), out + o, ld_out, accumulate);
+}
+
+/// quant_rows_format for W's format (bf16 or q8).
+inline void quant_rows(const WeightMatrix& W, Index o0, Index o1, const float* in, Index ld_in,
+                       Index n, const float* bias, float* out, Index ld_out, bool accumulate) {
+  int shift = 0;
+  while (W.block > (Index{1} << shift)) ++shift;
+  const bool q8 = W.format == WeightFormat::q8;
+  const QuantRows rows{W.data, q8 ? W.scales : nullptr,   W.cols, q8 ? W.blocks() : 0,
+                       shift,  q8 ? size_t{1} : size_t{2}};
+  if (q8) {
+    quant_rows_format<WeightFormat::q8>(rows, o0, o1, in, ld_in, n, bias, out, ld_out, accumulate);
+  } else {
+    quant_rows_format<WeightFormat::bf16>(rows, o0, o1, in, ld_in, n, bias, out, ld_out,
+                                          accumulate);
+  }
+}
+
+/// dst[i * kc + c] = W[r0 + i, p0 + c] for i < m, c < kc: a strip of weight rows widened to float
+/// (the same values as dequantize_row), for the packed product's register tile.
+inline void widen_strip(const WeightMatrix& W, Index r0, Index m, Index p0, Index kc, float* dst) {
+  if (W.format == WeightFormat::bf16) {
+    for (Index i = 0; i < m; ++i) {
+      const uint16_t* p = static_cast<const uint16_t*>(W.data) + (r0 + i) * W.cols + p0;
+      float* d = dst + i * kc;
+      Index c = 0;
+      for (; c + kLanes <= kc; c += kLanes) vstore(d + c, widen_bf16(p + c));
+      for (; c < kc; ++c) d[c] = bf16_bits_to_float(p[c]);
+    }
+    return;
+  }
+  int shift = 0;  // the block is a power of two
+  while ((Index{1} << shift) < W.block) ++shift;
+  const Index nb = W.blocks(), b0 = p0 >> shift, b1 = ((p0 + kc - 1) >> shift) + 1;
+  for (Index i = 0; i < m; ++i) {
+    const int8_t* p = static_cast<const int8_t*>(W.data) + (r0 + i) * W.cols;  // column 0
+    const float* s = W.scales + (r0 + i) * nb;
+    float* d = dst + i * kc;  // column p0
+    // Block after block, each with its scale; the first and last may be cut by the strip.
+    for (Index b = b0; b < b1; ++b) {
+      const Index c0 = std::max(p0, b << shift), c1 = std::min(p0 + kc, (b + 1) << shift);
+      const V sv = vset(s[b]);
+      Index c = c0;
+      for (; c + kLanes <= c1; c += kLanes) vstore(d + (c - p0), widen_q8(p + c, sv));
+      for (; c < c1; ++c) d[c - p0] = s[b] * static_cast<float>(p[c]);
+    }
+  }
+}
+
+}  // namespace TCONST_QUANT_NS
+}  // namespace detail
+}  // namespace tconst
