@@ -223,6 +223,9 @@ void Engine::worker() {
           }
         }
         if (!ready.empty()) break;
+        active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                     [](const auto& j) { return j->phase_ == Job::Phase::kDone; }),
+                      active_.end());
         if (stopping_ && active_.empty()) return;
         cv_.wait(lock);
       }

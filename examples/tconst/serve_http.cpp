@@ -282,6 +282,7 @@ void reply_stream(const std::shared_ptr<Running>& run, httplib::Response& res) {
           }
         }
         if (!done) return true;
+        run->close();  // the session is free before the client sees the end
         const Job& job = *run->job;
         json last;
         if (job.finish_reason == "error") {

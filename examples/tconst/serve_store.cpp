@@ -228,8 +228,10 @@ void SessionStore::release(const std::string& id) {
   fit_budget(lock, 0);
 }
 
-// Parks least recently used idle sessions until `incoming` more bytes fit the budget. Throws
-// HttpError 503 when they cannot (no session dir, everything busy, or writes failing).
+// Parks least recently used idle sessions until `incoming` more bytes fit the budget. Sessions
+// that are generating are never parked, so while they alone exceed the budget it is exceeded (size
+// the budget for --max-active sessions). Throws HttpError 503 when idle sessions would have to go
+// but cannot (no session dir, or their snapshot writes fail).
 void SessionStore::fit_budget(std::unique_lock<std::mutex>& lock, int64_t incoming) {
   (void)lock;  // held by the caller throughout
   while (metrics_.resident_bytes + incoming > opt_.max_resident_bytes) {
@@ -241,13 +243,14 @@ void SessionStore::fit_budget(std::unique_lock<std::mutex>& lock, int64_t incomi
         victim = id;
       }
     }
-    if (victim.empty() || opt_.session_dir.empty() || !park(victim, sessions_[victim])) {
+    if (victim.empty()) return;
+    if (opt_.session_dir.empty() || !park(victim, sessions_[victim])) {
       if (incoming == 0) return;  // a release: stay over budget until something can be parked
       throw HttpError{503,
                       "resident session memory is full (--max-resident-bytes " +
-                          std::to_string(opt_.max_resident_bytes) + ") and no idle session " +
-                          (opt_.session_dir.empty() ? "can be parked without --session-dir"
-                                                    : "could be parked"),
+                          std::to_string(opt_.max_resident_bytes) + ") and idle sessions " +
+                          (opt_.session_dir.empty() ? "cannot be parked without --session-dir"
+                                                    : "could not be parked"),
                       "server_error"};
     }
   }
