@@ -14,6 +14,7 @@
 
 #include "serve.hpp"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -160,6 +161,13 @@ void stop_on_signal(ServerContext& ctx, sigset_t signals) {
 
 int cmd_serve(const Args& args) {
   using namespace serve;
+  // Sessions come and go (parked, restored, private to one request): with glibc's default, a freed
+  // cache raises the threshold above which blocks are mapped, the next caches come from the heap
+  // and freed ones stay in the process. A fixed threshold maps every cache-sized block, so freeing
+  // a session returns its memory and the resident budget bounds the process's memory.
+#ifdef M_MMAP_THRESHOLD
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
   ServerContext ctx;
   ctx.opt = options_from(args);
   ctx.model = load_model(args, &ctx.model_name);

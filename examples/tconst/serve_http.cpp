@@ -422,7 +422,7 @@ bool run_http(ServerContext& ctx, const std::function<void(int port)>& on_bound)
     if (!res.body.empty()) return;
     const std::string msg = res.status == 404   ? "no route " + req.method + " " + req.path
                             : res.status == 413 ? "the request body is too large"
-                                                : "request failed";
+                                                : "malformed HTTP request (a POST needs a body, or Content-Length: 0)";
     res.set_content(
         error_body(res.status, msg, res.status >= 500 ? "server_error" : "invalid_request_error")
             .dump(),
