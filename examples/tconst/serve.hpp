@@ -75,7 +75,8 @@ struct HttpError {
   std::string type = "invalid_request_error";
 };
 
-/// Bytes a session holds in memory: its cache and its token log.
+/// Bytes a session holds in memory: its cache, its token log and its resync buffers (the buffers
+/// of a step's window pass, fixed per session, are not counted).
 int64_t session_bytes(const Session& s);
 
 // ---- SessionStore: named sessions, resident or parked on disk. ----------------------------------

@@ -420,9 +420,10 @@ bool run_http(ServerContext& ctx, const std::function<void(int port)>& on_bound)
   add_routes(svr, ctx);
   svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    const std::string msg = res.status == 404   ? "no route " + req.method + " " + req.path
-                            : res.status == 413 ? "the request body is too large"
-                                                : "malformed HTTP request (a POST needs a body, or Content-Length: 0)";
+    const std::string msg =
+        res.status == 404   ? "no route " + req.method + " " + req.path
+        : res.status == 413 ? "the request body is too large"
+                            : "malformed HTTP request (a POST needs a body, or Content-Length: 0)";
     res.set_content(
         error_body(res.status, msg, res.status >= 500 ? "server_error" : "invalid_request_error")
             .dump(),

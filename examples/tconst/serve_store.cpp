@@ -61,7 +61,12 @@ bool write_all(int fd, const char* p, size_t n) {
 }  // namespace
 
 int64_t session_bytes(const Session& s) {
-  return static_cast<int64_t>(s.cache_bytes() + s.tokens().capacity() * sizeof(int32_t));
+  size_t bytes = s.cache_bytes() + s.tokens().capacity() * sizeof(int32_t);
+  // A TConstFormer session keeps its resync buffers from its first resync on.
+  if (const auto* t = dynamic_cast<const tconst::TConstSession<float>*>(&s)) {
+    bytes += t->resync_buffer_bytes();
+  }
+  return static_cast<int64_t>(bytes);
 }
 
 SessionStore::SessionStore(std::shared_ptr<const Model> model, const ServeOptions& opt,
