@@ -92,13 +92,22 @@ class Server:
         self.proc.wait(timeout=600)
 
 
-def stream_client(server, sid, prompt, tokens, seed, out, barrier):
+def stream_client(server, sid, prompt, tokens, seed, out, barrier, errors):
+    try:
+        stream_one(server, sid, prompt, tokens, seed, out, barrier)
+    except Exception as e:  # noqa: BLE001 - counted and shown in the report
+        errors.append(repr(e))
+
+
+def stream_one(server, sid, prompt, tokens, seed, out, barrier):
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=3600)
     body = {"prompt": prompt, "max_tokens": tokens, "stream": True, "seed": seed,
             "temperature": 0.8, "top_k": 40}
     barrier.wait()
     c.request("POST", f"/v1/sessions/{sid}/completions", body=json.dumps(body))
     r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"status {r.status}: {r.read()[:200]}")
     times = []
     for raw in r:
         line = raw.strip()
@@ -122,22 +131,23 @@ def run_streams(args):
                 # Staggered: lengths spread over one period, so resyncs fall on different steps.
                 n = 32 + ((i * args.period) // clients if args.stagger else 0)
                 prompts.append([(17 * i + 3 * k) % 200 + 1 for k in range(n)])
-            out, threads = [], []
+            out, threads, errors = [], [], []
             barrier = threading.Barrier(clients + 1)
             for i, sid in enumerate(sids):
                 t = threading.Thread(target=stream_client,
-                                     args=(server, sid, prompts[i], args.tokens, i, out, barrier))
+                                     args=(server, sid, prompts[i], args.tokens, i, out, barrier,
+                                           errors))
                 t.start()
                 threads.append(t)
             barrier.wait()
             for t in threads:
                 t.join()
-            report_streams(server, clients, out, args)
+            report_streams(server, clients, out, args, errors)
         finally:
             server.stop()
 
 
-def report_streams(server, clients, out, args):
+def report_streams(server, clients, out, args, errors):
     gaps, calm, resync_gaps = [], [], []
     first = min(times[0] for _, times in out)
     last = max(times[-1] for _, times in out)
@@ -156,7 +166,8 @@ def report_streams(server, clients, out, args):
     # Tokens/s over the part where every client streams (after the first token of each).
     print(json.dumps({
         "clients": clients, "stagger": args.stagger, "tokens_per_client": args.tokens,
-        "total_tokens": total, "seconds": round(last - first, 3),
+        "total_tokens": total, "failed_clients": len(errors), "errors": errors[:3],
+        "seconds": round(last - first, 3),
         "tokens_per_s": round(total / (last - first), 1),
         "gap_p50_ms": round(1e3 * percentile(gaps, 50), 2),
         "gap_p99_ms": round(1e3 * percentile(gaps, 99), 2),
@@ -165,6 +176,9 @@ def report_streams(server, clients, out, args):
         "resync_gap_median_ms": round(1e3 * statistics.median(resync_gaps), 2)
         if resync_gaps else None,
         "max_gap_ms": round(1e3 * max(gaps), 2) if gaps else None,
+        "joint_steps": int(m["tconst_step_seconds_count"]),
+        "joint_step_mean_ms": round(1e3 * m["tconst_step_seconds_sum"] /
+                                    max(1, m["tconst_step_seconds_count"]), 2),
         "resyncs": int(m["tconst_resyncs_total"]),
         "resident_cache_bytes": int(m["tconst_resident_cache_bytes"]),
         "rss_bytes": rss, "peak_rss_bytes": hwm,
@@ -203,6 +217,9 @@ def run_park(args):
             server.request("POST", f"/v1/sessions/{sid}/completions",
                            {"prompt": prompt, "max_tokens": 0})
             sids.append(sid)
+            if (i + 1) % 100 == 0:
+                print(f"# {i + 1} sessions fed, {time.perf_counter() - t0:.1f} s, "
+                      f"peak RSS {peak[0]} bytes", flush=True)
         t1 = time.perf_counter()
         for sid in sids:
             r = server.request("POST", f"/v1/sessions/{sid}/completions",

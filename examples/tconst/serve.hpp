@@ -213,6 +213,7 @@ class Engine {
   std::deque<std::shared_ptr<Job>> heavy_;    // prefills and resync steps for the side thread
   std::atomic<bool> stopping_{false};
   tconst::StreamBatch<float> batch_;
+  std::vector<char> sampled_;  // [ready jobs] whether each drew a token this turn
   std::thread worker_, side_;
 };
 

@@ -232,8 +232,21 @@ void Engine::worker() {
     }
     fed.clear();
     heavy.clear();
-    for (const auto& j : ready) {
-      if (!sample_next(*j)) continue;
+    // Each job has its own sampler, decoder and output, so their tokens are drawn in parallel: at
+    // the paper's vocabulary a draw is a few hundred microseconds, which adds up over many streams.
+    sampled_.assign(ready.size(), 0);
+    const int n_ready = static_cast<int>(ready.size());
+#pragma omp parallel for schedule(dynamic) if (n_ready > 1)
+    for (int i = 0; i < n_ready; ++i) {
+      try {
+        sampled_[static_cast<size_t>(i)] = sample_next(*ready[static_cast<size_t>(i)]) ? 1 : 0;
+      } catch (const std::exception& e) {  // only an allocation can throw past sample_next
+        ready[static_cast<size_t>(i)]->finish("error", e.what());
+      }
+    }
+    for (size_t i = 0; i < ready.size(); ++i) {
+      const auto& j = ready[i];
+      if (!sampled_[i]) continue;
       if (as_tconst(j->session) == nullptr) {
         try {
           j->session->feed(j->pending_);
