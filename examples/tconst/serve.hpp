@@ -210,7 +210,8 @@ class Engine {
   std::condition_variable side_cv_;  // the side thread waits here
   std::deque<std::shared_ptr<Job>> queue_;
   std::vector<std::shared_ptr<Job>> active_;  // the worker's
-  std::deque<std::shared_ptr<Job>> heavy_;    // prefills and resync steps for the side thread
+  std::deque<std::shared_ptr<Job>> heavy_;    // prefills for the side thread
+  std::deque<std::shared_ptr<Job>> resyncs_;  // steps due a resync, for the side thread (first)
   std::atomic<bool> stopping_{false};
   tconst::StreamBatch<float> batch_;
   std::vector<char> sampled_;  // [ready jobs] whether each drew a token this turn

@@ -264,7 +264,7 @@ void Engine::worker() {
       std::lock_guard<std::mutex> lock(mu_);
       for (const auto& j : heavy) {
         j->phase_ = Job::Phase::kHeavy;
-        heavy_.push_back(j);
+        resyncs_.push_back(j);
       }
       side_cv_.notify_all();
     }
@@ -279,10 +279,15 @@ void Engine::side_worker() {
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      side_cv_.wait(lock, [&] { return !heavy_.empty() || (stopping_ && active_.empty()); });
-      if (heavy_.empty()) return;
-      job = heavy_.front();
-      heavy_.pop_front();
+      side_cv_.wait(lock, [&] {
+        return !resyncs_.empty() || !heavy_.empty() || (stopping_ && active_.empty());
+      });
+      // A resync stalls a stream that is already talking to its client; a prefill only delays a
+      // new request's first token. So resyncs go first.
+      std::deque<std::shared_ptr<Job>>& from = !resyncs_.empty() ? resyncs_ : heavy_;
+      if (from.empty()) return;
+      job = from.front();
+      from.pop_front();
     }
     Session& s = *job->session;
     const int64_t resyncs = s.resync_count();
