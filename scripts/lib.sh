@@ -14,7 +14,7 @@ need_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-BUILD_PACKAGES=(cmake ninja-build g++ libeigen3-dev nlohmann-json3-dev)
+BUILD_PACKAGES=(cmake ninja-build g++ libeigen3-dev nlohmann-json3-dev libcpp-httplib-dev pkg-config)
 
 # jobs: parallel build jobs that fit in memory (about 1.5 GiB per Eigen-heavy compile).
 jobs() {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,40 @@ TEST(Snapshot, RestoreContinuesIdentically) {
         ASSERT_EQ(max_abs_diff(la, lb), 0.0) << shape.arch << " cut " << cut;
       }
     }
+  }
+}
+
+// snapshot_bytes() is the file save_session() writes, and restore_snapshot() reads it back from
+// memory with the file's checks.
+TEST(Snapshot, BytesEqualTheFileAndRestoreFromMemory) {
+  for (const auto& shape : kShapes) {
+    auto model = model_of(shape, 9, shape.arch + "_bytes");
+    auto a = tconst::make_session(model);
+    for (int p = 0; p < 10; ++p) a->feed((p * 3) % shape.V);
+    const std::string path = temp_path(shape.arch + "_bytes.snap");
+    tconst::save_session(*a, path);
+    std::ifstream in(path, std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string bytes = tconst::snapshot_bytes(*a);
+    EXPECT_EQ(bytes, file) << shape.arch;
+
+    auto b = tconst::make_session(model);
+    tconst::restore_snapshot(*b, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+    for (int p = 10; p < 17; ++p) {
+      const tconst::Vector<double> la = a->feed((p * 5) % shape.V);
+      ASSERT_EQ(max_abs_diff(la, b->feed((p * 5) % shape.V)), 0.0) << shape.arch;
+    }
+    std::string bad = bytes;
+    bad[bad.size() / 2] ^= 1;
+    auto c = tconst::make_session(model);
+    try {
+      tconst::restore_snapshot(*c, reinterpret_cast<const uint8_t*>(bad.data()), bad.size(),
+                               "label");
+      FAIL() << "a corrupted snapshot was accepted";
+    } catch (const tconst::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("snapshot 'label': checksum mismatch"));
+    }
+    EXPECT_EQ(c->position(), 0);
   }
 }
 

@@ -7,6 +7,7 @@
 //   tconst tokenize   (--model FILE | --tokenizer PATH)      text on stdin, ids on stdout
 //   tconst detokenize (--model FILE | --tokenizer PATH)      ids on stdin, text on stdout
 //   tconst bench      ...                                      see `tconst bench --help`
+//   tconst serve      --model FILE [--port P] ...               the HTTP server (serve.cpp)
 //
 // Any bad input gives one line on standard error and a non-zero exit status: 1 for bad data
 // (model, ids, files), 2 for a bad command line.
@@ -38,6 +39,8 @@ const char* const kUsage =
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
+    "  serve       (--model FILE | --preset paper-41m) [--host H] [--port P] [--max-active N]\n"
+    "              [--session-dir DIR] [--max-resident-bytes B] ...   HTTP server, see README\n"
     "common flags: --precision float|double (default float), --threads N (default: the cores),\n"
     "              --tokenizer PATH (GPT-2 vocabulary files for gpt2 models)\n";
 
@@ -67,6 +70,14 @@ const Command kCommands[] = {
      tconst_cli::cmd_perplexity},
     {"tokenize", {"model"}, {}, false, tconst_cli::cmd_tokenize},
     {"detokenize", {"model"}, {}, false, tconst_cli::cmd_detokenize},
+#ifdef TCONST_HAVE_SERVE
+    {"serve",
+     {"model", "preset", "host", "port", "side-threads", "max-active", "max-queue", "session-dir",
+      "max-resident-bytes", "max-context", "max-sessions", "max-body-bytes"},
+     {"quiet"},
+     false,
+     tconst_cli::cmd_serve},
+#endif
 };
 
 int run(int argc, char** argv) {

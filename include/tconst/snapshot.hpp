@@ -25,9 +25,10 @@ namespace tconst {
 
 constexpr uint32_t kSnapshotVersion = 1;
 
-/// Saves the session to `path` (atomically: temporary file, then rename).
+/// The snapshot of a session as bytes: the file that save_session() writes (for a program that
+/// stores it elsewhere, or writes it its own way).
 template <typename Scalar>
-void save_session(const Session<Scalar>& session, const std::string& path) {
+std::string snapshot_bytes(const Session<Scalar>& session) {
   std::string state;
   session.write_state(state);
   std::string file;
@@ -39,6 +40,57 @@ void save_session(const Session<Scalar>& session, const std::string& path) {
   w.put<uint64_t>(state.size());
   file += state;
   w.put<uint64_t>(detail::fnv1a(reinterpret_cast<const uint8_t*>(file.data()), file.size()));
+  return file;
+}
+
+/// Restores a session from snapshot bytes (what snapshot_bytes() or save_session() produced) for
+/// the same model and precision. Errors name `label` (e.g. the file). On any error the session is
+/// unchanged.
+template <typename Scalar>
+void restore_snapshot(Session<Scalar>& session, const uint8_t* bytes, size_t size,
+                      const std::string& label = "<memory>") {
+  const std::string where = "snapshot '" + label + "': ";
+  try {
+    if (size < 8 + 4 + 4 + 8 + 8 + 8 || std::memcmp(bytes, "TCSNAPSH", 8) != 0) {
+      throw Error(size >= 8 && std::memcmp(bytes, "TCSNAPSH", 8) == 0
+                      ? "file is truncated"
+                      : "not a tconst session snapshot");
+    }
+    const size_t body = size - 8;
+    uint64_t stored_sum;
+    std::memcpy(&stored_sum, bytes + body, 8);
+    detail::ByteReader r(bytes + 8, body - 8);
+    const uint32_t version = r.get<uint32_t>("header");
+    if (version > kSnapshotVersion) {
+      throw Error("format version " + std::to_string(version) + " is newer than this library's " +
+                  std::to_string(kSnapshotVersion));
+    }
+    if (version != kSnapshotVersion)
+      throw Error("unknown format version " + std::to_string(version));
+    const uint32_t scalar = r.get<uint32_t>("header");
+    const uint64_t identity = r.get<uint64_t>("header");
+    const uint64_t state_len = r.get<uint64_t>("header");
+    if (state_len != r.left()) throw Error("file is truncated or has trailing bytes");
+    if (detail::fnv1a(bytes, body) != stored_sum) {
+      throw Error("checksum mismatch: the file is corrupted");
+    }
+    if (scalar != sizeof(Scalar)) {
+      throw Error(std::string("saved with ") + (scalar == 8 ? "double" : "float") +
+                  " precision, restoring into " + (sizeof(Scalar) == 8 ? "double" : "float"));
+    }
+    if (identity != session.model().identity()) {
+      throw Error("saved for a different model (identity mismatch)");
+    }
+    session.read_state(bytes + 8 + 4 + 4 + 8 + 8, static_cast<size_t>(state_len));
+  } catch (const Error& e) {
+    throw Error(where + e.what());
+  }
+}
+
+/// Saves the session to `path` (atomically: temporary file, then rename).
+template <typename Scalar>
+void save_session(const Session<Scalar>& session, const std::string& path) {
+  const std::string file = snapshot_bytes(session);
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -64,42 +116,7 @@ void load_session(Session<Scalar>& session, const std::string& path) {
   if (!in) throw Error("cannot open snapshot '" + path + "'");
   const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
                                    std::istreambuf_iterator<char>());
-  const std::string where = "snapshot '" + path + "': ";
-  try {
-    if (bytes.size() < 8 + 4 + 4 + 8 + 8 + 8 || std::memcmp(bytes.data(), "TCSNAPSH", 8) != 0) {
-      throw Error(bytes.size() >= 8 && std::memcmp(bytes.data(), "TCSNAPSH", 8) == 0
-                      ? "file is truncated"
-                      : "not a tconst session snapshot");
-    }
-    const size_t body = bytes.size() - 8;
-    uint64_t stored_sum;
-    std::memcpy(&stored_sum, bytes.data() + body, 8);
-    detail::ByteReader r(bytes.data() + 8, body - 8);
-    const uint32_t version = r.get<uint32_t>("header");
-    if (version > kSnapshotVersion) {
-      throw Error("format version " + std::to_string(version) + " is newer than this library's " +
-                  std::to_string(kSnapshotVersion));
-    }
-    if (version != kSnapshotVersion)
-      throw Error("unknown format version " + std::to_string(version));
-    const uint32_t scalar = r.get<uint32_t>("header");
-    const uint64_t identity = r.get<uint64_t>("header");
-    const uint64_t state_len = r.get<uint64_t>("header");
-    if (state_len != r.left()) throw Error("file is truncated or has trailing bytes");
-    if (detail::fnv1a(bytes.data(), body) != stored_sum) {
-      throw Error("checksum mismatch: the file is corrupted");
-    }
-    if (scalar != sizeof(Scalar)) {
-      throw Error(std::string("saved with ") + (scalar == 8 ? "double" : "float") +
-                  " precision, restoring into " + (sizeof(Scalar) == 8 ? "double" : "float"));
-    }
-    if (identity != session.model().identity()) {
-      throw Error("saved for a different model (identity mismatch)");
-    }
-    session.read_state(bytes.data() + 8 + 4 + 4 + 8 + 8, static_cast<size_t>(state_len));
-  } catch (const Error& e) {
-    throw Error(where + e.what());
-  }
+  restore_snapshot(session, bytes.data(), bytes.size(), path);
 }
 
 }  // namespace tconst

@@ -1,0 +1,349 @@
+// SessionStore: the server's named sessions, each resident (a live Session) or parked (a snapshot
+// file in --session-dir), within --max-resident-bytes.
+//
+// A session is busy while a generation holds it; only idle sessions are parked, least recently
+// used first. Parking writes the snapshot atomically (a temporary file, fsync, rename, fsync of
+// the directory), so a crash or a full disk mid-write leaves the previous snapshot whole; when the
+// write fails the session simply stays resident and the failure is counted and logged. Restoring
+// checks the file completely (snapshot.hpp) before the session is touched.
+//
+// The store's lock is held across snapshot reads and writes: they are a few milliseconds for the
+// paper's shape, and only the HTTP threads that create or acquire sessions wait on them. The
+// serving loop never calls into the store.
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <random>
+
+#include "serve.hpp"
+
+namespace tconst_cli {
+namespace serve {
+namespace {
+
+constexpr const char* kSuffix = ".tcsnap";
+
+bool valid_id(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (const char ch : id) {
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
+      return false;
+  }
+  return true;
+}
+
+std::string errno_text() {
+  return std::strerror(errno);
+}
+
+// Writes all of `bytes` to fd; false (errno set) on failure.
+bool write_all(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+}  // namespace
+
+int64_t session_bytes(const Session& s) {
+  size_t bytes = s.cache_bytes() + s.tokens().capacity() * sizeof(int32_t);
+  // A TConstFormer session keeps its resync buffers from its first resync on.
+  if (const auto* t = dynamic_cast<const tconst::TConstSession<float>*>(&s)) {
+    bytes += t->resync_buffer_bytes();
+  }
+  return static_cast<int64_t>(bytes);
+}
+
+SessionStore::SessionStore(std::shared_ptr<const Model> model, const ServeOptions& opt,
+                           Metrics& metrics)
+    : model_(std::move(model)), opt_(opt), metrics_(metrics) {
+  session_options_.max_context = opt.max_context;
+  fresh_bytes_ = session_bytes(*tconst::make_session(model_, session_options_));
+  std::random_device rd;
+  id_salt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
+             static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+}
+
+std::string SessionStore::path_of(const std::string& id) const {
+  return opt_.session_dir + "/" + id + kSuffix;
+}
+
+std::string SessionStore::new_id() {
+  // Unique within the process by the counter; across restarts by the salt (and checked below).
+  uint64_t x = id_salt_ + 0x9e3779b97f4a7c15ull * ++id_counter_;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "sess_%016llx", static_cast<unsigned long long>(x));
+  return buf;
+}
+
+void SessionStore::account(const Entry& e, int sign) {
+  if (e.live) {
+    metrics_.resident_bytes += sign * e.bytes;
+    metrics_.resident_sessions += sign;
+  } else {
+    metrics_.parked_sessions += sign;
+  }
+}
+
+size_t SessionStore::scan() {
+  if (opt_.session_dir.empty()) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  DIR* dir = ::opendir(opt_.session_dir.c_str());
+  if (dir == nullptr) {
+    throw tconst::Error("cannot open --session-dir '" + opt_.session_dir + "': " + errno_text());
+  }
+  size_t found = 0;
+  const std::string suffix = kSuffix;
+  while (const dirent* ent = ::readdir(dir)) {
+    const std::string name = ent->d_name;
+    if (name.size() > suffix.size() + 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      ::unlink((opt_.session_dir + "/" + name).c_str());  // an interrupted write
+      continue;
+    }
+    if (name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string id = name.substr(0, name.size() - suffix.size());
+    if (!valid_id(id)) continue;
+    Entry e;
+    e.dirty = false;
+    // The token count is the first field of the state (snapshot.hpp: 32 bytes of header).
+    std::ifstream in(path_of(id), std::ios::binary);
+    char head[40] = {};
+    if (in.read(head, sizeof head) && std::memcmp(head, "TCSNAPSH", 8) == 0) {
+      uint64_t n = 0;
+      std::memcpy(&n, head + 32, 8);
+      e.position = static_cast<int64_t>(n);
+    } else {
+      e.error = "snapshot '" + path_of(id) + "' is not a tconst session snapshot";
+    }
+    account(e, +1);
+    sessions_.emplace(id, std::move(e));
+    ++found;
+  }
+  ::closedir(dir);
+  return found;
+}
+
+std::string SessionStore::create() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (static_cast<int64_t>(sessions_.size()) >= opt_.max_sessions) {
+    throw HttpError{503,
+                    "the server holds its maximum of " + std::to_string(opt_.max_sessions) +
+                        " sessions; delete some",
+                    "server_error"};
+  }
+  fit_budget(lock, fresh_bytes_);
+  auto session = tconst::make_session(model_, session_options_);
+  const int64_t bytes = session_bytes(*session);
+  std::string id;
+  do {
+    id = new_id();
+  } while (sessions_.count(id) ||
+           (!opt_.session_dir.empty() && ::access(path_of(id).c_str(), F_OK) == 0));
+  Entry e;
+  e.live = std::move(session);
+  e.bytes = bytes;
+  e.last_used = ++tick_;
+  account(e, +1);
+  sessions_.emplace(id, std::move(e));
+  return id;
+}
+
+nlohmann::json SessionStore::describe(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
+  if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
+  const Entry& e = it->second;
+  nlohmann::json j = {{"id", id}, {"object", "session"}};
+  if (e.live && !e.busy) {
+    j["position"] = e.live->position();
+    j["cache_bytes"] = e.live->cache_bytes();
+    j["resyncs"] = e.live->resync_count();
+  } else {
+    j["position"] = e.position;  // as of the last release (a generation may be running)
+  }
+  j["tokens"] = j["position"];
+  j["resident_bytes"] = e.live ? e.bytes : 0;
+  j["state"] = !e.error.empty() ? "error" : e.busy ? "generating" : e.live ? "resident" : "parked";
+  if (!e.error.empty()) j["error"] = e.error;
+  return j;
+}
+
+void SessionStore::remove(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
+  if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
+  if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating"};
+  if (!opt_.session_dir.empty()) ::unlink(path_of(id).c_str());
+  account(it->second, -1);
+  sessions_.erase(it);
+}
+
+Session* SessionStore::acquire(const std::string& id) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
+  if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
+  if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating already"};
+  if (!it->second.error.empty()) throw HttpError{500, it->second.error, "server_error"};
+  it->second.busy = true;  // nobody parks or removes it while the lock is dropped below
+  if (!it->second.live) {
+    try {
+      fit_budget(lock, fresh_bytes_ + it->second.position * int64_t{sizeof(int32_t)});
+      restore(id, it->second);
+    } catch (...) {
+      it->second.busy = false;
+      throw;
+    }
+  }
+  it->second.last_used = ++tick_;
+  return it->second.live.get();
+}
+
+void SessionStore::release(const std::string& id) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  Entry& e = it->second;
+  e.busy = false;
+  e.dirty = true;
+  e.last_used = ++tick_;
+  account(e, -1);
+  e.bytes = session_bytes(*e.live);
+  e.position = e.live->position();
+  account(e, +1);
+  fit_budget(lock, 0);
+}
+
+// Parks least recently used idle sessions until `incoming` more bytes fit the budget. Sessions
+// that are generating are never parked, so while they alone exceed the budget it is exceeded (size
+// the budget for --max-active sessions). Throws HttpError 503 when idle sessions would have to go
+// but cannot (no session dir, or their snapshot writes fail).
+void SessionStore::fit_budget(std::unique_lock<std::mutex>& lock, int64_t incoming) {
+  (void)lock;  // held by the caller throughout
+  while (metrics_.resident_bytes + incoming > opt_.max_resident_bytes) {
+    std::string victim;
+    uint64_t oldest = UINT64_MAX;
+    for (auto& [id, e] : sessions_) {
+      if (e.live && !e.busy && e.last_used < oldest) {
+        oldest = e.last_used;
+        victim = id;
+      }
+    }
+    if (victim.empty()) return;
+    if (opt_.session_dir.empty() || !park(victim, sessions_[victim])) {
+      if (incoming == 0) return;  // a release: stay over budget until something can be parked
+      throw HttpError{503,
+                      "resident session memory is full (--max-resident-bytes " +
+                          std::to_string(opt_.max_resident_bytes) + ") and idle sessions " +
+                          (opt_.session_dir.empty() ? "cannot be parked without --session-dir"
+                                                    : "could not be parked"),
+                      "server_error"};
+    }
+  }
+}
+
+void SessionStore::write_atomically(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw tconst::Error("cannot create '" + tmp + "': " + errno_text());
+  const bool ok = write_all(fd, bytes.data(), bytes.size()) && ::fsync(fd) == 0;
+  const std::string why = errno_text();
+  ::close(fd);
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    throw tconst::Error("cannot write '" + tmp + "': " + why);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why2 = errno_text();
+    ::unlink(tmp.c_str());
+    throw tconst::Error("cannot rename '" + tmp + "' to '" + path + "': " + why2);
+  }
+  // The rename itself is durable once the directory is synced.
+  const int dfd = ::open(opt_.session_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+// Writes the session's snapshot (unless the file already holds its state) and frees it. On a
+// failed write the session stays resident and unchanged; returns false.
+bool SessionStore::park(const std::string& id, Entry& e) {
+  try {
+    if (e.dirty) write_atomically(path_of(id), tconst::snapshot_bytes(*e.live));
+  } catch (const std::exception& ex) {
+    ++metrics_.park_failures;
+    log_line("park of session " + id + " failed, kept resident: " + ex.what());
+    return false;
+  }
+  account(e, -1);
+  e.live.reset();
+  e.bytes = 0;
+  e.dirty = false;
+  account(e, +1);
+  ++metrics_.parks;
+  return true;
+}
+
+void SessionStore::restore(const std::string& id, Entry& e) {
+  const std::string path = path_of(id);
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> bytes;
+  if (in) bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  auto session = tconst::make_session(model_, session_options_);
+  try {
+    if (!in) throw tconst::Error("cannot open snapshot '" + path + "'");
+    tconst::restore_snapshot(*session, bytes.data(), bytes.size(), path);
+  } catch (const std::exception& ex) {
+    ++metrics_.restore_failures;
+    e.error = ex.what();
+    log_line("restore of session " + id + " failed: " + e.error);
+    throw HttpError{500, e.error, "server_error"};
+  }
+  account(e, -1);
+  e.live = std::move(session);
+  e.bytes = session_bytes(*e.live);
+  e.position = e.live->position();
+  e.dirty = false;
+  account(e, +1);
+  ++metrics_.restores;
+}
+
+int SessionStore::park_all() {
+  std::lock_guard<std::mutex> lock(mu_);
+  int failed = 0;
+  if (opt_.session_dir.empty()) return 0;
+  for (auto& [id, e] : sessions_) {
+    if (e.live && !park(id, e)) ++failed;
+  }
+  return failed;
+}
+
+std::vector<std::string> SessionStore::ids() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& kv : sessions_) out.push_back(kv.first);
+  return out;
+}
+
+}  // namespace serve
+}  // namespace tconst_cli
