@@ -20,6 +20,7 @@ int cmd_generate(const Args& args);    // generate.cpp
 int cmd_perplexity(const Args& args);  // perplexity.cpp
 int cmd_tokenize(const Args& args);    // tokenize.cpp
 int cmd_detokenize(const Args& args);  // tokenize.cpp
+int cmd_quantize(const Args& args);    // quantize.cpp
 /// Parses its own flags (it has its own --help): bench.cpp.
 int cmd_bench(int argc, char** argv);
 

@@ -7,6 +7,7 @@
 //   tconst tokenize   (--model FILE | --tokenizer PATH)      text on stdin, ids on stdout
 //   tconst detokenize (--model FILE | --tokenizer PATH)      ids on stdin, text on stdout
 //   tconst bench      ...                                      see `tconst bench --help`
+//   tconst quantize   --in FILE --out FILE --type bf16|q8 [--keep NAME]... [--block B]
 //
 // Any bad input gives one line on standard error and a non-zero exit status: 1 for bad data
 // (model, ids, files), 2 for a bad command line.
@@ -38,6 +39,8 @@ const char* const kUsage =
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
+    "  quantize    --in FILE --out FILE --type bf16|q8 [--keep NAME]... [--block B]\n"
+    "              weight matrices in BF16 or Q8 (SPEC 6.1), in a new file\n"
     "common flags: --precision float|double (default float), --threads N (default: the cores),\n"
     "              --tokenizer PATH (GPT-2 vocabulary files for gpt2 models)\n";
 
@@ -67,6 +70,7 @@ const Command kCommands[] = {
      tconst_cli::cmd_perplexity},
     {"tokenize", {"model"}, {}, false, tconst_cli::cmd_tokenize},
     {"detokenize", {"model"}, {}, false, tconst_cli::cmd_detokenize},
+    {"quantize", {"in", "out", "type", "keep", "block"}, {}, false, tconst_cli::cmd_quantize},
 };
 
 int run(int argc, char** argv) {
