@@ -1,6 +1,6 @@
 // tconst: the command-line program (SPEC §7 and beyond).
 //
-//   tconst info       --model FILE [--json]
+//   tconst info       --model FILE [--json] [--tensors]
 //   tconst logits     --model FILE --ids FILE --out FILE
 //   tconst generate   --model FILE (--ids FILE | --prompt TEXT) [--max-new N] [--greedy] ...
 //   tconst perplexity --model FILE (--text FILE | --ids FILE)
@@ -29,7 +29,8 @@ using tconst_cli::UsageError;
 const char* const kUsage =
     "usage: tconst <command> [flags]\n"
     "commands:\n"
-    "  info        --model FILE [--json]                  architecture, sizes, cache bytes\n"
+    "  info        --model FILE [--json] [--tensors]      architecture, sizes, cache bytes,\n"
+    "              tensor formats and file bytes (--tensors: each tensor)\n"
     "  logits      --model FILE --ids FILE --out FILE      per-token logits, float32 LE\n"
     "  generate    --model FILE (--ids FILE | --prompt TEXT) [--max-new N] [--greedy]\n"
     "              [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
@@ -55,7 +56,7 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"info", {"model"}, {"json"}, false, tconst_cli::cmd_info},
+    {"info", {"model"}, {"json", "tensors"}, false, tconst_cli::cmd_info},
     {"logits", {"model", "ids", "out"}, {}, true, tconst_cli::cmd_logits},
     {"generate",
      {"model", "ids", "prompt", "max-new", "temperature", "top-k", "top-p", "min-p",
