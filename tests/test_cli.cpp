@@ -219,7 +219,8 @@ TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
                                       "resync_ms",
                                       "amortized_ms_per_token",
                                       "cache_bytes",
-                                      "peak_rss_bytes"};
+                                      "peak_rss_bytes",
+                                      "weights"};
   const int64_t depths[] = {0, 20, 100};
   for (size_t i = 0; i < arr.size(); ++i) {
     const auto& o = arr[i];
@@ -332,6 +333,23 @@ TEST(CliQuantize, RoundTripThroughLogitsAndInfo) {
     EXPECT_LT(diff, 0.12 * (1 + scale));
   }
   EXPECT_EQ(tconst::read_file(kModel), before);
+}
+
+// --weights measures each format in turn in one report: same model, same cache, one row each.
+TEST(CliQuantize, BenchMeasuresEachWeightFormat) {
+  const auto arr =
+      bench_json("--model " + kModel + " --depths 20 --n-gen 8 --threads 1 --weights f32,bf16,q8");
+  ASSERT_EQ(arr.size(), 3u);
+  const char* formats[] = {"f32", "bf16", "q8"};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(arr[i]["weights"], std::string(formats[i]));
+    EXPECT_EQ(arr[i]["arch"], "tconstformer");
+    EXPECT_EQ(arr[i]["cache_bytes"], arr[0]["cache_bytes"]);
+    EXPECT_GT(arr[i]["hit_ms_median"].get<double>(), 0.0);
+  }
+  expect_error(run("bench --model " + kModel + " --weights f32,int4"),
+               "--weights takes f32, bf16 and q8, got 'int4'");
+  expect_error(run("bench --model " + kModel + " --weights q8,q8"), "--weights names 'q8' twice");
 }
 
 TEST(CliQuantize, KeepAndBlock) {
