@@ -300,7 +300,8 @@ def default_tokenizer(vocab_size):
     return None
 
 
-def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None, drop_unexpected=False, log=print):
+def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None, drop_unexpected=False, log=print,
+            weights="f32", q8_block=32):
     """Convert `checkpoint` (path or loaded object) into the model file `out`.
 
     config: path of a YAML model config, a dict, or None to use the config
@@ -353,7 +354,7 @@ def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None
 
     if tokenizer is None:
         tokenizer = default_tokenizer(cfg.vocab_size)
-    write_model_file(out, cfg, state, dtype=dtype, tokenizer=tokenizer)
+    write_model_file(out, cfg, state, dtype=dtype, tokenizer=tokenizer, weights=weights, q8_block=q8_block)
     return cfg
 
 
