@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "tconst/detail/kernels/gemm.hpp"
+#include "tconst/detail/layers.hpp"
 #include "tconst/detail/ops.hpp"
 #include "tconst/detail/quant_linear.hpp"
 #include "tconst/model.hpp"
@@ -123,6 +124,15 @@ void report_flops(benchmark::State& state, double flops_per_iter) {
 
 tconst::WeightView<float> view(const std::vector<float>& v, Index rows, Index cols) {
   return {v.data(), rows, cols};
+}
+
+/// An F32 weight matrix over v ([rows, cols]).
+tconst::detail::WeightMatrix f32_matrix(const std::vector<float>& v, Index rows, Index cols) {
+  tconst::detail::WeightMatrix W;
+  W.data = v.data();
+  W.rows = rows;
+  W.cols = cols;
+  return W;
 }
 
 const bool kContext = [] {
@@ -682,9 +692,9 @@ void BM_FfnResidual(benchmark::State& state) {
   tconst::LayerWeights<float> L;
   L.norm2_w = view(ones, kD, 1);
   L.norm2_b = view(zeros, kD, 1);
-  L.w1 = view(w1, kF, kD);
-  L.w3 = view(w3, kF, kD);
-  L.w2 = view(w2, kD, kF);
+  L.w1 = f32_matrix(w1, kF, kD);
+  L.w3 = f32_matrix(w3, kF, kD);
+  L.w2 = f32_matrix(w2, kD, kF);
   std::vector<float> x = random_floats(static_cast<size_t>(n * kD), 54);
   const std::vector<float> x0 = x;
   std::vector<float> xn(static_cast<size_t>(n * kD)), h1(static_cast<size_t>(n * kF)),

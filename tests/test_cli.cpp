@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -218,7 +219,8 @@ TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
                                       "resync_ms",
                                       "amortized_ms_per_token",
                                       "cache_bytes",
-                                      "peak_rss_bytes"};
+                                      "peak_rss_bytes",
+                                      "weights"};
   const int64_t depths[] = {0, 20, 100};
   for (size_t i = 0; i < arr.size(); ++i) {
     const auto& o = arr[i];
@@ -291,6 +293,103 @@ TEST(CliBench, BadFlags) {
   expect_error(run("bench --model " + kGolden + "transformer_L4/model.safetensors --streams 2"),
                "--streams needs");
   expect_error(run("bench --model " + kModel + " --precision double"), "float only");
+}
+
+}  // namespace
+
+namespace {
+
+// `tconst quantize` writes a file that the other commands read: logits of the golden model near
+// the float reference, and `info` names the formats. The input is never touched.
+TEST(CliQuantize, RoundTripThroughLogitsAndInfo) {
+  const std::string dir = kGolden + std::string("tconst_D4_W8_H8/");
+  const std::string before = tconst::read_file(kModel);
+  const std::vector<float> ref = tconst_test::read_f32(dir + "ref_logits.f32");
+  for (const std::string type : {"bf16", "q8"}) {
+    SCOPED_TRACE(type);
+    const std::string q = temp_path(type + ".safetensors");
+    const Outcome w = run("quantize --in " + kModel + " --out " + q + " --type " + type);
+    ASSERT_EQ(w.status, 0) << w.err;
+    EXPECT_THAT(w.out, HasSubstr("wrote " + q));
+    const Outcome info = run("info --json --model " + q);
+    ASSERT_EQ(info.status, 0) << info.err;
+    const auto j = nlohmann::json::parse(info.out);
+    EXPECT_EQ(j["tensor_formats"][type == "q8" ? "Q8" : "BF16"], 41) << info.out;
+    EXPECT_EQ(j["q8_block"], type == "q8" ? 32 : 0);
+    const std::string out = temp_path("q_logits.f32");
+    const Outcome r = run("logits --model " + q + " --ids " + dir + "ids.txt --out " + out);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const std::vector<float> a = tconst_test::read_f32(out);
+    ASSERT_EQ(a.size(), ref.size());
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      diff = std::max(diff, double(std::abs(a[i] - ref[i])));
+      scale = std::max(scale, double(std::abs(ref[i])));
+    }
+    // The exact check is test_quant_model's (against the forward on the dequantized weights);
+    // here a loose bound on these random weights: measured 0.036 (BF16) and 0.060 (Q8) of the
+    // largest logit (docs/benchmarks.md).
+    EXPECT_GT(diff, 0.0) << "the weights were not changed";
+    EXPECT_LT(diff, 0.12 * (1 + scale));
+  }
+  EXPECT_EQ(tconst::read_file(kModel), before);
+}
+
+// --weights measures each format in turn in one report: same model, same cache, one row each.
+TEST(CliQuantize, BenchMeasuresEachWeightFormat) {
+  const auto arr =
+      bench_json("--model " + kModel + " --depths 20 --n-gen 8 --threads 1 --weights f32,bf16,q8");
+  ASSERT_EQ(arr.size(), 3u);
+  const char* formats[] = {"f32", "bf16", "q8"};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(arr[i]["weights"], std::string(formats[i]));
+    EXPECT_EQ(arr[i]["arch"], "tconstformer");
+    EXPECT_EQ(arr[i]["cache_bytes"], arr[0]["cache_bytes"]);
+    EXPECT_GT(arr[i]["hit_ms_median"].get<double>(), 0.0);
+  }
+  expect_error(run("bench --model " + kModel + " --weights f32,int4"),
+               "--weights takes f32, bf16 and q8, got 'int4'");
+  expect_error(run("bench --model " + kModel + " --weights q8,q8"), "--weights names 'q8' twice");
+}
+
+TEST(CliQuantize, KeepAndBlock) {
+  const std::string q = temp_path("kept.safetensors");
+  const std::string kept = "transformer.transformer_layers.0.compress_context_layer.ffn.w2.weight";
+  const Outcome w =
+      run("quantize --in " + kModel + " --out " + q + " --type q8 --block 16 --keep " + kept);
+  ASSERT_EQ(w.status, 0) << w.err;
+  const Outcome info = run("info --json --tensors --model " + q);
+  ASSERT_EQ(info.status, 0) << info.err;
+  const auto j = nlohmann::json::parse(info.out);
+  EXPECT_EQ(j["q8_block"], 16);
+  EXPECT_EQ(j["tensor_formats"]["Q8"], 40);
+  for (const auto& t : j["tensors"]) {
+    if (t["name"] == kept) EXPECT_EQ(t["format"], "F32");
+  }
+}
+
+TEST(CliQuantize, BadRequestsFailWithoutWritingAFile) {
+  const std::string q = temp_path("never.safetensors");
+  std::remove(q.c_str());
+  const std::string base = "quantize --in " + kModel + " --out " + q;
+  expect_error(run(base + " --type int4"), "--type must be bf16 or q8");
+  expect_error(run(base + " --type q8 --block 48"), "--block must be a power of two");
+  expect_error(run(base + " --type q8 --block 512"), "--block");
+  expect_error(run(base + " --type bf16 --block 32"), "--block is for --type q8 only");
+  expect_error(run(base + " --type q8 --keep transformer.norm.bias"),
+               "--keep 'transformer.norm.bias' is not a weight matrix");
+  expect_error(run("quantize --in " + kModel + " --out " + kGolden + "./tconst_D4_W8_H8/" +
+                   "model.safetensors --type q8"),
+               "must not be the input file");
+  expect_error(
+      run("quantize --in " + temp_path("missing.safetensors") + " --out " + q + " --type q8"),
+      "cannot open model file");
+  EXPECT_NE(::access(q.c_str(), F_OK), 0) << "a file was written";
+  // A quantized file is not quantized again.
+  const std::string q8 = temp_path("once.safetensors");
+  ASSERT_EQ(run("quantize --in " + kModel + " --out " + q8 + " --type q8").status, 0);
+  expect_error(run("quantize --in " + q8 + " --out " + q + " --type bf16"),
+               "already has Q8 matrices");
 }
 
 }  // namespace

@@ -577,7 +577,8 @@ TEST(LoaderTest, RejectsUnsupportedDtypeOfANeededTensor) {
   }
   Parts p = GoodParts();
   Reshape(p, "embedding.weight", {11, 8}, "I8");
-  EXPECT_REJECTED(WriteParts("dtype_embedding", p), "(F32, F16, BF16 or F64 expected)");
+  // I8 is a matrix's Q8 format (SPEC §6.1), which needs the file's block size.
+  EXPECT_REJECTED(WriteParts("dtype_embedding", p), "metadata 'tconst.q8_block' is missing");
 }
 
 TEST(LoaderTest, RejectsShapeWhoseElementCountOverflows) {
@@ -842,6 +843,17 @@ void ExpectView(const tconst::WeightView<Scalar>& got, const std::vector<double>
   EXPECT_EQ(wrong, 0u) << "first at " << first << ": " << got.data[first] << " vs " << want[first];
 }
 
+// A float model's matrix in any SPEC §6.1 format, through its dequantized rows.
+void ExpectView(const tconst::detail::WeightMatrix& got, const std::vector<double>& want,
+                int64_t rows, int64_t cols, const std::string& what) {
+  std::vector<float> values(static_cast<size_t>(got.rows * got.cols));
+  for (int64_t r = 0; r < got.rows; ++r) {
+    tconst::detail::dequantize_row(got, r, values.data() + r * got.cols);
+  }
+  ASSERT_NE(got.data, nullptr);
+  ExpectView(tconst::WeightView<float>{values.data(), got.rows, got.cols}, want, rows, cols, what);
+}
+
 // `got` holds exactly the values of `want` (a model already rounded to the file's dtype).
 template <typename Scalar>
 void ExpectModelEquals(const tconst::Model<Scalar>& got, const RefModel& want) {
@@ -907,8 +919,14 @@ TEST(LoaderTest, LoadsEveryDtypeInFloatAndDouble) {
       EXPECT_EQ(f->parameter_count(), params);
       EXPECT_EQ(d->parameter_count(), params);
       EXPECT_EQ(f->identity(), d->identity());
-      // Tensors already in the scalar type are used in place; others converted once.
-      EXPECT_EQ(f->converted_bytes(), dtype == "F32" ? 0u : params * sizeof(float));
+      // Tensors already in the scalar type are used in place; others converted once. A float
+      // model keeps BF16 matrices as they are (SPEC §6.1): only its BF16 vectors are converted.
+      int64_t vector_params = 0;
+      for (const auto& t : tconst_test::model_tensors(m, dtype)) {
+        if (t.shape.size() == 1) vector_params += t.shape[0];
+      }
+      const int64_t f_converted = dtype == "F32" ? 0 : dtype == "BF16" ? vector_params : params;
+      EXPECT_EQ(f->converted_bytes(), f_converted * sizeof(float));
       EXPECT_EQ(d->converted_bytes(), dtype == "F64" ? 0u : params * sizeof(double));
     }
   }

@@ -2,7 +2,8 @@
 """Export a checkpoint written by tools/train.py as a tconst model file.
 
   /usr/bin/python3 tools/export.py --checkpoint run.pt --out model.safetensors \
-      [--dtype f32|f16|bf16] [--tokenizer bytes] [--embed-tokenizer DIR]
+      [--dtype f32|f16|bf16] [--type f32|bf16|q8 [--block B]] [--tokenizer bytes]
+      [--embed-tokenizer DIR]
 
 (Checkpoints from the authors' training code go through
 tools/convert_checkpoint.py instead.)
@@ -15,7 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
-from tconst_torch.export import DTYPES, write_model_file  # noqa: E402
+from tconst_torch.export import DTYPES, WEIGHT_FORMATS, write_model_file  # noqa: E402
+from tconst_torch.quantize import DEFAULT_Q8_BLOCK, Q8_BLOCKS  # noqa: E402
 from tconst_torch.model import ModelConfig  # noqa: E402
 
 
@@ -24,6 +26,10 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True, help="checkpoint from tools/train.py")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    p.add_argument("--type", choices=WEIGHT_FORMATS, default="f32", dest="weights",
+                   help="weight matrices as --dtype (f32), BF16 or Q8 (SPEC 6.1)")
+    p.add_argument("--block", type=int, choices=Q8_BLOCKS, default=DEFAULT_Q8_BLOCK,
+                   help="Q8 block size (with --type q8)")
     p.add_argument("--tokenizer", help="tconst.tokenizer metadata (default: the checkpoint's, e.g. bytes)")
     p.add_argument("--embed-tokenizer", metavar="PATH",
                    help="carry this GPT-2 tokenizer (directory or file) inside the model file")
@@ -37,7 +43,8 @@ def main(argv=None):
     tokenizer = args.tokenizer or ck.get("tokenizer")
     try:
         write_model_file(args.out, cfg, ck["model"], dtype=args.dtype, tokenizer=tokenizer,
-                         tokenizer_files=args.embed_tokenizer)
+                         tokenizer_files=args.embed_tokenizer, weights=args.weights,
+                         q8_block=args.block)
     except (ValueError, OSError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1

@@ -22,8 +22,13 @@ int run_streams(const BenchOptions& o) {
   nlohmann::json rows = nlohmann::json::array();
   for (const std::string& arch : o.archs) {
     if (arch == "transformer") continue;
-    auto model = bench_model(o, arch);
-    for (int64_t depth : o.depths) rows.push_back(bench_streams(model, depth, o.streams, o.n_gen));
+    for (const std::string& weights : o.weights) {
+      auto model = bench_model(o, arch, weights);
+      for (int64_t depth : o.depths) {
+        rows.push_back(bench_streams(model, depth, o.streams, o.n_gen));
+        rows.back()["weights"] = weights;
+      }
+    }
   }
   print_streams(rows, o.json);
   return 0;
@@ -33,8 +38,12 @@ int run_interleaved(const BenchOptions& o) {
   set_thread_count(o.threads);
   nlohmann::json rows = nlohmann::json::array();
   for (const std::string& arch : o.archs) {
-    for (auto& row : bench_interleaved(bench_model(o, arch), o.depths, o.n_gen, o.threads)) {
-      rows.push_back(row);
+    for (const std::string& weights : o.weights) {
+      auto model = bench_model(o, arch, weights);
+      for (auto& row : bench_interleaved(model, o.depths, o.n_gen, o.threads)) {
+        row["weights"] = weights;
+        rows.push_back(row);
+      }
     }
   }
   print_interleaved(rows, o.json);
@@ -43,10 +52,13 @@ int run_interleaved(const BenchOptions& o) {
 
 int run_depths(const BenchOptions& o) {
   std::vector<BenchResult> results;
+  // Each depth's weight formats one after another, so that they are measured side by side.
   for (const std::string& arch : o.archs) {
     for (int64_t depth : o.depths) {
-      results.push_back(bench_in_child(o, arch, depth));
-      if (!o.json) print_progress(results.back());
+      for (const std::string& weights : o.weights) {
+        results.push_back(bench_in_child(o, arch, weights, depth));
+        if (!o.json) print_progress(results.back());
+      }
     }
   }
   if (!o.trace_out.empty()) write_trace(o.trace_out, results);

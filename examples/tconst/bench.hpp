@@ -19,6 +19,7 @@ struct BenchOptions {
   std::string model_path;          // --model; empty: the preset
   std::vector<std::string> archs;  // the preset's architectures; {""} (the file's own) for --model
   uint64_t seed = 1;               // of the preset's random weights
+  std::vector<std::string> weights = {"f32"};  // --weights: f32, bf16, q8 (SPEC §6.1), in turn
   std::vector<int64_t> depths;
   int64_t n_gen = 64;
   int threads = 1;
@@ -32,9 +33,12 @@ struct BenchOptions {
 /// Parses and checks the flags (UsageError on a bad one); --help is handled before.
 BenchOptions parse_bench_options(int argc, char** argv);
 
-/// The model to measure: the file, or the preset with `arch` ("" for the file).
+/// The model to measure: the file, or the preset with `arch` ("" for the file), with its weight
+/// matrices re-written in memory in `weights` ("f32": as they are; "bf16", "q8": SPEC §6.1 at the
+/// default block size).
 std::shared_ptr<const tconst::Model<float>> bench_model(const BenchOptions& o,
-                                                        const std::string& arch);
+                                                        const std::string& arch,
+                                                        const std::string& weights);
 
 /// Baseline depths above this are filled with synthetic keys and values (a real prefill is
 /// O(depth^2)); its per-token cost does not depend on the values.
@@ -43,6 +47,7 @@ constexpr int64_t kBaselineRealPrefillMax = 4096;
 /// One (architecture, depth) run.
 struct BenchResult {
   std::string arch;
+  std::string weights = "f32";
   int64_t depth = 0;
   int threads = 1;
   double prefill_ms = -1;  // time to first token: prefill of `depth` tokens; < 0: synthetic
@@ -64,7 +69,8 @@ BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, int64_t
                       int64_t n_gen, int64_t trace_steps, int threads);
 /// bench_one in a child process (built from nothing there), so that peak_rss_bytes is that run's
 /// own.
-BenchResult bench_in_child(const BenchOptions& o, const std::string& arch, int64_t depth);
+BenchResult bench_in_child(const BenchOptions& o, const std::string& arch,
+                           const std::string& weights, int64_t depth);
 /// S streams stepped together against the same streams stepped one at a time.
 nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
                              int64_t S, int64_t steps);

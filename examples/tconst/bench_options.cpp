@@ -1,5 +1,6 @@
 // tconst bench: its flags, checked into a BenchOptions, and the model they name.
 
+#include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
@@ -7,19 +8,22 @@
 #include "args.hpp"
 #include "bench.hpp"
 #include "commands.hpp"
+#include "tconst/model/quantize.hpp"
 #include "tconst/tconst.hpp"
 
 namespace tconst_cli {
 
 const char* const kBenchUsage =
     "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
-    "                    [--n-gen N] [--threads T] [--seed N] [--json]\n"
+    "                    [--n-gen N] [--threads T] [--seed N] [--weights LIST] [--json]\n"
     "                    [--trace-steps N --trace-out FILE] [--streams S | --interleave]\n"
     "  --arch    comma-separated: tconstformer,tlinformer,transformer (preset only)\n"
     "  --depths  comma-separated context lengths to prefill before timing (default\n"
     "            1024,4096,16384,65536)\n"
     "  --n-gen   steps timed after the prefill (at least W for the windowed architectures)\n"
     "  --seed    seed of the preset's random weights (default 1)\n"
+    "  --weights comma-separated f32,bf16,q8: the weight matrices re-written in memory in each\n"
+    "            format (SPEC 6.1), each measured in turn in one report (default f32)\n"
     "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n"
     "  --streams S  instead: total tokens/s of S streams stepped together (weights read once per\n"
     "            step) against the same streams stepped one at a time, over cache-hit steps\n"
@@ -54,12 +58,32 @@ std::vector<std::string> arch_list(const std::string& list) {
   return archs;
 }
 
+/// --weights' comma-separated formats, each checked, none twice.
+std::vector<std::string> weight_list(const std::string& list) {
+  std::vector<std::string> out;
+  size_t s = 0;
+  while (s <= list.size()) {
+    const size_t e = list.find(',', s);
+    const std::string w = list.substr(s, e == std::string::npos ? std::string::npos : e - s);
+    if (w != "f32" && w != "bf16" && w != "q8") {
+      throw UsageError("--weights takes f32, bf16 and q8, got '" + w + "'");
+    }
+    if (std::find(out.begin(), out.end(), w) != out.end()) {
+      throw UsageError("--weights names '" + w + "' twice");
+    }
+    out.push_back(w);
+    if (e == std::string::npos) break;
+    s = e + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 BenchOptions parse_bench_options(int argc, char** argv) {
   const Args a("bench", argc, argv,
                {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
-                "precision", "seed", "streams"},
+                "precision", "seed", "streams", "weights"},
                {"json", "interleave"});
   check_source(a);
   BenchOptions o;
@@ -75,6 +99,7 @@ BenchOptions parse_bench_options(int argc, char** argv) {
   } else {
     o.archs = arch_list(a.str("arch", "tconstformer,tlinformer,transformer"));
   }
+  o.weights = weight_list(a.str("weights", "f32"));
   o.seed = static_cast<uint64_t>(a.integer("seed", 1, 0, std::numeric_limits<int64_t>::max()));
   if (a.has("streams") && a.flag("interleave"))
     throw UsageError("give at most one of --streams and --interleave");
@@ -84,11 +109,20 @@ BenchOptions parse_bench_options(int argc, char** argv) {
 }
 
 std::shared_ptr<const tconst::Model<float>> bench_model(const BenchOptions& o,
-                                                        const std::string& arch) {
-  if (arch.empty()) return tconst::Model<float>::load(o.model_path);
-  const tconst::ModelConfig config = tconst::paper_41m(tconst::parse_architecture(arch));
-  return tconst::Model<float>::load_from_bytes(tconst::random_model_bytes(config, o.seed),
-                                               "paper-41m " + arch);
+                                                        const std::string& arch,
+                                                        const std::string& weights) {
+  tconst::SafetensorsFile file =
+      arch.empty() ? tconst::SafetensorsFile::open(o.model_path)
+                   : tconst::SafetensorsFile::from_bytes(
+                         tconst::random_model_bytes(
+                             tconst::paper_41m(tconst::parse_architecture(arch)), o.seed),
+                         "paper-41m " + arch);
+  if (weights == "f32") return tconst::Model<float>::from_file(file);
+  tconst::QuantizeOptions q;
+  q.format =
+      weights == "bf16" ? tconst::detail::WeightFormat::bf16 : tconst::detail::WeightFormat::q8;
+  return tconst::Model<float>::load_from_bytes(tconst::quantize_model(file, q),
+                                               file.label() + " " + weights);
 }
 
 }  // namespace tconst_cli

@@ -148,6 +148,7 @@ nlohmann::json child_report(const BenchResult& r) {
 BenchResult from_child_report(const nlohmann::json& j) {
   BenchResult r;
   r.arch = j.at("arch").get<std::string>();
+  r.weights = j.at("weights").get<std::string>();
   r.depth = j.at("depth").get<int64_t>();
   r.threads = j.at("threads").get<int>();
   r.prefill_ms = j.at("prefill_ms").is_null() ? -1.0 : j.at("prefill_ms").get<double>();
@@ -181,13 +182,15 @@ std::string read_all(int fd) {
 
 /// The child's whole life: measure, write the report (or the error) as JSON, exit.
 [[noreturn]] void child_main(int fd, const BenchOptions& o, const std::string& arch,
-                             int64_t depth) {
+                             const std::string& weights, int64_t depth) {
   int code = 0;
   std::string out;
   try {
     set_thread_count(o.threads);
-    out = child_report(bench_one(bench_model(o, arch), depth, o.n_gen, o.trace_steps, o.threads))
-              .dump();
+    BenchResult r =
+        bench_one(bench_model(o, arch, weights), depth, o.n_gen, o.trace_steps, o.threads);
+    r.weights = weights;
+    out = child_report(r).dump();
   } catch (const std::exception& e) {
     out = nlohmann::json{{"error", e.what()}}.dump();
     code = 1;
@@ -200,14 +203,15 @@ std::string read_all(int fd) {
 
 }  // namespace
 
-BenchResult bench_in_child(const BenchOptions& o, const std::string& arch, int64_t depth) {
+BenchResult bench_in_child(const BenchOptions& o, const std::string& arch,
+                           const std::string& weights, int64_t depth) {
   int fds[2];
   if (::pipe(fds) != 0) throw tconst::Error("bench: pipe failed");
   const pid_t pid = ::fork();
   if (pid < 0) throw tconst::Error("bench: fork failed");
   if (pid == 0) {
     ::close(fds[0]);
-    child_main(fds[1], o, arch, depth);
+    child_main(fds[1], o, arch, weights, depth);
   }
   ::close(fds[1]);
   const std::string text = read_all(fds[0]);

@@ -21,6 +21,7 @@ int cmd_perplexity(const Args& args);  // perplexity.cpp
 int cmd_tokenize(const Args& args);    // tokenize.cpp
 int cmd_detokenize(const Args& args);  // tokenize.cpp
 int cmd_serve(const Args& args);       // serve*.cpp (built when cpp-httplib is found)
+int cmd_quantize(const Args& args);    // quantize.cpp
 /// Parses its own flags (it has its own --help): bench.cpp.
 int cmd_bench(int argc, char** argv);
 

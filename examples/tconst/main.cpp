@@ -1,6 +1,6 @@
 // tconst: the command-line program (SPEC §7 and beyond).
 //
-//   tconst info       --model FILE [--json]
+//   tconst info       --model FILE [--json] [--tensors]
 //   tconst logits     --model FILE --ids FILE --out FILE
 //   tconst generate   --model FILE (--ids FILE | --prompt TEXT) [--max-new N] [--greedy] ...
 //   tconst perplexity --model FILE (--text FILE | --ids FILE)
@@ -8,6 +8,7 @@
 //   tconst detokenize (--model FILE | --tokenizer PATH)      ids on stdin, text on stdout
 //   tconst bench      ...                                      see `tconst bench --help`
 //   tconst serve      --model FILE [--port P] ...               the HTTP server (serve.cpp)
+//   tconst quantize   --in FILE --out FILE --type bf16|q8 [--keep NAME]... [--block B]
 //
 // Any bad input gives one line on standard error and a non-zero exit status: 1 for bad data
 // (model, ids, files), 2 for a bad command line.
@@ -29,7 +30,8 @@ using tconst_cli::UsageError;
 const char* const kUsage =
     "usage: tconst <command> [flags]\n"
     "commands:\n"
-    "  info        --model FILE [--json]                  architecture, sizes, cache bytes\n"
+    "  info        --model FILE [--json] [--tensors]      architecture, sizes, cache bytes,\n"
+    "              tensor formats and file bytes (--tensors: each tensor)\n"
     "  logits      --model FILE --ids FILE --out FILE      per-token logits, float32 LE\n"
     "  generate    --model FILE (--ids FILE | --prompt TEXT) [--max-new N] [--greedy]\n"
     "              [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
@@ -41,6 +43,8 @@ const char* const kUsage =
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
     "  serve       (--model FILE | --preset paper-41m) [--host H] [--port P] [--max-active N]\n"
     "              [--session-dir DIR] [--max-resident-bytes B] ...   HTTP server, see README\n"
+    "  quantize    --in FILE --out FILE --type bf16|q8 [--keep NAME]... [--block B]\n"
+    "              weight matrices in BF16 or Q8 (SPEC 6.1), in a new file\n"
     "common flags: --precision float|double (default float), --threads N (default: the cores),\n"
     "              --tokenizer PATH (GPT-2 vocabulary files for gpt2 models)\n";
 
@@ -55,7 +59,7 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"info", {"model"}, {"json"}, false, tconst_cli::cmd_info},
+    {"info", {"model"}, {"json", "tensors"}, false, tconst_cli::cmd_info},
     {"logits", {"model", "ids", "out"}, {}, true, tconst_cli::cmd_logits},
     {"generate",
      {"model", "ids", "prompt", "max-new", "temperature", "top-k", "top-p", "min-p",
@@ -78,6 +82,7 @@ const Command kCommands[] = {
      false,
      tconst_cli::cmd_serve},
 #endif
+    {"quantize", {"in", "out", "type", "keep", "block"}, {}, false, tconst_cli::cmd_quantize},
 };
 
 int run(int argc, char** argv) {

@@ -58,8 +58,7 @@ class StreamBatch {
     const Eigen::Index S = static_cast<Eigen::Index>(sessions.size()), V = c.vocab_size;
     if (static_cast<Eigen::Index>(logits_.size()) < S * V)
       logits_.resize(static_cast<size_t>(S * V));
-    detail::linear<Scalar>(step_.scratch.xn.data(), c.n_embd, S, m.lm_head().mat(), nullptr,
-                           logits_.data(), V);
+    detail::linear(step_.scratch.xn.data(), c.n_embd, S, m.lm_head(), nullptr, logits_.data(), V);
     for (Eigen::Index r = 0; r < S; ++r) {
       TConstSession<Scalar>& s = *sessions[static_cast<size_t>(r)];
       s.log_.push_back(tokens[static_cast<size_t>(r)]);

@@ -1,9 +1,11 @@
 #pragma once
 // Model<Scalar>: the immutable weights and config of one model file (SPEC §6).
 //
-// Tensors stored in the scalar type are used in place, straight from the memory mapping; others
-// (F16, BF16, or F32 for a double model) are converted once at load. A Model is never modified
-// after load() returns, so one instance may serve any number of sessions on any number of threads.
+// A float model keeps its 2-D weight matrices in the file's format (SPEC §6.1): F32, BF16 and Q8
+// are used in place, straight from the memory mapping; F16 (or F64) matrices, and every vector, are
+// converted once at load. A double model converts every tensor that is not F64 to double. A Model
+// is never modified after load() returns, so one instance may serve any number of sessions on any
+// number of threads.
 
 #include <Eigen/Core>
 #include <cmath>
@@ -16,8 +18,10 @@
 
 #include "tconst/config.hpp"
 #include "tconst/detail/big_buffer.hpp"
+#include "tconst/detail/weight_matrix.hpp"
 #include "tconst/error.hpp"
 #include "tconst/model/safetensors.hpp"
+#include "tconst/model/weight_formats.hpp"
 
 namespace tconst {
 
@@ -38,23 +42,36 @@ struct WeightView {
 
   ConstMatrixMap<Scalar> mat() const { return ConstMatrixMap<Scalar>(data, rows, cols); }
   ConstVectorMap<Scalar> vec() const { return ConstVectorMap<Scalar>(data, rows * cols); }
-  /// Rows [r0, r0 + n) as a matrix, e.g. the k and v parts of qkv_proj.
-  ConstMatrixMap<Scalar> row_block(Eigen::Index r0, Eigen::Index n) const {
-    return ConstMatrixMap<Scalar>(data + r0 * cols, n, cols);
+  /// Rows [r0, r0 + n), e.g. the k and v parts of qkv_proj.
+  WeightView row_block(Eigen::Index r0, Eigen::Index n) const {
+    return {data + r0 * cols, n, cols};
   }
 };
+
+/// How a Model<Scalar> holds a 2-D weight matrix: a float model in its file's format (SPEC §6.1),
+/// read by the products of detail/quant_linear.hpp; a double model as doubles.
+template <typename Scalar>
+struct MatrixHolder {
+  using type = WeightView<Scalar>;
+};
+template <>
+struct MatrixHolder<float> {
+  using type = detail::WeightMatrix;
+};
+template <typename Scalar>
+using MatrixOf = typename MatrixHolder<Scalar>::type;
 
 /// One inner layer's parameters (SPEC §2); the context and generation streams share them.
 template <typename Scalar>
 struct LayerWeights {
   WeightView<Scalar> norm1_w, norm1_b;  // [d]
-  WeightView<Scalar> qkv_w;             // [3d, d]
+  MatrixOf<Scalar> qkv_w;               // [3d, d]
   WeightView<Scalar> qkv_b;             // [3d]
-  WeightView<Scalar> out_w;             // [d, d]
+  MatrixOf<Scalar> out_w;               // [d, d]
   WeightView<Scalar> out_b;             // [d]
   WeightView<Scalar> norm2_w, norm2_b;  // [d]
-  WeightView<Scalar> w1, w3;            // [f, d]
-  WeightView<Scalar> w2;                // [d, f]
+  MatrixOf<Scalar> w1, w3;              // [f, d]
+  MatrixOf<Scalar> w2;                  // [d, f]
 };
 
 /// The SPEC §6 name prefix of layer j of block b (for the baseline, layer b; j = 0), e.g.
@@ -68,12 +85,13 @@ inline std::string layer_prefix(const ModelConfig& c, int64_t b, int64_t j) {
 }
 
 /// One tensor of an inner layer (SPEC §6): its name after the layer prefix, its shape and where
-/// it goes in LayerWeights.
+/// it goes in LayerWeights: `vec` for a vector, `mat` for a matrix (the other null).
 template <typename Scalar>
 struct LayerTensor {
   const char* suffix;
   std::vector<int64_t> shape;
-  WeightView<Scalar> LayerWeights<Scalar>::*field;
+  WeightView<Scalar> LayerWeights<Scalar>::*vec;
+  MatrixOf<Scalar> LayerWeights<Scalar>::*mat;
 };
 
 /// The tensors of one inner layer of a model of config c, in file order.
@@ -82,12 +100,17 @@ std::vector<LayerTensor<Scalar>> layer_tensors(const ModelConfig& c) {
   using L = LayerWeights<Scalar>;
   const int64_t d = c.n_embd, f = c.ffn_hidden;
   // The order the loader takes them in, which the model's identity hashes.
-  return {{".norm1.weight", {d}, &L::norm1_w},         {".norm1.bias", {d}, &L::norm1_b},
-          {".norm2.weight", {d}, &L::norm2_w},         {".norm2.bias", {d}, &L::norm2_b},
-          {".qkv_proj.weight", {3 * d, d}, &L::qkv_w}, {".qkv_proj.bias", {3 * d}, &L::qkv_b},
-          {".out_proj.weight", {d, d}, &L::out_w},     {".out_proj.bias", {d}, &L::out_b},
-          {".ffn.w1.weight", {f, d}, &L::w1},          {".ffn.w3.weight", {f, d}, &L::w3},
-          {".ffn.w2.weight", {d, f}, &L::w2}};
+  return {{".norm1.weight", {d}, &L::norm1_w, nullptr},
+          {".norm1.bias", {d}, &L::norm1_b, nullptr},
+          {".norm2.weight", {d}, &L::norm2_w, nullptr},
+          {".norm2.bias", {d}, &L::norm2_b, nullptr},
+          {".qkv_proj.weight", {3 * d, d}, nullptr, &L::qkv_w},
+          {".qkv_proj.bias", {3 * d}, &L::qkv_b, nullptr},
+          {".out_proj.weight", {d, d}, nullptr, &L::out_w},
+          {".out_proj.bias", {d}, &L::out_b, nullptr},
+          {".ffn.w1.weight", {f, d}, nullptr, &L::w1},
+          {".ffn.w3.weight", {f, d}, nullptr, &L::w3},
+          {".ffn.w2.weight", {d, f}, nullptr, &L::w2}};
 }
 
 /// Every tensor a model file of config c holds (SPEC §6), name and shape, in file order.
@@ -137,13 +160,6 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
-inline float bf16_to_float(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 // Element i of a little-endian tensor as Scalar. (Hosts are assumed little-endian, as everywhere
 // Eigen's vectorised paths run; a static_assert in model loading would be the place for
 // big-endian.)
@@ -169,8 +185,10 @@ Scalar load_element(const TensorInfo& t, int64_t i) {
     case DType::kBF16: {
       uint16_t v;
       std::memcpy(&v, p + 2 * i, 2);
-      return static_cast<Scalar>(bf16_to_float(v));
+      return static_cast<Scalar>(bf16_bits_to_float(v));
     }
+    case DType::kI8:  // a Q8 matrix is widened with its scales (Model::widened_q8)
+    case DType::kU8:
     case DType::kOther:
       break;
   }
@@ -213,18 +231,19 @@ class Model {
   const LayerWeights<Scalar>& layer(int64_t b, int64_t j) const {
     return layers_[static_cast<size_t>(b * config_.layers_per_block() + j)];
   }
-  const WeightView<Scalar>& embedding() const { return embedding_; }  // [V, d]
-  const WeightView<Scalar>& lm_head() const { return lm_head_; }      // [V, d], tied or not
-  const WeightView<Scalar>& norm_w() const { return norm_w_; }        // [d]
-  const WeightView<Scalar>& norm_b() const { return norm_b_; }        // [d]
+  const MatrixOf<Scalar>& embedding() const { return embedding_; }  // [V, d]
+  const MatrixOf<Scalar>& lm_head() const { return lm_head_; }      // [V, d], tied or not
+  const WeightView<Scalar>& norm_w() const { return norm_w_; }      // [d]
+  const WeightView<Scalar>& norm_b() const { return norm_b_; }      // [d]
   /// RoPE frequencies theta_m = base^(-2m/dh), m = 0..dh/2-1, in double (SPEC §2).
   const std::vector<double>& rope_theta() const { return rope_theta_; }
-  /// Parameters that the forward uses (the tied head counted once).
+  /// Parameters that the forward uses (the tied head counted once; Q8 scales not counted).
   int64_t parameter_count() const { return parameter_count_; }
   /// Bytes of weights held in memory converted (0 when every tensor is used in place).
   size_t converted_bytes() const { return converted_bytes_; }
-  /// A 64-bit fingerprint of the metadata and every tensor's name, dtype and shape: what a saved
-  /// session must match to be restored into this model.
+  /// A 64-bit fingerprint of the metadata (the Q8 block size included) and every tensor's name,
+  /// dtype (so the format of each matrix) and shape: what a saved session must match to be
+  /// restored into this model.
   uint64_t identity() const { return identity_; }
 
  private:
@@ -233,10 +252,13 @@ class Model {
   void build(const SafetensorsFile& file) {
     file_ = file.bytes();
     config_ = read_config(file);
+    q8_block_ = q8_block_of(file);
     std::vector<const TensorInfo*> used = take_tensors(file);
     reject_unused(file, used);
     parameter_count_ = 0;
-    for (const TensorInfo* t : used) parameter_count_ += t->numel;
+    for (const TensorInfo* t : used) {
+      if (!is_q8_scale_name(t->name)) parameter_count_ += t->numel;
+    }
     const int64_t dh = config_.head_dim();
     for (int64_t m = 0; m < dh / 2; ++m) {
       rope_theta_.push_back(std::pow(config_.rope_base, -2.0 * static_cast<double>(m) / dh));
@@ -245,7 +267,7 @@ class Model {
   }
 
   static Error invalid(const SafetensorsFile& file, const std::string& what) {
-    return Error("invalid model file '" + file.label() + "': " + what);
+    return detail::invalid_file(file, what);
   }
 
   // The metadata's config with the sizes that only tensors give (f, a separate head), validated.
@@ -275,26 +297,43 @@ class Model {
   }
 
   // Every tensor of SPEC §6 into its view, checked for presence, shape and dtype; returns them in
-  // the order taken (the identity hashes that order).
+  // the order taken (the identity hashes that order), a Q8 matrix's scales after it.
   std::vector<const TensorInfo*> take_tensors(const SafetensorsFile& file) {
     const ModelConfig& c = config_;
     const int64_t d = c.n_embd, V = c.vocab_size;
     std::vector<const TensorInfo*> used;
-    auto take = [&](const std::string& name, const std::vector<int64_t>& shape) {
-      const TensorInfo* t = checked_tensor(file, name, shape);
+    auto vec = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const TensorInfo* t = checked_tensor(file, name, shape, false);
       used.push_back(t);
       return view(*t);
     };
-    embedding_ = take("embedding.weight", {V, d});
-    norm_w_ = take("transformer.norm.weight", {d});
-    norm_b_ = take("transformer.norm.bias", {d});
-    lm_head_ = c.tied_head ? embedding_ : take("transformer.lm_head.weight", {V, d});
+    auto mat = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const TensorInfo* t = checked_tensor(file, name, shape, true);
+      used.push_back(t);
+      const TensorInfo* scale = nullptr;
+      if (t->dtype == DType::kI8) {
+        scale = &q8_scale_of(file, *t, q8_block_);
+        used.push_back(scale);
+      } else if (const TensorInfo* stray = file.find(name + kQ8ScaleSuffix)) {
+        throw invalid(file, "scale tensor '" + stray->name + "' belongs to '" + name +
+                                "', which is " + t->dtype_name + ", not I8 (Q8)");
+      }
+      return matrix(*t, scale);
+    };
+    embedding_ = mat("embedding.weight", {V, d});
+    norm_w_ = vec("transformer.norm.weight", {d});
+    norm_b_ = vec("transformer.norm.bias", {d});
+    lm_head_ = c.tied_head ? embedding_ : mat("transformer.lm_head.weight", {V, d});
     for (int64_t b = 0; b < c.n_block; ++b) {
       for (int64_t j = 0; j < c.layers_per_block(); ++j) {
         const std::string p = layer_prefix(c, b, j);
         LayerWeights<Scalar> L;
         for (const LayerTensor<Scalar>& t : layer_tensors<Scalar>(c)) {
-          L.*t.field = take(p + t.suffix, t.shape);
+          if (t.mat != nullptr) {
+            L.*t.mat = mat(p + t.suffix, t.shape);
+          } else {
+            L.*t.vec = vec(p + t.suffix, t.shape);
+          }
         }
         layers_.push_back(L);
       }
@@ -302,8 +341,10 @@ class Model {
     return used;
   }
 
+  // The tensor `name`, checked for shape and dtype: F32, F16, BF16 or F64, and I8 for a matrix
+  // (SPEC §6.1).
   static const TensorInfo* checked_tensor(const SafetensorsFile& file, const std::string& name,
-                                          const std::vector<int64_t>& shape) {
+                                          const std::vector<int64_t>& shape, bool matrix) {
     const TensorInfo* t = file.find(name);
     if (t == nullptr) throw invalid(file, "missing tensor '" + name + "'");
     if (t->shape != shape) {
@@ -315,9 +356,14 @@ class Model {
       throw invalid(file, "tensor '" + name + "' has shape " + str(t->shape) + ", expected " +
                               str(shape) + " from the metadata");
     }
-    if (t->dtype == DType::kOther) {
+    if (t->dtype == DType::kI8 && !matrix) {
+      throw invalid(file, "tensor '" + name +
+                              "' is I8, but only the 2-D weight matrices may be Q8 (SPEC §6.1)");
+    }
+    if (t->dtype == DType::kOther || t->dtype == DType::kU8) {
       throw invalid(file, "tensor '" + name + "' has unsupported dtype " + t->dtype_name +
-                              " (F32, F16, BF16 or F64 expected)");
+                              (matrix ? " (F32, F16, BF16, F64 or I8 expected)"
+                                      : " (F32, F16, BF16 or F64 expected)"));
     }
     return t;
   }
@@ -332,10 +378,17 @@ class Model {
       const std::string& name = kv.first;
       const size_t n = ignored.size();
       const bool is_ignored = name.size() >= n && name.compare(name.size() - n, n, ignored) == 0;
-      if (!is_ignored && used_set.count(&kv.second) == 0) {
-        throw invalid(file, "unexpected tensor '" + name +
-                                "' (not part of the model that the metadata describes)");
+      if (is_ignored || used_set.count(&kv.second) != 0) continue;
+      if (is_q8_scale_name(name)) {
+        const std::string base = name.substr(0, name.size() - std::strlen(kQ8ScaleSuffix));
+        throw invalid(file, "scale tensor '" + name + "' has no Q8 matrix '" + base + "'");
       }
+      if (kv.second.dtype == DType::kI8) {
+        throw invalid(file, "tensor '" + name +
+                                "' is I8, but only the 2-D weight matrices may be Q8 (SPEC §6.1)");
+      }
+      throw invalid(file, "unexpected tensor '" + name +
+                              "' (not part of the model that the metadata describes)");
     }
   }
 
@@ -360,7 +413,7 @@ class Model {
     return h;
   }
 
-  // In place when the bytes already are Scalar and suitably aligned; converted otherwise.
+  // A vector: in place when the bytes already are Scalar and suitably aligned; converted otherwise.
   WeightView<Scalar> view(const TensorInfo& t) {
     WeightView<Scalar> v;
     v.rows = t.shape.empty() ? 1 : t.shape[0];
@@ -370,22 +423,78 @@ class Model {
       v.data = reinterpret_cast<const Scalar*>(t.data);
       return v;
     }
-    detail::BigBuffer<Scalar> buf(static_cast<size_t>(t.numel), "a converted tensor");
-    for (int64_t i = 0; i < t.numel; ++i) buf.data()[i] = detail::load_element<Scalar>(t, i);
+    Scalar* out = owned(t.numel);
+    for (int64_t i = 0; i < t.numel; ++i) out[i] = detail::load_element<Scalar>(t, i);
+    v.data = out;
+    return v;
+  }
+
+  // A buffer of n converted scalars that the model keeps (counted in converted_bytes()).
+  Scalar* owned(int64_t n) {
+    detail::BigBuffer<Scalar> buf(static_cast<size_t>(n), "a converted tensor");
     converted_bytes_ += buf.size() * sizeof(Scalar);
     owned_.push_back(std::move(buf));
-    v.data = owned_.back().data();
-    return v;
+    return owned_.back().data();
+  }
+
+  // A 2-D weight (scale: its Q8 scales, checked, or null). Float: F32, BF16 and Q8 in place (a
+  // misaligned F32/BF16 tensor or scale copied), F16 and F64 widened to F32. Double: every format
+  // widened; a Q8 value is SPEC §6.1's float32 product, then widened.
+  MatrixOf<Scalar> matrix(const TensorInfo& t, const TensorInfo* scale) {
+    const Eigen::Index rows = t.shape[0], cols = t.shape[1];
+    if constexpr (std::is_same_v<Scalar, float>) {
+      detail::WeightMatrix W;
+      W.rows = rows;
+      W.cols = cols;
+      auto aligned = [](const uint8_t* p, size_t a) {
+        return reinterpret_cast<uintptr_t>(p) % a == 0;
+      };
+      if (t.dtype == DType::kI8) {
+        W.format = detail::WeightFormat::q8;
+        W.data = t.data;
+        W.block = q8_block_;
+        W.scales = aligned(scale->data, 4) ? reinterpret_cast<const float*>(scale->data)
+                                           : copied_floats(*scale);
+      } else if (t.dtype == DType::kBF16 && aligned(t.data, 2)) {
+        W.format = detail::WeightFormat::bf16;
+        W.data = t.data;
+      } else {
+        W.data = view(t).data;  // F32 in place, or widened
+      }
+      return W;
+    } else {
+      if (t.dtype != DType::kI8) return view(t);
+      const int64_t blocks = (cols + q8_block_ - 1) / q8_block_;
+      Scalar* out = owned(t.numel);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          float s;
+          std::memcpy(&s, scale->data + 4 * (r * blocks + c / q8_block_), 4);
+          const float q = static_cast<float>(static_cast<int8_t>(t.data[r * cols + c]));
+          out[r * cols + c] = static_cast<Scalar>(s * q);
+        }
+      }
+      return WeightView<Scalar>{out, rows, cols};
+    }
+  }
+
+  // The float32 values of tensor t in a buffer of the model's own (float models only).
+  const float* copied_floats(const TensorInfo& t) {
+    float* out = owned(t.numel);
+    std::memcpy(out, t.data, 4 * static_cast<size_t>(t.numel));
+    return out;
   }
 
   ModelConfig config_;
   std::shared_ptr<const detail::FileBytes> file_;
   std::vector<detail::BigBuffer<Scalar>> owned_;  // converted tensors; moving keeps data() stable
   std::vector<LayerWeights<Scalar>> layers_;
-  WeightView<Scalar> embedding_, lm_head_, norm_w_, norm_b_;
+  MatrixOf<Scalar> embedding_, lm_head_;
+  WeightView<Scalar> norm_w_, norm_b_;
   std::vector<double> rope_theta_;
   int64_t parameter_count_ = 0;
   size_t converted_bytes_ = 0;
+  int64_t q8_block_ = 0;  // SPEC §6.1 B, 0 without Q8 tensors
   uint64_t identity_ = 0;
 };
 

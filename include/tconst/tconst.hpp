@@ -13,6 +13,7 @@
 #include "tconst/ids.hpp"
 #include "tconst/make_session.hpp"
 #include "tconst/model.hpp"
+#include "tconst/model/quantize.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/session.hpp"
 #include "tconst/snapshot.hpp"

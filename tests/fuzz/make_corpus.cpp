@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fuzz/fuzz_common.hpp"
+#include "tconst/model/quantize.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -49,6 +50,29 @@ void models() {
       str(tconst_fuzz::model_bytes(kTinyShapes[0], 3, "F16")));
   tconst_test::RefShape deeper{"tconstformer", 8, 4, 1, 1, 3, 1, 1, 4};
   put("model", "tconstformer_D3_W1.safetensors", str(tconst_fuzz::model_bytes(deeper, 4)));
+
+  // SPEC §6.1: matrices in BF16 and in Q8 (block 16: every row one partial block), as
+  // quantize_model writes them, and Q8 files with a NaN scale and without the block size.
+  const tconst::SafetensorsFile f32 =
+      tconst::SafetensorsFile::from_bytes(tconst_fuzz::model_bytes(kTinyShapes[1], 5), "seed");
+  tconst::QuantizeOptions q8;
+  q8.block = 16;
+  const std::string q8_bytes = str(tconst::quantize_model(f32, q8));
+  put("model", "tlinformer_q8.safetensors", q8_bytes);
+  tconst::QuantizeOptions bf16;
+  bf16.format = tconst::detail::WeightFormat::bf16;
+  put("model", "tlinformer_bf16_matrices.safetensors", str(tconst::quantize_model(f32, bf16)));
+  const tconst::SafetensorsFile q8_file =
+      tconst::SafetensorsFile::from_bytes(tconst::quantize_model(f32, q8), "seed");
+  const tconst::TensorInfo* scale = q8_file.find("embedding.weight.q8_scale");
+  std::string nan_scale = q8_bytes;
+  const size_t at = static_cast<size_t>(scale->data - q8_file.bytes()->data());
+  nan_scale.replace(at, 4, std::string("\x00\x00\xc0\x7f", 4));
+  put("model", "bad_q8_nan_scale.safetensors", nan_scale);
+  std::string no_block = q8_bytes;
+  const size_t key = no_block.find("tconst.q8_block");
+  no_block.replace(key, 15, "tconst.q8_bloc_");
+  put("model", "bad_q8_no_block.safetensors", no_block);
 
   // Malformed: cut in the data, a header length past the end, a header that is not JSON, tensors
   // whose ranges overlap, metadata only.

@@ -301,7 +301,7 @@ def default_tokenizer(vocab_size):
 
 
 def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None, drop_unexpected=False, log=print,
-            tokenizer_files=None):
+            tokenizer_files=None, weights="f32", q8_block=32):
     """Convert `checkpoint` (path or loaded object) into the model file `out`.
 
     config: path of a YAML model config, a dict, or None to use the config
@@ -354,7 +354,8 @@ def convert(checkpoint, out, config=None, arch=None, dtype="f32", tokenizer=None
 
     if tokenizer is None:
         tokenizer = default_tokenizer(cfg.vocab_size)
-    write_model_file(out, cfg, state, dtype=dtype, tokenizer=tokenizer, tokenizer_files=tokenizer_files)
+    write_model_file(out, cfg, state, dtype=dtype, tokenizer=tokenizer, tokenizer_files=tokenizer_files,
+                     weights=weights, q8_block=q8_block)
     return cfg
 
 

@@ -8,10 +8,13 @@ A model file is a safetensors file whose tensor names are the model's
 import torch
 
 from .model import ModelConfig, TConstModel
+from .quantize import DEFAULT_Q8_BLOCK, dequantize_tensors, quantize_tensors
 from .safetensors_io import read_safetensors, write_safetensors
 from .tokenizer_files import tokenizer_metadata
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64}
+# How the weight matrices are stored (SPEC section 6.1): as `dtype`, or BF16 / Q8.
+WEIGHT_FORMATS = ("f32", "bf16", "q8")
 
 
 def _fmt_float(x):
@@ -41,13 +44,19 @@ def metadata_for(cfg: ModelConfig, tokenizer=None):
     return meta
 
 
-def write_model_file(path, cfg: ModelConfig, state_dict, dtype="f32", tokenizer=None, tokenizer_files=None):
+def write_model_file(path, cfg: ModelConfig, state_dict, dtype="f32", tokenizer=None,
+                     tokenizer_files=None, weights="f32", q8_block=DEFAULT_Q8_BLOCK):
     """Write `state_dict` (SPEC names) with `cfg`'s metadata. Buffers such as
     `*.rope.inv_freq` are dropped; every tensor is cast to `dtype`. With
     `tokenizer_files` (a path, see tokenizer_files.py) the file carries that
-    GPT-2 tokenizer (SPEC 6.2)."""
+    GPT-2 tokenizer (SPEC 6.2). With `weights` 'bf16' or 'q8', the weight
+    matrices of SPEC section 6.1 are then stored in that format (from their
+    float32 values, by the reference quantizer of quantize.py; Q8 with blocks
+    of `q8_block`)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weights '{weights}' (choose from {', '.join(WEIGHT_FORMATS)})")
     out = {}
     for name, t in state_dict.items():
         if name.endswith("rope.inv_freq"):
@@ -59,11 +68,16 @@ def write_model_file(path, cfg: ModelConfig, state_dict, dtype="f32", tokenizer=
         if tokenizer not in (None, "gpt2"):
             raise ValueError(f"a carried tokenizer is gpt2, but the tokenizer is '{tokenizer}'")
         meta.update(tokenizer_metadata(tokenizer_files))
+    if weights != "f32":
+        out, extra = quantize_tensors(out, weights, q8_block)
+        meta.update(extra)
     write_safetensors(path, out, meta)
 
 
-def export_model(model: TConstModel, path, dtype="f32", tokenizer=None, tokenizer_files=None):
-    write_model_file(path, model.cfg, model.state_dict(), dtype, tokenizer, tokenizer_files)
+def export_model(model: TConstModel, path, dtype="f32", tokenizer=None, tokenizer_files=None,
+                 weights="f32", q8_block=DEFAULT_Q8_BLOCK):
+    write_model_file(path, model.cfg, model.state_dict(), dtype, tokenizer, tokenizer_files,
+                     weights, q8_block)
 
 
 def expected_shapes(cfg: ModelConfig):
@@ -150,9 +164,11 @@ def config_from_metadata(meta, tensors):
 
 def load_model_file(path, dtype=torch.float32):
     """Read a SPEC section 6 file into a TConstModel of `dtype` (tensors are
-    upcast from F16/BF16). Returns (model, metadata)."""
+    upcast from F16/BF16; Q8 matrices dequantized, SPEC section 6.1).
+    Returns (model, metadata)."""
     tensors, meta = read_safetensors(path)
     tensors = {n: t for n, t in tensors.items() if not n.endswith("rope.inv_freq")}
+    tensors = dequantize_tensors(tensors, meta)
     cfg = config_from_metadata(meta, tensors)
     check_tensors(cfg, tensors)
     model = TConstModel(cfg)

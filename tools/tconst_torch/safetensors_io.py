@@ -9,7 +9,10 @@ entry maps strings to strings.
 The writer pads the JSON with spaces so that the data section starts at a
 multiple of 64 bytes (a cache line: tensors of whole 16-float rows then start
 on one when the file is mapped) and packs tensors back to back without
-holes, in sorted name order, which is what strict readers expect.
+holes, in sorted name order, which is what strict readers expect.  The
+metadata comes first, its keys sorted, and the JSON is compact with non-ASCII
+characters escaped: the canonical form that include/tconst/model/
+safetensors_writer.hpp writes too, so both give the same bytes.
 """
 
 import json
@@ -134,7 +137,7 @@ def write_safetensors(path, tensors, metadata=None):
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise SafetensorsError("__metadata__ values must all be strings")
-        entries = {"__metadata__": dict(metadata), **entries}
+        entries = {"__metadata__": dict(sorted(metadata.items())), **entries}
     head = json.dumps(entries, separators=(",", ":")).encode("utf-8")
     head += b" " * (-(8 + len(head)) % 64)
     with open(path, "wb") as f:

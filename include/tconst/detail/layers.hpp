@@ -1,7 +1,9 @@
 #pragma once
 // The pieces every architecture's token rows run through (SPEC §2, §4): the embedding, one inner
-// layer's body, the final norm and the tied head, with the buffers of a pass over a few rows.
-// Activations are row-major, one row per token; nothing here holds state.
+// layer's body and its FFN, the final norm and the tied head, with the buffers of a pass over a few
+// rows. Activations are row-major, one row per token; nothing here holds state. Every product over
+// a weight matrix goes through linear() of quant_linear.hpp (a float model's matrices, in any
+// format of SPEC §6.1) or of ops.hpp (a double model's).
 
 #include <algorithm>
 #include <cassert>
@@ -11,6 +13,7 @@
 
 #include "tconst/detail/big_buffer.hpp"
 #include "tconst/detail/ops.hpp"
+#include "tconst/detail/quant_linear.hpp"
 #include "tconst/model.hpp"
 
 namespace tconst {
@@ -94,6 +97,55 @@ void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, In
   }
 }
 
+/// h1[n, f] = silu(xn W1^T) * (xn W3^T) with the kernels of rows_gemm.hpp, both products and the
+/// gate of a range of hidden units on the same thread (one parallel region instead of two, and the
+/// gate no longer runs on one thread between them); false (nothing done) when there are no
+/// kernels for S or this CPU, W1 or W3 is not F32, or n is above kRowsGemmMaxRows. h3 is scratch.
+template <typename S>
+bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1, S* h3) noexcept {
+  if constexpr (std::is_same_v<S, float>) {
+    const RowsGemmFn gemm = active_rows_gemm();
+    const SiluGateFn gate = active_silu_gate();
+    if (gemm == nullptr || gate == nullptr || n > kRowsGemmMaxRows) return false;
+    if (L.w1.format != WeightFormat::f32 || L.w3.format != WeightFormat::f32) return false;
+    const float* w1 = static_cast<const float*>(L.w1.data);
+    const float* w3 = static_cast<const float*>(L.w3.data);
+    const Index f = L.w1.rows;
+    for_row_ranges(f, [&](Index r0, Index r1) {
+      gemm(w1, d, r0, r1, xn, d, n, nullptr, h1, f);
+      gemm(w3, d, r0, r1, xn, d, n, nullptr, h3, f);
+      for (Index g = 0; g < n; ++g) gate(h1 + g * f + r0, h3 + g * f + r0, r1 - r0);
+    });
+    return true;
+  } else {
+    (void)xn, (void)d, (void)n, (void)L, (void)h1, (void)h3;
+    return false;
+  }
+}
+
+/// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f];
+/// `ws` the packed GEMM's, for many rows.
+template <typename S>
+void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
+                  S* h3, GemmWorkspace* ws = nullptr) {
+  const Index d = L.w2.rows, f = L.w1.rows;
+  layer_norm(x, ld_x, xn, d, n, d, L.norm2_w, L.norm2_b, eps);
+  if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
+    linear(xn, d, n, L.w1, nullptr, h1, f, ws);
+    linear(xn, d, n, L.w3, nullptr, h3, f, ws);
+    silu_gate(h1, h3, n * f);
+  }
+  if (n <= kRowsGemmMaxRows) {
+    // w2's product into xn, free again, then the residual, so that the product can take the
+    // few-row kernel.
+    linear(h1, f, n, L.w2, nullptr, xn, d);
+    RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)) +=
+        ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
+    return;
+  }
+  linear(h1, f, n, L.w2, nullptr, x, ld_x, ws, true);
+}
+
 /// One inner layer over n rows x[n, d] (SPEC §4's window stream; every baseline layer):
 /// x += out(Attn(...)); x += FFN(LN2(x)), with (q, k, v) = qkv(LN1(x)). `attend(qkv, att)` gets the
 /// rows' unrotated q | k | v ([n, 3d]) and writes their attention output to att ([n, d]): it
@@ -108,9 +160,9 @@ void layer_body(const Model<S>& m, const LayerWeights<S>& L, S* x, Index n, Wind
   S* qkv = s.qkv.data();
   S* att = s.att.data();
   layer_norm(x, d, xn, d, n, d, L.norm1_w, L.norm1_b, c.norm_eps);
-  linear<S>(xn, d, n, L.qkv_w.mat(), L.qkv_b.data, qkv, 3 * d, &s.gemm);
+  linear(xn, d, n, L.qkv_w, L.qkv_b.data, qkv, 3 * d, &s.gemm);
   attend(qkv, att);
-  linear<S>(att, d, n, L.out_w.mat(), L.out_b.data, xn, d, &s.gemm);
+  linear(att, d, n, L.out_w, L.out_b.data, xn, d, &s.gemm);
   RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) +=
       ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
   ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data(), &s.gemm);
@@ -138,13 +190,20 @@ void attend_consecutive_rows(const Model<S>& m, S* qkv, Index n, int64_t pos0,
   }
 }
 
+/// out[cols] = row r of a matrix, widened to float (SPEC §6.1).
+inline void matrix_row(const WeightMatrix& W, Index r, float* out) noexcept {
+  dequantize_row(W, r, out);
+}
+/// out[cols] = row r of a double model's matrix.
+inline void matrix_row(const WeightView<double>& W, Index r, double* out) noexcept {
+  std::memcpy(out, W.data + r * W.cols, sizeof(double) * W.cols);
+}
+
 /// x[n, d] = embedding rows of the tokens (already validated to lie in [0, V)).
 template <typename S>
 void embed(const Model<S>& m, const int32_t* tokens, Index n, S* x) noexcept {
   const Index d = m.config().n_embd;
-  for (Index r = 0; r < n; ++r) {
-    std::memcpy(x + r * d, m.embedding().data + static_cast<Index>(tokens[r]) * d, sizeof(S) * d);
-  }
+  for (Index r = 0; r < n; ++r) matrix_row(m.embedding(), static_cast<Index>(tokens[r]), x + r * d);
 }
 
 /// s.xn[n, d] = LN_f(x) after the last layer.
@@ -157,7 +216,8 @@ void final_norm(const Model<S>& m, Index n, WindowScratch<S>& s) noexcept {
 /// logits[V] = head * h, h one row of final-normalised hidden state.
 template <typename S>
 void head_logits(const Model<S>& m, const S* h, S* logits) noexcept {
-  gemv<S>(m.lm_head().mat(), h, nullptr, logits);
+  const auto& W = m.lm_head();
+  linear(h, W.cols, 1, W, nullptr, logits, W.rows);
 }
 
 }  // namespace detail

@@ -174,6 +174,13 @@ void linear(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const
   if (bias != nullptr) O.rowwise() += Eigen::Map<const Vector<S>>(bias, W.rows()).transpose();
 }
 
+/// The same over a double model's weight matrix (Model<double> keeps every matrix as doubles).
+inline void linear(const double* in, Index ld_in, Index n, const WeightView<double>& W,
+                   const double* bias, double* out, Index ld_out, GemmWorkspace* ws = nullptr,
+                   bool accumulate = false) {
+  linear<double>(in, ld_in, n, W.mat(), bias, out, ld_out, ws, accumulate);
+}
+
 /// Rotates in place the head vectors in columns [0, width) of n rows, row r at absolute position
 /// pos0 + r (SPEC §2: adjacent pairs; angle, sine and cosine in double). `width` is a multiple of
 /// dh, so q and k stored side by side (as in a qkv row) rotate in one call.
@@ -480,29 +487,6 @@ class OnlineAttention {
   MatrixRM<S> sum_;  // [nq, heads] running sum of exp(score - max)
 };
 
-/// h1[n, f] = silu(xn W1^T) * (xn W3^T) with the kernels of rows_gemm.hpp, both products and the
-/// gate of a range of hidden units on the same thread (one parallel region instead of two, and the
-/// gate no longer runs on one thread between them); false (nothing done) when there are no
-/// kernels for S or this CPU, or n is above kRowsGemmMaxRows. h3 is scratch.
-template <typename S>
-bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1, S* h3) noexcept {
-  if constexpr (std::is_same_v<S, float>) {
-    const RowsGemmFn gemm = active_rows_gemm();
-    const SiluGateFn gate = active_silu_gate();
-    if (gemm == nullptr || gate == nullptr || n > kRowsGemmMaxRows) return false;
-    const Index f = L.w1.rows;
-    for_row_ranges(f, [&](Index r0, Index r1) {
-      gemm(L.w1.data, d, r0, r1, xn, d, n, nullptr, h1, f);
-      gemm(L.w3.data, d, r0, r1, xn, d, n, nullptr, h3, f);
-      for (Index g = 0; g < n; ++g) gate(h1 + g * f + r0, h3 + g * f + r0, r1 - r0);
-    });
-    return true;
-  } else {
-    (void)xn, (void)d, (void)n, (void)L, (void)h1, (void)h3;
-    return false;
-  }
-}
-
 /// a[i] = silu(a[i]) * g[i] = a[i] / (1 + e^-a[i]) * g[i] for i < n: the SwiGLU gate, portably
 /// (the vector kernel's form).
 template <typename S>
@@ -521,29 +505,6 @@ void silu_gate(S* a, const S* g, Index n) noexcept {
     }
   }
   silu_gate_reference(a, g, n);
-}
-
-/// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f];
-/// `ws` the packed GEMM's, for many rows.
-template <typename S>
-void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
-                  S* h3, GemmWorkspace* ws = nullptr) {
-  const Index d = L.w2.rows, f = L.w1.rows;
-  layer_norm(x, ld_x, xn, d, n, d, L.norm2_w, L.norm2_b, eps);
-  if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
-    linear<S>(xn, d, n, L.w1.mat(), nullptr, h1, f, ws);
-    linear<S>(xn, d, n, L.w3.mat(), nullptr, h3, f, ws);
-    silu_gate(h1, h3, n * f);
-  }
-  if (n <= kRowsGemmMaxRows) {
-    // w2's product into xn, free again, then the residual, so that the product can take the
-    // few-row kernel.
-    linear<S>(h1, f, n, L.w2.mat(), nullptr, xn, d);
-    RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)) +=
-        ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
-    return;
-  }
-  linear<S>(h1, f, n, L.w2.mat(), nullptr, x, ld_x, ws, true);
 }
 
 }  // namespace detail

@@ -35,6 +35,26 @@ struct WeightMatrix {
 
   /// Scales per row (q8): ceil(cols / block).
   Eigen::Index blocks() const { return block > 0 ? (cols + block - 1) / block : 0; }
+  /// Rows [r0, r0 + n) (e.g. the k and v parts of qkv_proj): the same format, data and scales
+  /// advanced to row r0.
+  WeightMatrix row_block(Eigen::Index r0, Eigen::Index n) const {
+    WeightMatrix w = *this;
+    w.rows = n;
+    const size_t first = static_cast<size_t>(r0) * static_cast<size_t>(cols);
+    switch (format) {
+      case WeightFormat::f32:
+        w.data = static_cast<const float*>(data) + first;
+        break;
+      case WeightFormat::bf16:
+        w.data = static_cast<const uint16_t*>(data) + first;
+        break;
+      case WeightFormat::q8:
+        w.data = static_cast<const int8_t*>(data) + first;
+        w.scales = scales + r0 * blocks();
+        break;
+    }
+    return w;
+  }
   /// Bytes of the weights (and scales) a product reads.
   size_t bytes() const {
     const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);

@@ -31,7 +31,9 @@
 
 namespace tconst {
 
-enum class DType { kF64, kF32, kF16, kBF16, kOther };
+/// The dtypes a model file's tensors may have (SPEC §6, §6.1: I8 for Q8 matrices; U8 for byte
+/// tensors other parts of a file may hold); every other safetensors dtype is kOther.
+enum class DType { kF64, kF32, kF16, kBF16, kI8, kU8, kOther };
 
 inline const char* to_string(DType t) {
   switch (t) {
@@ -43,6 +45,10 @@ inline const char* to_string(DType t) {
       return "F16";
     case DType::kBF16:
       return "BF16";
+    case DType::kI8:
+      return "I8";
+    case DType::kU8:
+      return "U8";
     case DType::kOther:
       return "other";
   }
@@ -159,8 +165,8 @@ inline int64_t dtype_size(const std::string& name, DType* kind) {
   static const Entry kTable[] = {
       {"F64", 8, DType::kF64},    {"F32", 4, DType::kF32},       {"F16", 2, DType::kF16},
       {"BF16", 2, DType::kBF16},  {"I64", 8, DType::kOther},     {"I32", 4, DType::kOther},
-      {"I16", 2, DType::kOther},  {"I8", 1, DType::kOther},      {"U64", 8, DType::kOther},
-      {"U32", 4, DType::kOther},  {"U16", 2, DType::kOther},     {"U8", 1, DType::kOther},
+      {"I16", 2, DType::kOther},  {"I8", 1, DType::kI8},         {"U64", 8, DType::kOther},
+      {"U32", 4, DType::kOther},  {"U16", 2, DType::kOther},     {"U8", 1, DType::kU8},
       {"BOOL", 1, DType::kOther}, {"F8_E4M3", 1, DType::kOther}, {"F8_E5M2", 1, DType::kOther},
   };
   for (const Entry& e : kTable) {

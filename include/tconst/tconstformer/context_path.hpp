@@ -270,14 +270,14 @@ class ContextPath {
     // out[n, parts * d] = parts [first, first + parts) of qkv(xn): 0 = q, 1 = k, 2 = v.
     void project(const Scalar* x, Index n, const LayerWeights<Scalar>& P, Index first, Index parts,
                  Scalar* out, Index ld_out) {
-      detail::linear<Scalar>(x, d, n, P.qkv_w.row_block(first * d, parts * d),
-                             P.qkv_b.data + first * d, out, ld_out, &s.gemm);
+      detail::linear(x, d, n, P.qkv_w.row_block(first * d, parts * d), P.qkv_b.data + first * d,
+                     out, ld_out, &s.gemm);
     }
 
     // x[n, d] += in[n, d] W^T + bias.
-    void add_linear(const Scalar* in, Index n, const WeightView<Scalar>& W, const Scalar* bias,
+    void add_linear(const Scalar* in, Index n, const MatrixOf<Scalar>& W, const Scalar* bias,
                     Scalar* x) {
-      detail::linear<Scalar>(in, d, n, W.mat(), bias, x, d, &s.gemm, true);
+      detail::linear(in, d, n, W, bias, x, d, &s.gemm, true);
     }
 
     // Copies Z rows of rotated keys k and values v (row stride ld) into the cache's Kz, Vz.
