@@ -364,7 +364,9 @@ TEST(CliQuantize, KeepAndBlock) {
   EXPECT_EQ(j["q8_block"], 16);
   EXPECT_EQ(j["tensor_formats"]["Q8"], 40);
   for (const auto& t : j["tensors"]) {
-    if (t["name"] == kept) EXPECT_EQ(t["format"], "F32");
+    if (t["name"] == kept) {
+      EXPECT_EQ(t["format"], "F32");
+    }
   }
 }
 

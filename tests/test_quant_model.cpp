@@ -209,7 +209,9 @@ void check_stream(const Case& c, double tol) {
     ASSERT_LE(tconst_test::max_abs_diff(session->feed(tokens[p]), expected[p]), tol)
         << c.name << " at position " << p;
   }
-  if (c.shape.arch != "transformer") EXPECT_GE(session->resync_count(), 4);
+  if (c.shape.arch != "transformer") {
+    EXPECT_GE(session->resync_count(), 4);
+  }
 }
 
 TEST_P(QuantSession, StreamingEqualsFullForwardOnDequantizedWeightsFloat) {
@@ -411,7 +413,8 @@ TEST(QuantModelRejects, AMissingOrInvalidBlockSize) {
   Parts p = parts_of(WeightFormat::q8);
   p.meta.erase("tconst.q8_block");
   expect_rejected("block_missing", p, "metadata 'tconst.q8_block' is missing");
-  for (const std::string& v : {"", "8", "48", "512", "abc", "16.0", "-16", "00016x"}) {
+  for (const char* text : {"", "8", "48", "512", "abc", "16.0", "-16", "00016x"}) {
+    const std::string v = text;
     Parts q = parts_of(WeightFormat::q8);
     q.meta["tconst.q8_block"] = v;
     expect_rejected("block_" + std::to_string(v.size()), q,
