@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "support/kernel_data.hpp"
 #include "tconst/detail/kernels/gemm.hpp"
 #include "tconst/synthetic.hpp"
 
@@ -25,14 +26,8 @@ using Eigen::Index;
 using tconst::detail::GemmWorkspace;
 using tconst::detail::Isa;
 
-constexpr float kPad = -7777.0f;
-
-std::vector<float> random_floats(size_t n, uint64_t seed) {
-  tconst::Rng rng(seed);
-  std::vector<float> v(n);
-  tconst::fill_uniform(rng, v.data(), static_cast<int64_t>(n), -1.0, 1.0);
-  return v;
-}
+using tconst_test::kPad;
+using tconst_test::random_floats;
 
 /// Every path: the vector instruction sets this CPU runs, then Eigen's.
 std::vector<Isa> paths() {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "support/counting_new.hpp"
+#include "support/kernel_data.hpp"
 #include "tconst/detail/quant_linear.hpp"
 #include "tconst/synthetic.hpp"
 
@@ -37,15 +38,9 @@ using tconst::detail::Isa;
 using tconst::detail::WeightFormat;
 using tconst::detail::WeightMatrix;
 
-constexpr float kPad = -7777.0f;
+using tconst_test::kPad;
+using tconst_test::random_floats;
 using RowsD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-std::vector<float> random_floats(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0) {
-  tconst::Rng rng(seed);
-  std::vector<float> v(n);
-  tconst::fill_uniform(rng, v.data(), static_cast<int64_t>(n), lo, hi);
-  return v;
-}
 
 /// A random matrix in `format` with the storage it points into.
 struct Matrix {
