@@ -663,7 +663,7 @@ const bool kQuantBenchmarks = [] {
     for (const Format& f : formats) {
       const std::string name = std::string("BM_QuantLinear/") + m.name + "/" + f.name;
       benchmark::RegisterBenchmark(name.c_str(), BM_QuantLinear, f.format, f.block, m.rows, m.cols)
-          ->ArgsProduct({{1, 8}, thread_counts(), {1}})
+          ->ArgsProduct({{1, 8}, thread_counts(), {0, 1}})
           ->ArgNames({"rows", "threads", "cold"})
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);

@@ -191,7 +191,7 @@ TEST(QuantLinear, Q8EveryBlockSizeAgainstEveryK) {
   uint64_t seed = 5000;
   for (Index block : kBlocks) {
     for (Index k : kKs) {
-      for (Index n : {Index{3}, Index{37}}) {
+      for (Index n : {Index{3}, Index{8}, Index{37}}) {
         check_shape(WeightFormat::q8, {n, k, 13, block}, (k + n) % 2 == 0, seed, ws);
         seed += 10;
         if (HasFatalFailure()) return;

@@ -3,7 +3,10 @@
 // input row while it is in registers), with each vector of weights widened to float as it is
 // loaded: BF16 shifted into the upper half, Q8 sign-extended to int32, converted and multiplied by
 // its block's scale, which is SPEC §6.1's float32 product, so the kernel multiplies exactly the
-// dequantized matrix. Also the widening of a strip of weight rows for the packed product
+// dequantized matrix. Widening a vector takes 3 instructions on the ports that run the FMAs (2 for
+// BF16), so the register block spreads it: each widened vector serves 8 input rows where there
+// are 8 or more and the lanes are 16 (kWideGroup), and a Q8 row's scale is broadcast once per
+// block, not per vector. Also the widening of a strip of weight rows for the packed product
 // (quant_gemm.inl). Read once per instruction set by quant_linear.hpp, inside the namespace
 // TCONST_QUANT_NS whose simd.inl (dispatch.hpp) it builds on, with TCONST_QUANT_LANES set.
 
@@ -33,11 +36,14 @@ inline V widen_q8(const int8_t* p, V scale) {
 #endif
 }
 
-/// The weights [c, c + kLanes) of one row (row points at its column 0; `scales` at its first
-/// scale, blocks 2^shift wide), widened; with head > 0 only the first `head` are read, the rest 0.
+/// The weights [c, c + kLanes) of one row (row points at its column 0; q8: `scale` is the
+/// scale of the block that holds them, broadcast), widened; with head > 0 only the first `head`
+/// are read, the rest 0. A vector lies in one block: blocks are multiples of 16 columns, and
+/// vectors start on multiples of kLanes.
 template <WeightFormat F>
-inline V widen(const void* row, const float* scales, int shift, Index c, int head) {
+inline V widen(const void* row, V scale, Index c, int head) {
   if constexpr (F == WeightFormat::bf16) {
+    (void)scale;
     const uint16_t* p = static_cast<const uint16_t*>(row) + c;
     if (head == 0) return widen_bf16(p);
     uint16_t tmp[kLanes] = {};
@@ -45,12 +51,10 @@ inline V widen(const void* row, const float* scales, int shift, Index c, int hea
     return widen_bf16(tmp);
   } else {
     const int8_t* p = static_cast<const int8_t*>(row) + c;
-    // A vector lies in one block: blocks are multiples of 16 columns, vectors start on kLanes.
-    const V s = vset(scales[c >> shift]);
-    if (head == 0) return widen_q8(p, s);
+    if (head == 0) return widen_q8(p, scale);
     int8_t tmp[16] = {};
     std::memcpy(tmp, p, static_cast<size_t>(head));
-    return widen_q8(tmp, s);
+    return widen_q8(tmp, scale);
   }
 }
 
@@ -70,10 +74,13 @@ struct QuantRows {
 };
 
 /// acc[r][g] += W[r, c..c+L) * in[g, c..c+L) over one vector of columns (`head` > 0: only the
-/// first `head` columns are there); with Fetch, the same columns of the next R rows are fetched.
+/// first `head` columns are there) for the R rows at rows[r] (column 0), q8 with the scales
+/// `scale[r]` of the block that holds column c; with Fetch, the same columns of the rows `ahead`
+/// bytes on are fetched.
 template <WeightFormat F, int R, int G, bool Fetch>
-inline void qaccumulate(V (&acc)[R][G], const QuantRows& W, Index r0, const float* in, Index ld_in,
-                        Index c, int head) {
+inline void qaccumulate(V (&acc)[R][G], const char* const (&rows)[R], const V (&scale)[R],
+                        size_t elem, size_t ahead, const float* in, Index ld_in, Index c,
+                        int head) {
   V x[G];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) {
@@ -81,11 +88,11 @@ inline void qaccumulate(V (&acc)[R][G], const QuantRows& W, Index r0, const floa
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const V w = widen<F>(W.row(r0 + r), W.scale_row(r0 + r), W.shift, c, head);
+    const V w = widen<F>(rows[r], scale[r], c, head);
     // The same columns of the next R rows, once per 64-byte line of them.
     if constexpr (Fetch) {
-      const size_t at = W.elem * static_cast<size_t>(c);
-      if (at % 64 == 0) _mm_prefetch(static_cast<const char*>(W.row(r0 + R + r)) + at, _MM_HINT_T0);
+      const size_t at = elem * static_cast<size_t>(c);
+      if (at % 64 == 0) _mm_prefetch(rows[r] + ahead + at, _MM_HINT_T0);
     }
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[r][g] = vfma(w, x[g], acc[r][g]);
@@ -95,6 +102,28 @@ inline void qaccumulate(V (&acc)[R][G], const QuantRows& W, Index r0, const floa
 /// out[g * ld_out + r] (+)= the sum of acc[r][g]'s lanes (+ bias[r]).
 template <int R, int G>
 inline void qstore(V (&acc)[R][G], const float* bias, float* out, Index ld_out, bool accumulate) {
+  if constexpr (R * G == kLanes && !(R == kRows && G == kGroup)) {
+    // One vector of sums (lane_sums: a tree of shuffles, not kLanes reductions); lane r + R g
+    // is acc[r][g]'s.
+    V a[kLanes];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) a[r + R * g] = acc[r][g];
+    }
+    alignas(64) float sums[kLanes];
+    vstore(sums, lane_sums(a));
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) {
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const float y = sums[r + R * g] + (bias != nullptr ? bias[r] : 0.0f);
+        float& o = out[g * ld_out + r];
+        o = accumulate ? o + y : y;
+      }
+    }
+    return;
+  }
   if (!accumulate) {
     store_sums<R, G>(acc, bias, out, ld_out);
     return;
@@ -107,7 +136,8 @@ inline void qstore(V (&acc)[R][G], const float* bias, float* out, Index ld_out, 
   }
 }
 
-/// out[g, r0 + r] (+)= in[g, :] . W[r0 + r, :] (+ bias[r]) for R weight rows and G input rows.
+/// out[g, r0 + r] (+)= in[g, :] . W[r0 + r, :] (+ bias[r]) for R weight rows and G input rows:
+/// q8 block by block, each row's scale broadcast once per block.
 template <WeightFormat F, int R, int G, bool Fetch>
 inline void qblock(const QuantRows& W, Index r0, const float* in, Index ld_in, const float* bias,
                    float* out, Index ld_out, bool accumulate) {
@@ -118,9 +148,33 @@ inline void qblock(const QuantRows& W, Index r0, const float* in, Index ld_in, c
     for (int g = 0; g < G; ++g) acc[r][g] = vzero();
   }
   const Index k = W.k;
-  Index c = 0;
-  for (; c + kLanes <= k; c += kLanes) qaccumulate<F, R, G, Fetch>(acc, W, r0, in, ld_in, c, 0);
-  if (c < k) qaccumulate<F, R, G, Fetch>(acc, W, r0, in, ld_in, c, static_cast<int>(k - c));
+  const char* rows[R];
+  const float* scales[R];  // q8
+  V scale[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    rows[r] = static_cast<const char*>(W.row(r0 + r));
+    scales[r] = W.scale_row(r0 + r);
+    scale[r] = vzero();
+  }
+  const size_t ahead = W.elem * static_cast<size_t>(R * k);
+  // Columns [c0, c1) share one scale per row (q8: one block; bf16: the whole row).
+  const Index span = F == WeightFormat::q8 ? Index{1} << W.shift : k;
+  for (Index c0 = 0; c0 < k; c0 += span) {
+    const Index c1 = std::min(k, c0 + span);
+    if constexpr (F == WeightFormat::q8) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) scale[r] = vset(scales[r][c0 >> W.shift]);
+    }
+    Index c = c0;
+    for (; c + kLanes <= c1; c += kLanes) {
+      qaccumulate<F, R, G, Fetch>(acc, rows, scale, W.elem, ahead, in, ld_in, c, 0);
+    }
+    if (c < c1) {
+      qaccumulate<F, R, G, Fetch>(acc, rows, scale, W.elem, ahead, in, ld_in, c,
+                                  static_cast<int>(c1 - c));
+    }
+  }
   qstore<R, G>(acc, bias, out, ld_out, accumulate);
 }
 
@@ -139,23 +193,29 @@ inline void qlast_group(Index rem, const QuantRows& W, Index r0, const float* in
   }
 }
 
-/// Every group of up to kGroup input rows against R weight rows (as rows_gemm.inl's row_block).
-template <WeightFormat F, int R>
+/// Every group of up to Group input rows against R weight rows (as rows_gemm.inl's row_block).
+template <WeightFormat F, int R, int Group = kGroup>
 inline void qrow_block(const QuantRows& W, Index r0, const float* in, Index ld_in, Index n,
                        const float* bias, float* out, Index ld_out, bool accumulate) {
   Index g0 = 0;
-  for (; g0 + kGroup <= n; g0 += kGroup) {
-    if (n <= kGroup || g0 == kGroup) {
-      qblock<F, R, kGroup, true>(W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
-                                 accumulate);
+  for (; g0 + Group <= n; g0 += Group) {
+    if (n <= Group || g0 == Group) {
+      qblock<F, R, Group, true>(W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
+                                accumulate);
     } else {
-      qblock<F, R, kGroup, false>(W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
-                                  accumulate);
+      qblock<F, R, Group, false>(W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out, ld_out,
+                                 accumulate);
     }
   }
-  qlast_group<F, R, kGroup - 1>(n - g0, W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out,
-                                ld_out, accumulate, n <= kGroup || g0 == kGroup);
+  qlast_group<F, R, Group - 1>(n - g0, W, r0, in + g0 * ld_in, ld_in, bias, out + g0 * ld_out,
+                               ld_out, accumulate, n <= Group || g0 == Group);
 }
+
+/// Input rows per group and weight rows per block of the wide register block, for 8 rows or more:
+/// each widened vector of weights then serves 8 input rows (kGroup's serve 4 on AVX-512, so the
+/// widening, which costs as much as 3 FMAs, would be repeated for every 4 rows).
+constexpr int kWideGroup = kLanes == 16 ? 8 : kGroup;
+constexpr int kWideRows = kLanes == 16 ? 2 : kRows;
 
 /// out[g, o] (+)= in[g, :] . W[o, :] (+ bias[o]) for g < n (<= 16 for speed; any n works),
 /// o in [o0, o1); W in format F.
@@ -168,6 +228,11 @@ inline void quant_rows_format(const QuantRows& W, Index o0, Index o1, const floa
   if (n == 1) {  // a GEMV: more rows in flight keep more of memory's bandwidth busy
     for (; o + 8 <= o1; o += 8) {
       qblock<F, 8, 1, true>(W, o, in, ld_in, b(o), out + o, ld_out, accumulate);
+    }
+  }
+  if (n >= kWideGroup && kWideGroup != kGroup) {
+    for (; o + kWideRows <= o1; o += kWideRows) {
+      qrow_block<F, kWideRows, kWideGroup>(W, o, in, ld_in, n, b(o), out + o, ld_out, accumulate);
     }
   }
   for (; o + kRows <= o1; o += kRows) {
