@@ -24,9 +24,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "tconst/detail/big_buffer.hpp"
 #include "tconst/detail/kernels/gemm.hpp"
 #include "tconst/detail/layers.hpp"
 #include "tconst/detail/ops.hpp"
@@ -195,6 +197,67 @@ void BM_MemoryReadBandwidth(benchmark::State& state) {
   report_bytes(state, static_cast<double>(kPoolBytes));
 }
 BENCHMARK(BM_MemoryReadBandwidth)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+/// Bytes a cache-hit step of the paper-41m TConstFormer (B = 2, D = 4) reads with its weight
+/// matrices in `format` (q8: blocks of 32, tconst quantize's default): the 8 layers' qkv, out, w1,
+/// w3, w2 and the head, plus the keys and values it attends to, averaged over a window's cycle
+/// (every layer its window, 128.5 rows on average; the 6 layers with j >= 1 also the Z = 256
+/// compressed rows), all float32. Norms, biases and the embedding row are left out (< 0.1 %).
+double step_bytes(td::WeightFormat format) {
+  const double weights = 8.0 * (4.0 * kD * kD + 3.0 * kD * kF) + double{kVocab} * kD;
+  const double per_weight = format == td::WeightFormat::f32    ? 4.0
+                            : format == td::WeightFormat::bf16 ? 2.0
+                                                               : 1.0 + 4.0 / 32.0;
+  const double kv_rows = 8 * (kW + 1) / 2.0 + 6.0 * kW;
+  return weights * per_weight + kv_rows * 2.0 * kD * sizeof(float);
+}
+
+/// The streaming limit of a cache-hit step in `format`: each iteration reads step_bytes(format)
+/// once, split over `threads`, as the step reads its weights and cache once, from memory laid out
+/// as the model's and the cache's are (tconst::detail::BigBuffer: huge pages where the kernel
+/// gives them); the same bytes are read again by the next iteration, so they stay in whatever
+/// cache level holds them, as a step's do between steps. Time per iteration = that limit.
+void BM_StepReadBandwidth(benchmark::State& state, td::WeightFormat format) {
+  const int64_t threads = state.range(0);
+  set_threads(threads);
+  const Index n = static_cast<Index>(step_bytes(format) / sizeof(float));
+  static std::map<int, td::BigBuffer<float>> buffers;  // one per format, made once
+  td::BigBuffer<float>& buf = buffers[static_cast<int>(format)];
+  if (buf.size() != static_cast<size_t>(n)) {
+    buf = td::BigBuffer<float>(static_cast<size_t>(n), "the step-sized buffer");
+    std::memcpy(buf.data(), pool().data(), sizeof(float) * static_cast<size_t>(n));
+  }
+  const float* a = buf.data();
+  for (auto _ : state) {
+    float total = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
+    for (int64_t c = 0; c < threads; ++c) {
+      const Index r0 = n * c / threads, r1 = n * (c + 1) / threads;
+      total += sum_floats(a + r0, r1 - r0);
+    }
+#else
+    total = sum_floats(a, n);
+#endif
+    benchmark::DoNotOptimize(total);
+  }
+  report_bytes(state, static_cast<double>(n) * sizeof(float));
+}
+BENCHMARK_CAPTURE(BM_StepReadBandwidth, f32, td::WeightFormat::f32)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_StepReadBandwidth, bf16, td::WeightFormat::bf16)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_StepReadBandwidth, q8, td::WeightFormat::q8)
     ->ArgsProduct({thread_counts()})
     ->ArgNames({"threads"})
     ->UseRealTime()
@@ -638,8 +701,9 @@ void BM_QuantLinear(benchmark::State& state, td::WeightFormat format, Index bloc
   state.SetItemsProcessed(n * state.iterations());  // tokens
 }
 
-/// BM_QuantLinear/<matrix>/<format>: the cache-hit shapes on 1 and 8 rows, cold; the resync's on
-/// 256 and 1024 rows, hot; each in f32, bf16, q8 with blocks of 32 and of 64.
+/// BM_QuantLinear/<matrix>/<format>: the cache-hit shapes on 1 and 8 rows, cold and hot (a step's
+/// weights stay in a large enough L3 between steps); the resync's on 256 and 1024 rows, hot; each
+/// in f32, bf16, q8 with blocks of 32 and of 64.
 const bool kQuantBenchmarks = [] {
   struct Format {
     const char* name;

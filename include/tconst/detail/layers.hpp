@@ -97,23 +97,39 @@ void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, In
   }
 }
 
-/// h1[n, f] = silu(xn W1^T) * (xn W3^T) with the kernels of rows_gemm.hpp, both products and the
-/// gate of a range of hidden units on the same thread (one parallel region instead of two, and the
-/// gate no longer runs on one thread between them); false (nothing done) when there are no
-/// kernels for S or this CPU, W1 or W3 is not F32, or n is above kRowsGemmMaxRows. h3 is scratch.
+/// Whether this CPU has a few-row kernel for W's format (rows_gemm.inl for F32, quant_rows.inl for
+/// BF16 and Q8).
+inline bool has_few_rows_kernel(const WeightMatrix& W) noexcept {
+  return W.format == WeightFormat::f32 ? active_rows_gemm() != nullptr
+                                       : quant_kernels(active_isa()).rows != nullptr;
+}
+
+/// out[g, o] = in[g, :] . W[o, :] for g < n, o in [r0, r1), on the calling thread, with the
+/// few-row kernel of W's format (has_few_rows_kernel(W) must hold).
+inline void few_rows_range(const WeightMatrix& W, Index r0, Index r1, const float* in, Index ld_in,
+                           Index n, float* out, Index ld_out) noexcept {
+  if (W.format == WeightFormat::f32) {
+    active_rows_gemm()(static_cast<const float*>(W.data), W.cols, r0, r1, in, ld_in, n, nullptr,
+                       out, ld_out);
+  } else {
+    quant_kernels(active_isa()).rows(W, r0, r1, in, ld_in, n, nullptr, out, ld_out, false);
+  }
+}
+
+/// h1[n, f] = silu(xn W1^T) * (xn W3^T) with the few-row kernels, both products and the gate of a
+/// range of hidden units on the same thread (one parallel region instead of two, and the gate no
+/// longer runs on one thread between them); false (nothing done) when there are no kernels for S
+/// or this CPU, or n is above kRowsGemmMaxRows. W1 and W3 may be in any format. h3 is scratch.
 template <typename S>
 bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1, S* h3) noexcept {
   if constexpr (std::is_same_v<S, float>) {
-    const RowsGemmFn gemm = active_rows_gemm();
     const SiluGateFn gate = active_silu_gate();
-    if (gemm == nullptr || gate == nullptr || n > kRowsGemmMaxRows) return false;
-    if (L.w1.format != WeightFormat::f32 || L.w3.format != WeightFormat::f32) return false;
-    const float* w1 = static_cast<const float*>(L.w1.data);
-    const float* w3 = static_cast<const float*>(L.w3.data);
+    if (gate == nullptr || n > kRowsGemmMaxRows) return false;
+    if (!has_few_rows_kernel(L.w1) || !has_few_rows_kernel(L.w3)) return false;
     const Index f = L.w1.rows;
     for_row_ranges(f, [&](Index r0, Index r1) {
-      gemm(w1, d, r0, r1, xn, d, n, nullptr, h1, f);
-      gemm(w3, d, r0, r1, xn, d, n, nullptr, h3, f);
+      few_rows_range(L.w1, r0, r1, xn, d, n, h1, f);
+      few_rows_range(L.w3, r0, r1, xn, d, n, h3, f);
       for (Index g = 0; g < n; ++g) gate(h1 + g * f + r0, h3 + g * f + r0, r1 - r0);
     });
     return true;

@@ -18,6 +18,11 @@ inline void compute_quant(const WeightMatrix& W, Index o0, Index o1, Index p0, I
   for (Index op = o0; op < o1; op += kMr) {
     const int m = static_cast<int>(std::min<Index>(kMr, o1 - op));
     TCONST_QUANT_NS::widen_strip(W, op, m, p0, kc, strip);
+    // The next tile's weights come into L2 while this one computes (widening has no arithmetic
+    // to hide a miss behind; the float tile reads its weights as it goes).
+    if (op + kMr < o1) {
+      TCONST_QUANT_NS::fetch_strip(W, op + kMr, std::min<Index>(kMr, o1 - op - kMr), p0, kc);
+    }
     const float* b = bias != nullptr ? bias + op : nullptr;
     for (Index j0 = 0; j0 < rows; j0 += kNr) {
       const Index r = std::min<Index>(kNr, rows - j0);

@@ -257,8 +257,24 @@ inline void quant_rows(const WeightMatrix& W, Index o0, Index o1, const float* i
   }
 }
 
+/// Fetches into L2 what widen_strip(W, r0, m, p0, kc, ...) will read (weights and q8 scales).
+inline void fetch_strip(const WeightMatrix& W, Index r0, Index m, Index p0, Index kc) {
+  const size_t elem = W.format == WeightFormat::bf16 ? 2 : 1;
+  for (Index i = 0; i < m; ++i) {
+    const char* p =
+        static_cast<const char*>(W.data) + elem * static_cast<size_t>((r0 + i) * W.cols + p0);
+    for (size_t at = 0; at < elem * static_cast<size_t>(kc); at += 64)
+      _mm_prefetch(p + at, _MM_HINT_T1);
+    if (W.format == WeightFormat::q8) {
+      _mm_prefetch(reinterpret_cast<const char*>(W.scales + (r0 + i) * W.blocks() + p0 / W.block),
+                   _MM_HINT_T1);
+    }
+  }
+}
+
 /// dst[i * kc + c] = W[r0 + i, p0 + c] for i < m, c < kc: a strip of weight rows widened to float
-/// (the same values as dequantize_row), for the packed product's register tile.
+/// (the same values as dequantize_row), for the packed product's register tile. For q8, p0 is a
+/// multiple of the block (the product's passes are whole blocks).
 inline void widen_strip(const WeightMatrix& W, Index r0, Index m, Index p0, Index kc, float* dst) {
   if (W.format == WeightFormat::bf16) {
     for (Index i = 0; i < m; ++i) {
@@ -272,19 +288,17 @@ inline void widen_strip(const WeightMatrix& W, Index r0, Index m, Index p0, Inde
   }
   int shift = 0;  // the block is a power of two
   while ((Index{1} << shift) < W.block) ++shift;
-  const Index nb = W.blocks(), b0 = p0 >> shift, b1 = ((p0 + kc - 1) >> shift) + 1;
+  const Index nb = W.blocks();
   for (Index i = 0; i < m; ++i) {
-    const int8_t* p = static_cast<const int8_t*>(W.data) + (r0 + i) * W.cols;  // column 0
+    const int8_t* p = static_cast<const int8_t*>(W.data) + (r0 + i) * W.cols + p0;
     const float* s = W.scales + (r0 + i) * nb;
-    float* d = dst + i * kc;  // column p0
-    // Block after block, each with its scale; the first and last may be cut by the strip.
-    for (Index b = b0; b < b1; ++b) {
-      const Index c0 = std::max(p0, b << shift), c1 = std::min(p0 + kc, (b + 1) << shift);
-      const V sv = vset(s[b]);
-      Index c = c0;
-      for (; c + kLanes <= c1; c += kLanes) vstore(d + (c - p0), widen_q8(p + c, sv));
-      for (; c < c1; ++c) d[c - p0] = s[b] * static_cast<float>(p[c]);
+    float* d = dst + i * kc;
+    // p0 starts a block, so every vector lies in one block: one scale each, no test per block.
+    Index c = 0;
+    for (; c + kLanes <= kc; c += kLanes) {
+      vstore(d + c, widen_q8(p + c, vset(s[(p0 + c) >> shift])));
     }
+    for (; c < kc; ++c) d[c] = s[(p0 + c) >> shift] * static_cast<float>(p[c]);
   }
 }
 
