@@ -293,6 +293,10 @@ TEST(CliBench, BadFlags) {
   expect_error(run("bench --model " + kGolden + "transformer_L4/model.safetensors --streams 2"),
                "--streams needs");
   expect_error(run("bench --model " + kModel + " --precision double"), "float only");
+  // A bad flag value is a usage error (status 2), checked before anything is built.
+  const Outcome arch = run("bench --preset paper-41m --arch tconstformer,foo --depths 8");
+  expect_error(arch, "--arch: unknown architecture 'foo'");
+  EXPECT_EQ(arch.status, 2);
 }
 
 }  // namespace

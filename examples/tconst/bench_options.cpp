@@ -51,7 +51,11 @@ std::vector<std::string> arch_list(const std::string& list) {
   while (s <= list.size()) {
     const size_t e = list.find(',', s);
     archs.push_back(list.substr(s, e == std::string::npos ? std::string::npos : e - s));
-    tconst::parse_architecture(archs.back());  // validates the name
+    try {
+      tconst::parse_architecture(archs.back());  // validates the name
+    } catch (const tconst::Error& e) {
+      throw UsageError(std::string("--arch: ") + e.what());
+    }
     if (e == std::string::npos) break;
     s = e + 1;
   }
