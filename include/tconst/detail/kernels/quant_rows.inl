@@ -4,7 +4,7 @@
 // loaded: BF16 shifted into the upper half, Q8 sign-extended to int32, converted and multiplied by
 // its block's scale, which is SPEC §6.1's float32 product, so the kernel multiplies exactly the
 // dequantized matrix. Widening a vector takes 3 instructions on the ports that run the FMAs (2 for
-// BF16), so the register block spreads it: each widened vector serves 8 input rows where there
+// BF16), so the register block spreads it: each widened Q8 vector serves 8 input rows where there
 // are 8 or more and the lanes are 16 (kWideGroup), and a Q8 row's scale is broadcast once per
 // block, not per vector. Also the widening of a strip of weight rows for the packed product
 // (quant_gemm.inl). Read once per instruction set by quant_linear.hpp, inside the namespace
@@ -211,9 +211,10 @@ inline void qrow_block(const QuantRows& W, Index r0, const float* in, Index ld_i
                                ld_out, accumulate, n <= Group || g0 == Group);
 }
 
-/// Input rows per group and weight rows per block of the wide register block, for 8 rows or more:
-/// each widened vector of weights then serves 8 input rows (kGroup's serve 4 on AVX-512, so the
-/// widening, which costs as much as 3 FMAs, would be repeated for every 4 rows).
+/// Input rows per group and weight rows per block of the wide register block, for 8 rows or more
+/// over Q8: each widened vector of weights then serves 8 input rows (kGroup's serve 4 on AVX-512,
+/// so the widening, 3 instructions on the FMA ports, would be repeated for every 4 rows). BF16's
+/// widening is cheaper (2), and its 8-row products were no faster this way (w2: 11 % slower).
 constexpr int kWideGroup = kLanes == 16 ? 8 : kGroup;
 constexpr int kWideRows = kLanes == 16 ? 2 : kRows;
 
@@ -230,7 +231,7 @@ inline void quant_rows_format(const QuantRows& W, Index o0, Index o1, const floa
       qblock<F, 8, 1, true>(W, o, in, ld_in, b(o), out + o, ld_out, accumulate);
     }
   }
-  if (n >= kWideGroup && kWideGroup != kGroup) {
+  if (F == WeightFormat::q8 && n >= kWideGroup && kWideGroup != kGroup) {
     for (; o + kWideRows <= o1; o += kWideRows) {
       qrow_block<F, kWideRows, kWideGroup>(W, o, in, ld_in, n, b(o), out + o, ld_out, accumulate);
     }
