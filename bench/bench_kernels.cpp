@@ -174,6 +174,22 @@ float sum_floats(const float* p, Index n) {
   return s;
 }
 
+/// The sum of a[0, n), split over `threads` (OpenMP), each thread reading its contiguous part.
+float sum_split(const float* a, Index n, int64_t threads) {
+  float total = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
+  for (int64_t c = 0; c < threads; ++c) {
+    const Index r0 = n * c / threads, r1 = n * (c + 1) / threads;
+    total += sum_floats(a + r0, r1 - r0);
+  }
+#else
+  (void)threads;
+  total = sum_floats(a, n);
+#endif
+  return total;
+}
+
 /// Memory read bandwidth: one pass over a 1 GiB float array per iteration, split over `threads`.
 /// The "weight-streaming limit" of a cache-hit step is its weight bytes over this rate.
 void BM_MemoryReadBandwidth(benchmark::State& state) {
@@ -181,19 +197,7 @@ void BM_MemoryReadBandwidth(benchmark::State& state) {
   set_threads(threads);
   const std::vector<float>& a = pool();
   const Index n = static_cast<Index>(a.size());
-  for (auto _ : state) {
-    float total = 0;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
-    for (int64_t c = 0; c < threads; ++c) {
-      const Index r0 = n * c / threads, r1 = n * (c + 1) / threads;
-      total += sum_floats(a.data() + r0, r1 - r0);
-    }
-#else
-    total = sum_floats(a.data(), n);
-#endif
-    benchmark::DoNotOptimize(total);
-  }
+  for (auto _ : state) benchmark::DoNotOptimize(sum_split(a.data(), n, threads));
   report_bytes(state, static_cast<double>(kPoolBytes));
 }
 BENCHMARK(BM_MemoryReadBandwidth)
@@ -232,36 +236,20 @@ void BM_StepReadBandwidth(benchmark::State& state, td::WeightFormat format) {
     std::memcpy(buf.data(), pool().data(), sizeof(float) * static_cast<size_t>(n));
   }
   const float* a = buf.data();
-  for (auto _ : state) {
-    float total = 0;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
-    for (int64_t c = 0; c < threads; ++c) {
-      const Index r0 = n * c / threads, r1 = n * (c + 1) / threads;
-      total += sum_floats(a + r0, r1 - r0);
-    }
-#else
-    total = sum_floats(a, n);
-#endif
-    benchmark::DoNotOptimize(total);
-  }
+  for (auto _ : state) benchmark::DoNotOptimize(sum_split(a, n, threads));
   report_bytes(state, static_cast<double>(n) * sizeof(float));
 }
-BENCHMARK_CAPTURE(BM_StepReadBandwidth, f32, td::WeightFormat::f32)
-    ->ArgsProduct({thread_counts()})
-    ->ArgNames({"threads"})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_StepReadBandwidth, bf16, td::WeightFormat::bf16)
-    ->ArgsProduct({thread_counts()})
-    ->ArgNames({"threads"})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_StepReadBandwidth, q8, td::WeightFormat::q8)
-    ->ArgsProduct({thread_counts()})
-    ->ArgNames({"threads"})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+const bool kStepReadBenchmarks = [] {
+  for (td::WeightFormat f : {td::WeightFormat::f32, td::WeightFormat::bf16, td::WeightFormat::q8}) {
+    const std::string name = std::string("BM_StepReadBandwidth/") + td::to_string(f);
+    benchmark::RegisterBenchmark(name.c_str(), BM_StepReadBandwidth, f)
+        ->ArgsProduct({thread_counts()})
+        ->ArgNames({"threads"})
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  return true;
+}();
 
 /// Single-precision GEMM rate: Eigen's 1024 x 1024 x 1024 product (2 * 1024^3 FLOP).
 void BM_GemmRate(benchmark::State& state) {
