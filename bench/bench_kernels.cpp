@@ -573,11 +573,15 @@ void BM_OnlineAttentionAdd(benchmark::State& state) {
   set_threads(state.range(1));
   const std::vector<float> Q = random_floats(static_cast<size_t>(nq * kD), 31);
   const std::vector<float> qkv = random_floats(static_cast<size_t>(nk * 3 * kD), 32);
-  std::vector<float> scores(static_cast<size_t>(nq * nk));
+  // One head's scores per thread, and the per-thread GEMM buffers, as the resync has them.
+  std::vector<float> scores(static_cast<size_t>(state.range(1) * nq * nk));
+  td::AttentionLanes<float> lanes;
+  lanes.lanes.resize(static_cast<size_t>(state.range(1)));
   td::OnlineAttention<float> online;
   online.reset(Q.data(), kD, nq, kHeads, kDh);
   for (auto _ : state) {
-    online.add(qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk, scores.data());
+    online.add(qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk, scores.data(),
+               static_cast<Index>(scores.size()), &lanes);
     benchmark::DoNotOptimize(scores.data());
     benchmark::ClobberMemory();
   }
@@ -597,11 +601,14 @@ void BM_AttendRows(benchmark::State& state) {
   const Index nq = state.range(0), nk = kW;
   set_threads(state.range(1));
   const std::vector<float> qkv = random_floats(static_cast<size_t>(std::max(nq, nk) * 3 * kD), 41);
-  std::vector<float> scores(static_cast<size_t>(nq * nk));
+  std::vector<float> scores(static_cast<size_t>(state.range(1) * nq * nk));
+  td::AttentionLanes<float> lanes;
+  lanes.lanes.resize(static_cast<size_t>(state.range(1)));
   std::vector<float> out(static_cast<size_t>(nq * kD));
   for (auto _ : state) {
     td::attend_rows(qkv.data(), 3 * kD, nq, qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk,
-                    kHeads, kDh, Index{-1}, out.data(), kD, false, scores.data());
+                    kHeads, kDh, Index{-1}, out.data(), kD, false, scores.data(),
+                    static_cast<Index>(scores.size()), &lanes);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -751,9 +758,10 @@ void BM_FfnResidual(benchmark::State& state) {
   const std::vector<float> x0 = x;
   std::vector<float> xn(static_cast<size_t>(n * kD)), h1(static_cast<size_t>(n * kF)),
       h3(static_cast<size_t>(n * kF));
+  td::GemmWorkspace ws;  // many rows: the packed GEMM, as the resync and a prefill run it
   int64_t k = 0;
   for (auto _ : state) {
-    td::ffn_residual(x.data(), kD, n, L, 1e-5, xn.data(), h1.data(), h3.data());
+    td::ffn_residual(x.data(), kD, n, L, 1e-5, xn.data(), h1.data(), h3.data(), &ws);
     benchmark::DoNotOptimize(x.data());
     benchmark::ClobberMemory();
     if (++k % 64 == 0) {  // keep the residual stream from growing without bound

@@ -6,9 +6,11 @@
 // Then: the same bits on 1, 2 and 3 threads, and a workspace that stops growing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -176,6 +178,123 @@ TEST(Gemm, WorkspaceStopsGrowing) {
     tconst::detail::gemm(W.data(), k, o, in.data(), k, rows, nullptr, out.data(), o, false, ws);
     EXPECT_EQ(ws.packed.data(), data);
     EXPECT_EQ(ws.packed.size(), size);
+  }
+}
+
+/// One attention head through isa's panel kernels (gemm.inl: scores in panel layout, the softmax
+/// down the lanes, the values' product reading the probabilities as its packed input) against
+/// softmax(q . k / sqrt(dh)) V in double: normalised over all nk keys, overwriting and accumulating
+/// into the output; and online, the keys in chunks of `chunk`. Padding beside every output row must
+/// stay untouched.
+void check_panel_attention(Isa isa, Index nq, Index nk, Index dh, Index chunk, uint64_t seed) {
+  SCOPED_TRACE(std::string(tconst::detail::isa_name(isa)) + " nq " + std::to_string(nq) + " nk " +
+               std::to_string(nk) + " dh " + std::to_string(dh) + " chunk " +
+               std::to_string(chunk));
+  auto at = [](Index i) { return static_cast<size_t>(i); };
+  const tconst::detail::GemmKernels kern = tconst::detail::gemm_kernels_for(isa);
+  ASSERT_NE(kern.scores, nullptr);
+  const Index ld_q = dh + 3, ld_kv = dh + 5, ld_out = dh + 2;
+  // Queries 4x larger than the keys: scores of a few units, so that the softmax's shift matters.
+  const std::vector<float> Q = random_floats(static_cast<size_t>(nq * ld_q), seed, -4.0, 4.0);
+  const std::vector<float> K = random_floats(static_cast<size_t>(nk * ld_kv), seed + 1);
+  const std::vector<float> V = random_floats(static_cast<size_t>(nk * ld_kv), seed + 2);
+  const std::vector<float> start = random_floats(static_cast<size_t>(nq * ld_out), seed + 3);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  // want[r, e] and mag[r, e] = sum_c p_c |V[c, e]|, in double.
+  std::vector<double> want(static_cast<size_t>(nq * dh)), mag(want.size());
+  for (Index r = 0; r < nq; ++r) {
+    std::vector<double> p(static_cast<size_t>(nk));
+    double top = -1e300, total = 0;
+    for (Index c = 0; c < nk; ++c) {
+      double dot = 0;
+      for (Index e = 0; e < dh; ++e)
+        dot += static_cast<double>(Q[at(r * ld_q + e)]) * K[at(c * ld_kv + e)];
+      p[at(c)] = dot * scale;
+      top = std::max(top, p[at(c)]);
+    }
+    for (double& x : p) total += (x = std::exp(x - top));
+    for (Index e = 0; e < dh; ++e) {
+      double w = 0, m = 0;
+      for (Index c = 0; c < nk; ++c) {
+        w += p[at(c)] / total * V[at(c * ld_kv + e)];
+        m += p[at(c)] / total * std::abs(V[at(c * ld_kv + e)]);
+      }
+      want[at(r * dh + e)] = w;
+      mag[at(r * dh + e)] = m;
+    }
+  }
+  const Index padded = (nq + kern.lanes - 1) / kern.lanes * kern.lanes;
+  tconst::detail::LineVector<float> qp(static_cast<size_t>(padded * dh)),
+      pp(static_cast<size_t>(padded * nk)), mx(static_cast<size_t>(padded)),
+      sum(static_cast<size_t>(padded)), rescale(static_cast<size_t>(padded));
+  for (Index j0 = 0; j0 < nq; j0 += kern.nr) {
+    kern.pack(Q.data() + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, qp.data() + j0 * dh);
+  }
+  auto expect_output = [&](const std::vector<float>& out, bool accumulated, const char* what) {
+    for (Index r = 0; r < nq; ++r) {
+      for (Index e = 0; e < ld_out; ++e) {
+        const size_t i = at(r * ld_out + e);
+        if (e >= dh) {
+          ASSERT_EQ(out[i], kPad) << what << ": wrote into the padding at row " << r;
+          continue;
+        }
+        const double base = accumulated ? start[i] : 0.0;
+        ASSERT_NEAR(out[i], base + want[at(r * dh + e)],
+                    2e-6 * (mag[at(r * dh + e)] + std::abs(base)) + 1e-7)
+            << what << ": row " << r << ", column " << e;
+      }
+    }
+  };
+  for (bool acc : {false, true}) {
+    std::vector<float> out(static_cast<size_t>(nq * ld_out), kPad);
+    for (Index r = 0; acc && r < nq; ++r) {
+      std::memcpy(out.data() + r * ld_out, start.data() + r * ld_out, sizeof(float) * at(dh));
+    }
+    kern.scores(K.data(), ld_kv, nk, qp.data(), nq, dh, pp.data());
+    kern.softmax(pp.data(), nq, nk, static_cast<float>(scale), nullptr, nullptr, nullptr);
+    kern.values(V.data(), ld_kv, nk, dh, pp.data(), nq, out.data(), ld_out, acc);
+    expect_output(out, acc, acc ? "normalised, accumulated" : "normalised");
+    if (testing::Test::HasFatalFailure()) return;
+  }
+  // Online: the running maximum and sum per query row, the output rescaled before each chunk.
+  std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
+  std::fill(sum.begin(), sum.end(), 0.0f);
+  std::vector<float> out(static_cast<size_t>(nq * ld_out), kPad);
+  for (Index r = 0; r < nq; ++r) std::fill_n(out.data() + r * ld_out, dh, 0.0f);
+  for (Index c0 = 0; c0 < nk; c0 += chunk) {
+    const Index n = std::min(chunk, nk - c0);
+    kern.scores(K.data() + c0 * ld_kv, ld_kv, n, qp.data(), nq, dh, pp.data());
+    kern.softmax(pp.data(), nq, n, static_cast<float>(scale), mx.data(), sum.data(),
+                 rescale.data());
+    for (Index r = 0; r < nq; ++r) {
+      for (Index e = 0; e < dh; ++e) out[at(r * ld_out + e)] *= rescale[at(r)];
+    }
+    kern.values(V.data() + c0 * ld_kv, ld_kv, n, dh, pp.data(), nq, out.data(), ld_out, true);
+  }
+  for (Index r = 0; r < nq; ++r) {
+    for (Index e = 0; e < dh; ++e) out[at(r * ld_out + e)] /= sum[at(r)];
+  }
+  expect_output(out, false, "online");
+}
+
+TEST(Gemm, AttentionPanelsMatchADoubleSoftmax) {
+  // Query rows around a vector and a panel; keys around a tile (12 on AVX-512, 6 on AVX2) and the
+  // resync's chunk; head widths below, at and past a tile of value columns.
+  const Index nqs[] = {2, 7, 16, 17, 33, 70};
+  const Index nks[] = {1, 5, 12, 13, 40, 256};
+  const Index dhs[] = {5, 36, 64};
+  uint64_t seed = 500;
+  for (Isa isa : paths()) {
+    if (isa == Isa::none) continue;  // no panel kernels: the attention uses the products above
+    for (Index nq : nqs) {
+      for (Index nk : nks) {
+        for (Index dh : dhs) {
+          check_panel_attention(isa, nq, nk, dh, std::max<Index>(1, nk / 3), seed);
+          seed += 4;
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
   }
 }
 

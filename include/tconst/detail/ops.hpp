@@ -313,27 +313,73 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
   attend_one_serial(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
 }
 
-/// Per-thread buffers for the attention products of many query rows, which go through the packed
-/// GEMM: one head's keys gathered into rows of dh, its values transposed, and the GEMM's panels.
-/// Sized at first use, then reused.
+/// Per-thread buffers for the attention products of many query rows. In float on a CPU with the
+/// packed kernels: one head's queries packed, its scores in panel layout (gemm.inl) and the online
+/// softmax's rescaling factors. Otherwise (double, Isa::none): one head's keys gathered into rows
+/// of dh, its values transposed, and the product's panels. Sized at first use, then reused.
 template <typename S>
 struct AttentionLanes {
   struct Lane {
     std::vector<S> k;   // [nk, dh] one head's keys, contiguous
     std::vector<S> vt;  // [dh, nk] one head's values, transposed
     GemmWorkspace gemm;
+    LineVector<float> qp;       // [padded nq, dh] one head's queries, packed
+    LineVector<float> pp;       // [padded nq, nk] one head's scores, then probabilities
+    LineVector<float> rescale;  // [padded nq] the online softmax's e^(m - m')
   };
   std::vector<Lane> lanes;
 
   size_t bytes() const {
     size_t b = 0;
     for (const Lane& l : lanes) {
-      b +=
-          sizeof(S) * (l.k.capacity() + l.vt.capacity()) + sizeof(float) * l.gemm.packed.capacity();
+      b += sizeof(S) * (l.k.capacity() + l.vt.capacity()) +
+           sizeof(float) * (l.gemm.packed.capacity() + l.qp.capacity() + l.pp.capacity() +
+                            l.rescale.capacity());
     }
     return b;
   }
 };
+
+/// The packed kernels when one head's attention of many rows can run with its scores in panel
+/// layout (float, a CPU with the kernels, a lane's buffers, at least one key), else nullptr.
+template <typename S>
+const GemmKernels* panel_kernels(const typename AttentionLanes<S>::Lane* lane, Index nk,
+                                 GemmKernels& kern) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (lane == nullptr || nk <= 0) return nullptr;
+    kern = gemm_kernels_at_most(active_isa());
+    return kern.scores != nullptr ? &kern : nullptr;
+  } else {
+    (void)lane, (void)nk, (void)kern;
+    return nullptr;
+  }
+}
+
+/// Query rows nq rounded up to whole vectors of `kern`: the rows of a panel-layout score block.
+inline Index panel_rows(const GemmKernels& kern, Index nq) {
+  return (nq + kern.lanes - 1) / kern.lanes * kern.lanes;
+}
+
+/// One head's probabilities in panel layout, in lane.pp: the nq queries Qh (rows ld_q apart)
+/// packed, their scores against the nk keys Kh (rows ld_k apart) and the softmax of each row
+/// (kern.softmax: normalised when mx is nullptr, else one online step with mx, sum and
+/// lane.rescale).
+inline void panel_probs(const GemmKernels& kern, const float* Qh, Index ld_q, Index nq,
+                        const float* Kh, Index ld_k, Index nk, Index dh, float scale,
+                        AttentionLanes<float>::Lane& lane, float* mx, float* sum) {
+  const Index padded = panel_rows(kern, nq);
+  if (static_cast<Index>(lane.qp.size()) < padded * dh)
+    lane.qp.resize(static_cast<size_t>(padded * dh));
+  if (static_cast<Index>(lane.pp.size()) < padded * nk)
+    lane.pp.resize(static_cast<size_t>(padded * nk));
+  if (static_cast<Index>(lane.rescale.size()) < padded)
+    lane.rescale.resize(static_cast<size_t>(padded));
+  for (Index j0 = 0; j0 < nq; j0 += kern.nr) {
+    kern.pack(Qh + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, lane.qp.data() + j0 * dh);
+  }
+  kern.scores(Kh, ld_k, nk, lane.qp.data(), nq, dh, lane.pp.data());
+  kern.softmax(lane.pp.data(), nq, nk, scale, mx, sum, lane.rescale.data());
+}
 
 /// P[nq, nk] = Qh Kh^T for one head (dh columns of rows ld_q and ld_k apart): through the packed
 /// GEMM with `lane`, else Eigen's product.
@@ -400,6 +446,16 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
   const Index lanes = lanes_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
   for_each_lane(heads, lanes, [&](Index h, Index lane) {
+    if constexpr (std::is_same_v<S, float>) {
+      GemmKernels kern;
+      if (causal_base < 0 && panel_kernels<S>(lane_of(al, lane), nk, kern) != nullptr) {
+        AttentionLanes<float>::Lane& l = *lane_of(al, lane);
+        panel_probs(kern, Q + h * dh, ld_q, nq, K + h * dh, ld_kv, nk, dh, scale, l, nullptr,
+                    nullptr);
+        kern.values(V + h * dh, ld_kv, nk, dh, l.pp.data(), nq, out + h * dh, ld_out, accumulate);
+        return;
+      }
+    }
     S* p = scores + lane * nq * nk;
     head_scores(Q + h * dh, ld_q, nq, K + h * dh, ld_kv, nk, dh, p, lane_of(al, lane));
     RowsMap<S> P(p, nq, nk, Eigen::OuterStride<>(nk));
@@ -428,9 +484,10 @@ class OnlineAttention {
     nq_ = nq;
     heads_ = heads;
     dh_ = dh;
+    stride_ = (nq + kStatAlign - 1) / kStatAlign * kStatAlign;
     acc_.setZero(nq, heads * dh);
-    max_.setConstant(nq, heads, -std::numeric_limits<S>::infinity());
-    sum_.setZero(nq, heads);
+    max_.assign(static_cast<size_t>(heads * stride_), -std::numeric_limits<S>::infinity());
+    sum_.assign(static_cast<size_t>(heads * stride_), S(0));
   }
 
   /// Folds in nk more keys and values. `scores` holds at least nq * nk scalars; given scores_len,
@@ -446,17 +503,31 @@ class OnlineAttention {
     const S scale = S(1) / std::sqrt(static_cast<S>(dh_));
     const Index lanes = lanes_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
     for_each_lane(heads_, lanes, [&](Index h, Index lane) {
+      S* mx = max_.data() + h * stride_;
+      S* sum = sum_.data() + h * stride_;
+      if constexpr (std::is_same_v<S, float>) {
+        GemmKernels kern;
+        if (panel_kernels<S>(lane_of(al, lane), nk, kern) != nullptr) {
+          AttentionLanes<float>::Lane& l = *lane_of(al, lane);
+          panel_probs(kern, Q_ + h * dh_, ld_q_, nq_, K + h * dh_, ld_kv, nk, dh_, scale, l, mx,
+                      sum);
+          for (Index r = 0; r < nq_; ++r) acc_.row(r).segment(h * dh_, dh_) *= l.rescale[r];
+          kern.values(V + h * dh_, ld_kv, nk, dh_, l.pp.data(), nq_, acc_.data() + h * dh_,
+                      heads_ * dh_, true);
+          return;
+        }
+      }
       S* p = scores + lane * nq_ * nk;
       head_scores(Q_ + h * dh_, ld_q_, nq_, K + h * dh_, ld_kv, nk, dh_, p, lane_of(al, lane));
       RowsMap<S> P(p, nq_, nk, Eigen::OuterStride<>(nk));
       P *= scale;
       for (Index r = 0; r < nq_; ++r) {
         S* row = p + r * nk;
-        const S old_max = max_(r, h);
+        const S old_max = mx[r];
         const S new_max = std::max(old_max, max_of(row, nk));
         const S rescale = std::exp(old_max - new_max);  // 0 on the first chunk (old = -inf)
-        sum_(r, h) = sum_(r, h) * rescale + exp_sum(row, nk, new_max);
-        max_(r, h) = new_max;
+        sum[r] = sum[r] * rescale + exp_sum(row, nk, new_max);
+        mx[r] = new_max;
         acc_.row(r).segment(h * dh_, dh_) *= rescale;
       }
       head_values(p, nq_, nk, V + h * dh_, ld_kv, dh_, acc_.data() + h * dh_, heads_ * dh_, true,
@@ -474,17 +545,19 @@ class OnlineAttention {
     for (Index r = 0; r < nq_; ++r) {
       for (Index h = 0; h < heads_; ++h) {
         RowVecMap<S>(out + r * ld_out + h * dh_, dh_) =
-            acc_.row(r).segment(h * dh_, dh_) / sum_(r, h);
+            acc_.row(r).segment(h * dh_, dh_) / sum_[static_cast<size_t>(h * stride_ + r)];
       }
     }
   }
 
  private:
+  // A head's statistics start on a cache line and cover whole vectors of query rows.
+  static constexpr Index kStatAlign = 16;
   const S* Q_ = nullptr;
-  Index ld_q_ = 0, nq_ = 0, heads_ = 0, dh_ = 0;
-  MatrixRM<S> acc_;  // [nq, d] un-normalised weighted values
-  MatrixRM<S> max_;  // [nq, heads] running max of the scaled scores
-  MatrixRM<S> sum_;  // [nq, heads] running sum of exp(score - max)
+  Index ld_q_ = 0, nq_ = 0, heads_ = 0, dh_ = 0, stride_ = 0;
+  MatrixRM<S> acc_;    // [nq, d] un-normalised weighted values
+  LineVector<S> max_;  // [heads, stride] running max of the scaled scores per query row
+  LineVector<S> sum_;  // [heads, stride] running sum of exp(score - max)
 };
 
 /// a[i] = silu(a[i]) * g[i] = a[i] / (1 + e^-a[i]) * g[i] for i < n: the SwiGLU gate, portably

@@ -38,14 +38,16 @@
 #define TCONST_GEMM_LANES 16
 #define TCONST_GEMM_MR 12
 #define TCONST_GEMM_NV 2
-#include "tconst/detail/kernels/gemm.inl"  // undefines the four TCONST_GEMM_ macros
+#define TCONST_GEMM_SIMD_NS avx512
+#include "tconst/detail/kernels/gemm.inl"  // undefines the five TCONST_GEMM_ macros
 #include "tconst/detail/kernels/target_avx2_begin.inl"
 #include "tconst/detail/kernels/target_end.inl"
 #define TCONST_GEMM_NS gemm_avx2
 #define TCONST_GEMM_LANES 8
 #define TCONST_GEMM_MR 6
 #define TCONST_GEMM_NV 2
-#include "tconst/detail/kernels/gemm.inl"  // undefines the four TCONST_GEMM_ macros
+#define TCONST_GEMM_SIMD_NS avx2
+#include "tconst/detail/kernels/gemm.inl"  // undefines the five TCONST_GEMM_ macros
 #include "tconst/detail/kernels/target_end.inl"
 
 #endif  // TCONST_X86_DISPATCH
@@ -82,6 +84,15 @@ struct GemmKernels {
   void (*compute)(const float* W, Eigen::Index ldw, Eigen::Index o0, Eigen::Index o1,
                   Eigen::Index p0, Eigen::Index kc, const float* packed, Eigen::Index rows,
                   const float* bias, float* out, Eigen::Index ld_out, bool load_out) = nullptr;
+  // One attention head's products with its scores in panel layout (gemm.inl).
+  void (*scores)(const float* K, Eigen::Index ld_k, Eigen::Index nk, const float* qp,
+                 Eigen::Index nq, Eigen::Index dh, float* pp) = nullptr;
+  void (*softmax)(float* pp, Eigen::Index nq, Eigen::Index nk, float scale, float* mx, float* sum,
+                  float* rescale) = nullptr;
+  void (*values)(const float* Vh, Eigen::Index ld_v, Eigen::Index nk, Eigen::Index dh,
+                 const float* pp, Eigen::Index nq, float* out, Eigen::Index ld_out,
+                 bool load_out) = nullptr;
+  Eigen::Index lanes = 0;  // floats per vector: panels' widths are multiples of it
 };
 
 /// The product's pieces for `isa`; empty (compute == nullptr) when this build or this CPU cannot
@@ -91,9 +102,23 @@ inline GemmKernels gemm_kernels_for(Isa isa) {
   if (rows_gemm_for(isa) == nullptr) return {};  // the CPU check of dispatch.hpp
   switch (isa) {
     case Isa::avx512:
-      return {gemm_avx512::kMr, gemm_avx512::kNr, &gemm_avx512::pack_panel, &gemm_avx512::compute};
+      return {gemm_avx512::kMr,
+              gemm_avx512::kNr,
+              &gemm_avx512::pack_panel,
+              &gemm_avx512::compute,
+              &gemm_avx512::scores_to_panels,
+              &gemm_avx512::softmax_panels,
+              &gemm_avx512::values_from_panels,
+              gemm_avx512::kLanes};
     case Isa::avx2:
-      return {gemm_avx2::kMr, gemm_avx2::kNr, &gemm_avx2::pack_panel, &gemm_avx2::compute};
+      return {gemm_avx2::kMr,
+              gemm_avx2::kNr,
+              &gemm_avx2::pack_panel,
+              &gemm_avx2::compute,
+              &gemm_avx2::scores_to_panels,
+              &gemm_avx2::softmax_panels,
+              &gemm_avx2::values_from_panels,
+              gemm_avx2::kLanes};
     case Isa::none:
       break;
   }

@@ -1,8 +1,9 @@
 // One instruction set's pieces of the packed matrix product of gemm.hpp, included by gemm.hpp
 // once per instruction set inside a region that compiles every function for it, with its
 // parameters defined: TCONST_GEMM_NS (namespace), TCONST_GEMM_LANES (16: AVX-512, 8: AVX2 + FMA),
-// TCONST_GEMM_MR (weight rows per register tile) and TCONST_GEMM_NV (vectors of input rows per
-// register tile). Undefines them at its end. No include guard: it is read twice.
+// TCONST_GEMM_MR (weight rows per register tile), TCONST_GEMM_NV (vectors of input rows per
+// register tile) and TCONST_GEMM_SIMD_NS (dispatch.hpp's namespace of the same instruction set,
+// whose e^x it uses). Undefines them at its end. No include guard: it is read twice.
 //
 // The register tile is out^T: MR output columns (weight rows, read in place and broadcast one
 // float at a time) by NV vectors of input rows (read from a packed panel, the input's transpose:
@@ -34,6 +35,16 @@ inline V vset(float a) {
 }
 inline V vfma(V a, V b, V c) {
   return _mm512_fmadd_ps(a, b, c);
+}
+inline V vmul(V a, V b) {
+  return _mm512_mul_ps(a, b);
+}
+inline V vmax(V a, V b) {
+  return _mm512_max_ps(a, b);
+}
+/// Stores a at p, 64-byte aligned.
+inline void vstore_line(float* p, V a) {
+  _mm512_store_ps(p, a);
 }
 inline V vadd(V a, V b) {
   return _mm512_add_ps(a, b);
@@ -70,6 +81,16 @@ inline V vset(float a) {
 }
 inline V vfma(V a, V b, V c) {
   return _mm256_fmadd_ps(a, b, c);
+}
+inline V vmul(V a, V b) {
+  return _mm256_mul_ps(a, b);
+}
+inline V vmax(V a, V b) {
+  return _mm256_max_ps(a, b);
+}
+/// Stores a at p, 32-byte aligned.
+inline void vstore_line(float* p, V a) {
+  _mm256_store_ps(p, a);
 }
 inline V vadd(V a, V b) {
   return _mm256_add_ps(a, b);
@@ -184,12 +205,17 @@ inline void store_tile(V (&acc)[M][NV], float* out, Index ld_out, Index rows, bo
   }
 }
 
-/// One register tile over kc columns: out[j, i] (+)= sum_c w[i * ldw + c] * panel[c * NV * kLanes
-/// + j] (+ bias[i]) for i < M, j < rows. `w` is the first weight row at its first column.
-template <int M, int NV>
-void tile(const float* w, Index ldw, const float* panel, Index kc, const float* bias, float* out,
-          Index ld_out, Index rows, bool load_out) {
-  V acc[M][NV];
+/// How a register tile reads its weights and where it puts its sums.
+enum class TileKind {
+  rows,    // weight i's column c at w[i * ldw + c]; out[j, i] (+)= sums, transposed, plus bias
+  panel,   // as rows, but the sums stored as they lie, in panel layout: out[i * NV * kLanes + j]
+  columns  // weight i's column c at w[c * ldw + i] (the weights' transpose); stored as rows
+};
+
+/// acc[i][v] = sum_c w(i, c) * panel[c * NV * kLanes + v * kLanes ...] over kc columns, w(i, c) as
+/// TileKind K reads it.
+template <int M, int NV, TileKind K>
+inline void tile_sums(const float* w, Index ldw, const float* panel, Index kc, V (&acc)[M][NV]) {
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i) {
 #pragma GCC unroll 4
@@ -201,10 +227,30 @@ void tile(const float* w, Index ldw, const float* panel, Index kc, const float* 
     for (int v = 0; v < NV; ++v) x[v] = vload(panel + c * (NV * kLanes) + v * kLanes);
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) {
-      const V s = vset(w[i * ldw + c]);
+      const V s = vset(K == TileKind::columns ? w[c * ldw + i] : w[i * ldw + c]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = vfma(s, x[v], acc[i][v]);
     }
+  }
+}
+
+/// One register tile over kc columns: out[j, i] (+)= sum_c w(i, c) * panel[c * NV * kLanes + j]
+/// (+ bias[i]) for i < M, j < rows, w(i, c) as TileKind K reads it; `w` is the first weight at its
+/// first column. TileKind::panel stores all NV * kLanes sums of each i (bias, ld_out, rows and
+/// load_out unused).
+template <int M, int NV, TileKind K = TileKind::rows>
+void tile(const float* w, Index ldw, const float* panel, Index kc, const float* bias, float* out,
+          Index ld_out, Index rows, bool load_out) {
+  V acc[M][NV];
+  tile_sums<M, NV, K>(w, ldw, panel, kc, acc);
+  if constexpr (K == TileKind::panel) {
+    (void)bias, (void)ld_out, (void)rows, (void)load_out;
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) vstore_line(out + (i * NV + v) * kLanes, acc[i][v]);
+    }
+    return;
   }
   if (bias != nullptr) {
 #pragma GCC unroll 16
@@ -220,22 +266,22 @@ void tile(const float* w, Index ldw, const float* panel, Index kc, const float* 
 using TileFn = void (*)(const float*, Index, const float*, Index, const float*, float*, Index,
                         Index, bool);
 
-template <int M, int NV = kNv>
+template <TileKind K, int M, int NV = kNv>
 inline TileFn tile_for_nv(int nv) {
   if constexpr (NV == 0) {
     return nullptr;
   } else {
-    return nv == NV ? &tile<M, NV> : tile_for_nv<M, NV - 1>(nv);
+    return nv == NV ? &tile<M, NV, K> : tile_for_nv<K, M, NV - 1>(nv);
   }
 }
 
-/// The tile of m (1..kMr) weight rows by nv (1..kNv) vectors.
-template <int M = kMr>
+/// The tile of kind K of m (1..kMr) weights by nv (1..kNv) vectors.
+template <TileKind K = TileKind::rows, int M = kMr>
 inline TileFn tile_for(int m, int nv) {
   if constexpr (M == 0) {
     return nullptr;
   } else {
-    return m == M ? tile_for_nv<M>(nv) : tile_for<M - 1>(m, nv);
+    return m == M ? tile_for_nv<K, M>(nv) : tile_for<K, M - 1>(m, nv);
   }
 }
 
@@ -258,6 +304,90 @@ inline void compute(const float* W, Index ldw, Index o0, Index o1, Index p0, Ind
   }
 }
 
+// ---- one attention head's products, the scores in panel layout --------------------------------
+//
+// Panel layout of a head's scores over nk keys: the nq query rows in panels of kNr (the last
+// ceil(rows / kLanes) * kLanes wide, its extra lanes padding), panel j0 at pp + j0 * nk, key c's
+// scores of the panel's queries at c * width: the layout pack_panel gives input rows over kc = nk
+// columns. So the scores' tiles are stored as they lie (no transpose), the softmax of a query row
+// runs down a lane (kLanes rows at once, no horizontal operation), and the product with the values
+// reads the probabilities as its packed input (no packing).
+
+/// pp = q_j . k_c (unscaled) for the nq queries packed by pack_panel over dh columns at qp (panel
+/// j0 at qp + j0 * dh) and nk keys, rows ld_k apart, read in place. Padding lanes get 0.
+inline void scores_to_panels(const float* K, Index ld_k, Index nk, const float* qp, Index nq,
+                             Index dh, float* pp) {
+  for (Index j0 = 0; j0 < nq; j0 += kNr) {
+    const int nv = static_cast<int>((std::min<Index>(kNr, nq - j0) + kLanes - 1) / kLanes);
+    const Index width = nv * kLanes;
+    for (Index c0 = 0; c0 < nk; c0 += kMr) {
+      const int m = static_cast<int>(std::min<Index>(kMr, nk - c0));
+      const TileFn fn = m == kMr && nv == kNv ? &tile<kMr, kNv, TileKind::panel>
+                                              : tile_for<TileKind::panel>(m, nv);
+      fn(K + c0 * ld_k, ld_k, qp + j0 * dh, dh, nullptr, pp + j0 * nk + c0 * width, 0, 0, false);
+    }
+  }
+}
+
+/// The softmax of every query row of the panel-layout scores pp (nq queries, nk >= 1 keys), each
+/// score s taken as scale * s (scale > 0), one vector of kLanes query rows at a time, in place.
+/// Normalised when mx is nullptr: pp = e^(s - m) / sum_c e^(s - m), m the row's maximum. Otherwise
+/// one step of an online softmax (ops.hpp's OnlineAttention) with the row's running maximum mx[j]
+/// and sum sum[j] (64-byte aligned, one per query row and padding lane): m' = max(mx, max_c s),
+/// pp = e^(s - m'), rescale[j] = e^(mx - m'), sum = sum * rescale + sum_c pp, mx = m'.
+inline void softmax_panels(float* pp, Index nq, Index nk, float scale, float* mx, float* sum,
+                           float* rescale) {
+  namespace simd = TCONST_GEMM_SIMD_NS;
+  const V vscale = vset(scale);
+  for (Index j0 = 0; j0 < nq; j0 += kNr) {
+    const Index width = (std::min<Index>(kNr, nq - j0) + kLanes - 1) / kLanes * kLanes;
+    for (Index v = 0; v < width; v += kLanes) {
+      float* col = pp + j0 * nk + v;
+      V top = vload(col);
+      for (Index c = 1; c < nk; ++c) top = vmax(top, vload(col + c * width));
+      V shift = vmul(top, vscale);
+      V step = vzero();
+      if (mx != nullptr) {
+        const V old = vload(mx + j0 + v);
+        shift = vmax(old, shift);
+        step = simd::vexp_nonpositive(vadd(old, vmul(shift, vset(-1.0f))));
+      }
+      const V neg = vmul(shift, vset(-1.0f));
+      V total = vzero();
+      for (Index c = 0; c < nk; ++c) {
+        const V e = simd::vexp_nonpositive(vfma(vload(col + c * width), vscale, neg));
+        vstore_line(col + c * width, e);
+        total = vadd(total, e);
+      }
+      if (mx != nullptr) {
+        vstore_line(mx + j0 + v, shift);
+        vstore_line(rescale + j0 + v, step);
+        vstore_line(sum + j0 + v, vfma(vload(sum + j0 + v), step, total));
+      } else {
+        const V inv = simd::vdiv(vset(1.0f), total);
+        for (Index c = 0; c < nk; ++c)
+          vstore_line(col + c * width, vmul(vload(col + c * width), inv));
+      }
+    }
+  }
+}
+
+/// out[j, e] (+)= sum_c pp(j, c) * Vh[c * ld_v + e] for query rows j < nq and e < dh: the
+/// panel-layout probabilities of nk keys times one head's values, read in place (rows ld_v apart).
+inline void values_from_panels(const float* Vh, Index ld_v, Index nk, Index dh, const float* pp,
+                               Index nq, float* out, Index ld_out, bool load_out) {
+  for (Index j0 = 0; j0 < nq; j0 += kNr) {
+    const Index rows = std::min<Index>(kNr, nq - j0);
+    const int nv = static_cast<int>((rows + kLanes - 1) / kLanes);
+    for (Index e0 = 0; e0 < dh; e0 += kMr) {
+      const int m = static_cast<int>(std::min<Index>(kMr, dh - e0));
+      const TileFn fn = m == kMr && nv == kNv ? &tile<kMr, kNv, TileKind::columns>
+                                              : tile_for<TileKind::columns>(m, nv);
+      fn(Vh + e0, ld_v, pp + j0 * nk, nk, nullptr, out + j0 * ld_out + e0, ld_out, rows, load_out);
+    }
+  }
+}
+
 }  // namespace TCONST_GEMM_NS
 }  // namespace detail
 }  // namespace tconst
@@ -266,3 +396,4 @@ inline void compute(const float* W, Index ldw, Index o0, Index o1, Index p0, Ind
 #undef TCONST_GEMM_LANES
 #undef TCONST_GEMM_MR
 #undef TCONST_GEMM_NV
+#undef TCONST_GEMM_SIMD_NS
