@@ -149,7 +149,8 @@ void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double ep
   if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
     linear(xn, d, n, L.w1, nullptr, h1, f, ws);
     linear(xn, d, n, L.w3, nullptr, h3, f, ws);
-    silu_gate(h1, h3, n * f);
+    for_row_ranges(n,
+                   [&](Index r0, Index r1) { silu_gate(h1 + r0 * f, h3 + r0 * f, (r1 - r0) * f); });
   }
   if (n <= kRowsGemmMaxRows) {
     // w2's product into xn, free again, then the residual, so that the product can take the

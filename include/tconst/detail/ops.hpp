@@ -72,22 +72,6 @@ inline Index lanes_for(Index parts, Index work, Index per_lane, Index scratch_le
 #endif
 }
 
-/// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2). `out` may equal `in`.
-template <typename S>
-void layer_norm(const S* in, Index ld_in, S* out, Index ld_out, Index n, Index d,
-                const WeightView<S>& w, const WeightView<S>& b, double eps) noexcept {
-  const auto wa = w.vec().transpose().array();
-  const auto ba = b.vec().transpose().array();
-  const S inv_d = S(1) / static_cast<S>(d);
-  for (Index r = 0; r < n; ++r) {
-    ConstRowVecMap<S> x(in + r * ld_in, d);
-    const S mean = x.sum() * inv_d;
-    const S var = (x.array() - mean).square().sum() * inv_d;
-    const S scale = S(1) / std::sqrt(var + static_cast<S>(eps));
-    RowVecMap<S>(out + r * ld_out, d) = ((x.array() - mean) * scale) * wa + ba;
-  }
-}
-
 /// Calls f(r0, r1) over [0, rows) split into contiguous ranges, one per OpenMP thread when OpenMP
 /// is enabled and there are enough rows to pay for the fork; otherwise f(0, rows) once.
 template <typename F>
@@ -107,6 +91,25 @@ void for_row_ranges(Index rows, const F& f) {
   }
 #endif
   f(0, rows);
+}
+
+/// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2). `out` may equal `in`. Many rows are
+/// split over the threads (each row's arithmetic is the same on any).
+template <typename S>
+void layer_norm(const S* in, Index ld_in, S* out, Index ld_out, Index n, Index d,
+                const WeightView<S>& w, const WeightView<S>& b, double eps) noexcept {
+  const auto wa = w.vec().transpose().array();
+  const auto ba = b.vec().transpose().array();
+  const S inv_d = S(1) / static_cast<S>(d);
+  for_row_ranges(n, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      ConstRowVecMap<S> x(in + r * ld_in, d);
+      const S mean = x.sum() * inv_d;
+      const S var = (x.array() - mean).square().sum() * inv_d;
+      const S scale = S(1) / std::sqrt(var + static_cast<S>(eps));
+      RowVecMap<S>(out + r * ld_out, d) = ((x.array() - mean) * scale) * wa + ba;
+    }
+  });
 }
 
 /// Input rows up to which linear() uses the few-row kernel (rows_gemm.inl: each weight row read
@@ -183,26 +186,29 @@ inline void linear(const double* in, Index ld_in, Index n, const WeightView<doub
 
 /// Rotates in place the head vectors in columns [0, width) of n rows, row r at absolute position
 /// pos0 + r (SPEC §2: adjacent pairs; angle, sine and cosine in double). `width` is a multiple of
-/// dh, so q and k stored side by side (as in a qkv row) rotate in one call.
+/// dh, so q and k stored side by side (as in a qkv row) rotate in one call. Many rows are split
+/// over the threads (each row's arithmetic is the same on any).
 template <typename S>
 void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
           const std::vector<double>& theta) noexcept {
   const Index half = dh / 2;
-  for (Index r = 0; r < n; ++r) {
-    S* row = x + r * ld;
-    const double p = static_cast<double>(pos0 + r);
-    for (Index m = 0; m < half; ++m) {
-      const double a = p * theta[static_cast<size_t>(m)];
-      const S c = static_cast<S>(std::cos(a)), s = static_cast<S>(std::sin(a));
-      for (Index h0 = 0; h0 < width; h0 += dh) {
-        S& u0 = row[h0 + 2 * m];
-        S& u1 = row[h0 + 2 * m + 1];
-        const S a0 = u0, a1 = u1;
-        u0 = a0 * c - a1 * s;
-        u1 = a0 * s + a1 * c;
+  for_row_ranges(n, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      S* row = x + r * ld;
+      const double p = static_cast<double>(pos0 + r);
+      for (Index m = 0; m < half; ++m) {
+        const double a = p * theta[static_cast<size_t>(m)];
+        const S c = static_cast<S>(std::cos(a)), s = static_cast<S>(std::sin(a));
+        for (Index h0 = 0; h0 < width; h0 += dh) {
+          S& u0 = row[h0 + 2 * m];
+          S& u1 = row[h0 + 2 * m + 1];
+          const S a0 = u0, a1 = u1;
+          u0 = a0 * c - a1 * s;
+          u1 = a0 * s + a1 * c;
+        }
       }
     }
-  }
+  });
 }
 
 /// p[0..n) = softmax(p[0..n)) in place, shifted by the maximum so that no exponent is positive:
