@@ -181,8 +181,9 @@ TEST(Gemm, WorkspaceStopsGrowing) {
   }
 }
 
-/// One attention head through isa's panel kernels (gemm.inl: scores in panel layout, the softmax
-/// down the lanes, the values' product reading the probabilities as its packed input) against
+/// One attention head through isa's attend_panels (gemm.inl: a panel of query rows at a time, its
+/// scores in panel layout, the softmax down the lanes, the values' product reading the
+/// probabilities as its packed input) against
 /// softmax(q . k / sqrt(dh)) V in double: normalised over all nk keys, overwriting and accumulating
 /// into the output; and online, the keys in chunks of `chunk`. Padding beside every output row must
 /// stay untouched.
@@ -192,7 +193,7 @@ void check_panel_attention(Isa isa, Index nq, Index nk, Index dh, Index chunk, u
                std::to_string(chunk));
   auto at = [](Index i) { return static_cast<size_t>(i); };
   const tconst::detail::GemmKernels kern = tconst::detail::gemm_kernels_for(isa);
-  ASSERT_NE(kern.scores, nullptr);
+  ASSERT_NE(kern.attend, nullptr);
   const Index ld_q = dh + 3, ld_kv = dh + 5, ld_out = dh + 2;
   // Queries 4x larger than the keys: scores of a few units, so that the softmax's shift matters.
   const std::vector<float> Q = random_floats(static_cast<size_t>(nq * ld_q), seed, -4.0, 4.0);
@@ -225,8 +226,8 @@ void check_panel_attention(Isa isa, Index nq, Index nk, Index dh, Index chunk, u
   }
   const Index padded = (nq + kern.lanes - 1) / kern.lanes * kern.lanes;
   tconst::detail::LineVector<float> qp(static_cast<size_t>(padded * dh)),
-      pp(static_cast<size_t>(padded * nk)), mx(static_cast<size_t>(padded)),
-      sum(static_cast<size_t>(padded)), rescale(static_cast<size_t>(padded));
+      pp(static_cast<size_t>(kern.nr * nk)), mx(static_cast<size_t>(padded)),
+      sum(static_cast<size_t>(padded));
   for (Index j0 = 0; j0 < nq; j0 += kern.nr) {
     kern.pack(Q.data() + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, qp.data() + j0 * dh);
   }
@@ -245,31 +246,27 @@ void check_panel_attention(Isa isa, Index nq, Index nk, Index dh, Index chunk, u
       }
     }
   };
+  const float fscale = static_cast<float>(scale);
   for (bool acc : {false, true}) {
     std::vector<float> out(static_cast<size_t>(nq * ld_out), kPad);
     for (Index r = 0; acc && r < nq; ++r) {
       std::memcpy(out.data() + r * ld_out, start.data() + r * ld_out, sizeof(float) * at(dh));
     }
-    kern.scores(K.data(), ld_kv, nk, qp.data(), nq, dh, pp.data());
-    kern.softmax(pp.data(), nq, nk, static_cast<float>(scale), nullptr, nullptr, nullptr);
-    kern.values(V.data(), ld_kv, nk, dh, pp.data(), nq, out.data(), ld_out, acc);
+    kern.attend(K.data(), V.data(), ld_kv, nk, qp.data(), nq, dh, fscale, pp.data(), nullptr,
+                nullptr, out.data(), ld_out, acc);
     expect_output(out, acc, acc ? "normalised, accumulated" : "normalised");
     if (testing::Test::HasFatalFailure()) return;
   }
-  // Online: the running maximum and sum per query row, the output rescaled before each chunk.
+  // Online: the running maximum and sum per query row, the keys in chunks; out is divided by the
+  // sum at the end (OnlineAttention::finish).
   std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
   std::fill(sum.begin(), sum.end(), 0.0f);
   std::vector<float> out(static_cast<size_t>(nq * ld_out), kPad);
   for (Index r = 0; r < nq; ++r) std::fill_n(out.data() + r * ld_out, dh, 0.0f);
   for (Index c0 = 0; c0 < nk; c0 += chunk) {
-    const Index n = std::min(chunk, nk - c0);
-    kern.scores(K.data() + c0 * ld_kv, ld_kv, n, qp.data(), nq, dh, pp.data());
-    kern.softmax(pp.data(), nq, n, static_cast<float>(scale), mx.data(), sum.data(),
-                 rescale.data());
-    for (Index r = 0; r < nq; ++r) {
-      for (Index e = 0; e < dh; ++e) out[at(r * ld_out + e)] *= rescale[at(r)];
-    }
-    kern.values(V.data() + c0 * ld_kv, ld_kv, n, dh, pp.data(), nq, out.data(), ld_out, true);
+    kern.attend(K.data() + c0 * ld_kv, V.data() + c0 * ld_kv, ld_kv, std::min(chunk, nk - c0),
+                qp.data(), nq, dh, fscale, pp.data(), mx.data(), sum.data(), out.data(), ld_out,
+                true);
   }
   for (Index r = 0; r < nq; ++r) {
     for (Index e = 0; e < dh; ++e) out[at(r * ld_out + e)] /= sum[at(r)];

@@ -84,15 +84,11 @@ struct GemmKernels {
   void (*compute)(const float* W, Eigen::Index ldw, Eigen::Index o0, Eigen::Index o1,
                   Eigen::Index p0, Eigen::Index kc, const float* packed, Eigen::Index rows,
                   const float* bias, float* out, Eigen::Index ld_out, bool load_out) = nullptr;
-  // One attention head's products with its scores in panel layout (gemm.inl).
-  void (*scores)(const float* K, Eigen::Index ld_k, Eigen::Index nk, const float* qp,
-                 Eigen::Index nq, Eigen::Index dh, float* pp) = nullptr;
-  void (*softmax)(float* pp, Eigen::Index nq, Eigen::Index nk, float scale, float* mx, float* sum,
-                  float* rescale) = nullptr;
-  void (*values)(const float* Vh, Eigen::Index ld_v, Eigen::Index nk, Eigen::Index dh,
-                 const float* pp, Eigen::Index nq, float* out, Eigen::Index ld_out,
-                 bool load_out) = nullptr;
-  Eigen::Index lanes = 0;  // floats per vector: panels' widths are multiples of it
+  // One attention head of many query rows, a panel of them at a time (gemm.inl).
+  void (*attend)(const float* K, const float* V, Eigen::Index ld_kv, Eigen::Index nk,
+                 const float* qp, Eigen::Index nq, Eigen::Index dh, float scale, float* pp,
+                 float* mx, float* sum, float* out, Eigen::Index ld_out, bool load_out) = nullptr;
+  Eigen::Index lanes = 0;  // floats per vector: a panel's width is a multiple of it
 };
 
 /// The product's pieces for `isa`; empty (compute == nullptr) when this build or this CPU cannot
@@ -106,18 +102,14 @@ inline GemmKernels gemm_kernels_for(Isa isa) {
               gemm_avx512::kNr,
               &gemm_avx512::pack_panel,
               &gemm_avx512::compute,
-              &gemm_avx512::scores_to_panels,
-              &gemm_avx512::softmax_panels,
-              &gemm_avx512::values_from_panels,
+              &gemm_avx512::attend_panels,
               gemm_avx512::kLanes};
     case Isa::avx2:
       return {gemm_avx2::kMr,
               gemm_avx2::kNr,
               &gemm_avx2::pack_panel,
               &gemm_avx2::compute,
-              &gemm_avx2::scores_to_panels,
-              &gemm_avx2::softmax_panels,
-              &gemm_avx2::values_from_panels,
+              &gemm_avx2::attend_panels,
               gemm_avx2::kLanes};
     case Isa::none:
       break;

@@ -304,86 +304,89 @@ inline void compute(const float* W, Index ldw, Index o0, Index o1, Index p0, Ind
   }
 }
 
-// ---- one attention head's products, the scores in panel layout --------------------------------
+// ---- one attention head: scores, softmax and values a panel of query rows at a time ----------
 //
-// Panel layout of a head's scores over nk keys: the nq query rows in panels of kNr (the last
-// ceil(rows / kLanes) * kLanes wide, its extra lanes padding), panel j0 at pp + j0 * nk, key c's
-// scores of the panel's queries at c * width: the layout pack_panel gives input rows over kc = nk
-// columns. So the scores' tiles are stored as they lie (no transpose), the softmax of a query row
-// runs down a lane (kLanes rows at once, no horizontal operation), and the product with the values
-// reads the probabilities as its packed input (no packing).
+// A panel of queries' scores over nk keys is kept in panel layout: key c's scores of the panel's
+// queries at c * width (width = the panel's rows rounded up to whole vectors): the layout
+// pack_panel gives input rows over kc = nk columns. So the scores' tiles are stored as they lie (no
+// transpose), the softmax of a query row runs down a lane (kLanes rows at once, no horizontal
+// operation), and the product with the values reads the probabilities as its packed input (no
+// packing), all while the panel's scores (kNr * nk floats) are still in L1.
 
-/// pp = q_j . k_c (unscaled) for the nq queries packed by pack_panel over dh columns at qp (panel
-/// j0 at qp + j0 * dh) and nk keys, rows ld_k apart, read in place. Padding lanes get 0.
-inline void scores_to_panels(const float* K, Index ld_k, Index nk, const float* qp, Index nq,
-                             Index dh, float* pp) {
+/// The softmax of every query row of one panel of scores (width lanes, nk >= 1 keys), each score s
+/// taken as scale * s (scale > 0), in place. Normalised when mx is nullptr: e^(s - m) / sum_c
+/// e^(s - m), m the row's maximum. Otherwise one step of an online softmax with the rows' running
+/// maximum mx and sum (64-byte aligned, one per lane): m' = max(mx, max_c s), e^(s - m'),
+/// rescale = e^(mx - m'), sum = sum * rescale + sum_c e^(s - m'), mx = m'.
+inline void softmax_panel(float* panel, Index width, Index nk, float scale, float* mx, float* sum,
+                          float* rescale) {
+  namespace simd = TCONST_GEMM_SIMD_NS;
+  const V vscale = vset(scale), minus = vset(-1.0f);
+  for (Index v = 0; v < width; v += kLanes) {
+    float* col = panel + v;
+    V top = vload(col);
+    for (Index c = 1; c < nk; ++c) top = vmax(top, vload(col + c * width));
+    V shift = vmul(top, vscale);
+    V step = vzero();
+    if (mx != nullptr) {
+      const V old = vload(mx + v);
+      shift = vmax(old, shift);
+      step = simd::vexp_nonpositive(vfma(shift, minus, old));
+    }
+    const V neg = vmul(shift, minus);
+    V total = vzero();
+    for (Index c = 0; c < nk; ++c) {
+      const V e = simd::vexp_nonpositive(vfma(vload(col + c * width), vscale, neg));
+      vstore_line(col + c * width, e);
+      total = vadd(total, e);
+    }
+    if (mx != nullptr) {
+      vstore_line(mx + v, shift);
+      vstore_line(rescale + v, step);
+      vstore_line(sum + v, vfma(vload(sum + v), step, total));
+    } else {
+      const V inv = simd::vdiv(vset(1.0f), total);
+      for (Index c = 0; c < nk; ++c)
+        vstore_line(col + c * width, vmul(vload(col + c * width), inv));
+    }
+  }
+}
+
+/// One head's attention of nq query rows, packed by pack_panel over dh columns at qp (panel j0 at
+/// qp + j0 * dh), to nk >= 1 keys K and values V (rows ld_kv apart, read in place), a panel of
+/// queries at a time through `pp` (kNr * nk floats, 64-byte aligned): out[j, 0..dh) (+)= sum_c
+/// p(j, c) V[c], p the softmax of scale * (q_j . k_c) over the keys. Normalised when mx is nullptr
+/// (added to out when load_out). Otherwise one step of an online softmax (softmax_panel) with the
+/// rows' running maximum mx and sum (64-byte aligned, a whole vector per panel's last rows): out's
+/// rows are first rescaled by e^(mx - m'), then the chunk's e^(s - m') V added.
+inline void attend_panels(const float* K, const float* Vv, Index ld_kv, Index nk, const float* qp,
+                          Index nq, Index dh, float scale, float* pp, float* mx, float* sum,
+                          float* out, Index ld_out, bool load_out) {
+  alignas(64) float rescale[kNr];
   for (Index j0 = 0; j0 < nq; j0 += kNr) {
-    const int nv = static_cast<int>((std::min<Index>(kNr, nq - j0) + kLanes - 1) / kLanes);
+    const Index rows = std::min<Index>(kNr, nq - j0);
+    const int nv = static_cast<int>((rows + kLanes - 1) / kLanes);
     const Index width = nv * kLanes;
     for (Index c0 = 0; c0 < nk; c0 += kMr) {
       const int m = static_cast<int>(std::min<Index>(kMr, nk - c0));
       const TileFn fn = m == kMr && nv == kNv ? &tile<kMr, kNv, TileKind::panel>
                                               : tile_for<TileKind::panel>(m, nv);
-      fn(K + c0 * ld_k, ld_k, qp + j0 * dh, dh, nullptr, pp + j0 * nk + c0 * width, 0, 0, false);
+      fn(K + c0 * ld_kv, ld_kv, qp + j0 * dh, dh, nullptr, pp + c0 * width, 0, 0, false);
     }
-  }
-}
-
-/// The softmax of every query row of the panel-layout scores pp (nq queries, nk >= 1 keys), each
-/// score s taken as scale * s (scale > 0), one vector of kLanes query rows at a time, in place.
-/// Normalised when mx is nullptr: pp = e^(s - m) / sum_c e^(s - m), m the row's maximum. Otherwise
-/// one step of an online softmax (ops.hpp's OnlineAttention) with the row's running maximum mx[j]
-/// and sum sum[j] (64-byte aligned, one per query row and padding lane): m' = max(mx, max_c s),
-/// pp = e^(s - m'), rescale[j] = e^(mx - m'), sum = sum * rescale + sum_c pp, mx = m'.
-inline void softmax_panels(float* pp, Index nq, Index nk, float scale, float* mx, float* sum,
-                           float* rescale) {
-  namespace simd = TCONST_GEMM_SIMD_NS;
-  const V vscale = vset(scale);
-  for (Index j0 = 0; j0 < nq; j0 += kNr) {
-    const Index width = (std::min<Index>(kNr, nq - j0) + kLanes - 1) / kLanes * kLanes;
-    for (Index v = 0; v < width; v += kLanes) {
-      float* col = pp + j0 * nk + v;
-      V top = vload(col);
-      for (Index c = 1; c < nk; ++c) top = vmax(top, vload(col + c * width));
-      V shift = vmul(top, vscale);
-      V step = vzero();
-      if (mx != nullptr) {
-        const V old = vload(mx + j0 + v);
-        shift = vmax(old, shift);
-        step = simd::vexp_nonpositive(vadd(old, vmul(shift, vset(-1.0f))));
-      }
-      const V neg = vmul(shift, vset(-1.0f));
-      V total = vzero();
-      for (Index c = 0; c < nk; ++c) {
-        const V e = simd::vexp_nonpositive(vfma(vload(col + c * width), vscale, neg));
-        vstore_line(col + c * width, e);
-        total = vadd(total, e);
-      }
-      if (mx != nullptr) {
-        vstore_line(mx + j0 + v, shift);
-        vstore_line(rescale + j0 + v, step);
-        vstore_line(sum + j0 + v, vfma(vload(sum + j0 + v), step, total));
-      } else {
-        const V inv = simd::vdiv(vset(1.0f), total);
-        for (Index c = 0; c < nk; ++c)
-          vstore_line(col + c * width, vmul(vload(col + c * width), inv));
+    const bool online = mx != nullptr;
+    softmax_panel(pp, width, nk, scale, online ? mx + j0 : nullptr, online ? sum + j0 : nullptr,
+                  rescale);
+    float* o = out + j0 * ld_out;
+    if (online) {
+      for (Index r = 0; r < rows; ++r) {
+        for (Index e = 0; e < dh; ++e) o[r * ld_out + e] *= rescale[r];
       }
     }
-  }
-}
-
-/// out[j, e] (+)= sum_c pp(j, c) * Vh[c * ld_v + e] for query rows j < nq and e < dh: the
-/// panel-layout probabilities of nk keys times one head's values, read in place (rows ld_v apart).
-inline void values_from_panels(const float* Vh, Index ld_v, Index nk, Index dh, const float* pp,
-                               Index nq, float* out, Index ld_out, bool load_out) {
-  for (Index j0 = 0; j0 < nq; j0 += kNr) {
-    const Index rows = std::min<Index>(kNr, nq - j0);
-    const int nv = static_cast<int>((rows + kLanes - 1) / kLanes);
     for (Index e0 = 0; e0 < dh; e0 += kMr) {
       const int m = static_cast<int>(std::min<Index>(kMr, dh - e0));
       const TileFn fn = m == kMr && nv == kNv ? &tile<kMr, kNv, TileKind::columns>
                                               : tile_for<TileKind::columns>(m, nv);
-      fn(Vh + e0, ld_v, pp + j0 * nk, nk, nullptr, out + j0 * ld_out + e0, ld_out, rows, load_out);
+      fn(Vv + e0, ld_kv, pp, nk, nullptr, o + e0, ld_out, rows, online || load_out);
     }
   }
 }
