@@ -174,18 +174,19 @@ inline Eigen::Index gemm_largest_range(Eigen::Index count, Eigen::Index unit, Ei
 /// A grid of tn ranges of n rows (panels of nr) by tc ranges of o columns (tiles of mr), tn * tc
 /// <= threads, whose largest cell is the smallest. A thread packs the rows it computes, so threads
 /// that share rows pack them twice: a split of the columns has to win by more than that (about 1 %
-/// of the time at the resync's shapes; counted as 3 %). With `widened` weights (BF16, Q8) a thread
-/// also widens the weight rows it reads, so threads that share columns widen them twice, which
-/// costs more than packing the rows twice: there the split of the rows is the one counted dearer.
+/// of the time at the resync's shapes; counted as 3 %). The same holds with weights that are not
+/// float (BF16, Q8), although there threads that share columns each widen the strips they read:
+/// widening a strip once per block of rows costs less than packing the rows twice (w2 over 256
+/// rows, 2 threads: 6-9 % faster split by rows than by columns, BM_QuantLinear).
 inline void gemm_grid(int threads, Eigen::Index n, Eigen::Index nr, Eigen::Index o, Eigen::Index mr,
-                      Eigen::Index& tn, Eigen::Index& tc, bool widened = false) {
+                      Eigen::Index& tn, Eigen::Index& tc) {
   double best = 0;
   tn = tc = 1;
   for (Eigen::Index rows = threads; rows >= 1; --rows) {
     const Eigen::Index cols = threads / rows;
     const double cell = static_cast<double>(gemm_largest_range(n, nr, rows)) *
                         static_cast<double>(gemm_largest_range(o, mr, cols)) *
-                        ((widened ? rows : cols) > 1 ? 1.03 : 1.0);
+                        (cols > 1 ? 1.03 : 1.0);
     if (tn * tc == 1 || cell < best) {
       best = cell;
       tn = rows;
@@ -252,9 +253,7 @@ void gemm_drive(const GemmKernels& kern, Eigen::Index k, Eigen::Index o, const f
   const Index row_panels = (n + nr - 1) / nr, col_panels = (o + mr - 1) / mr;
   // Threads on a grid: tn ranges of input rows by tc ranges of output columns.
   Index tn = 1, tc = 1;
-  // Scratch is where a non-float matrix's strips are widened (quant_linear.hpp).
-  gemm_grid(gemm_threads(n, k, o, row_panels * col_panels), n, nr, o, mr, tn, tc,
-            scratch_floats > 0);
+  gemm_grid(gemm_threads(n, k, o, row_panels * col_panels), n, nr, o, mr, tn, tc);
   const Index budget_rows = std::max(nr, kGemmBlockFloats / kc / nr * nr);
   const Index panel_floats =
       std::min(budget_rows, (gemm_largest_range(n, nr, tn) + nr - 1) / nr * nr) * kc;
