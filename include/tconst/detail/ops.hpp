@@ -345,19 +345,12 @@ struct AttentionLanes {
   }
 };
 
-/// The packed kernels when one head's attention of many rows can run a panel of query rows at a
-/// time (float, a CPU with the kernels, a lane's buffers, at least one key), else nullptr.
-template <typename S>
-const GemmKernels* panel_kernels(const typename AttentionLanes<S>::Lane* lane, Index nk,
-                                 GemmKernels& kern) {
-  if constexpr (std::is_same_v<S, float>) {
-    if (lane == nullptr || nk <= 0) return nullptr;
-    kern = gemm_kernels_at_most(active_isa());
-    return kern.attend != nullptr ? &kern : nullptr;
-  } else {
-    (void)lane, (void)nk, (void)kern;
-    return nullptr;
-  }
+/// Whether one head's attention of many rows can run a panel of query rows at a time (float
+/// only: a CPU with the kernels, a lane's buffers, at least one key); if so, kern holds them.
+inline bool panel_kernels(const AttentionLanes<float>::Lane* lane, Index nk, GemmKernels& kern) {
+  if (lane == nullptr || nk <= 0) return false;
+  kern = gemm_kernels_at_most(active_isa());
+  return kern.attend != nullptr;
 }
 
 /// One head through kern.attend: the nq queries Qh (rows ld_q apart) packed into lane.qp, the nk
@@ -458,7 +451,7 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
   for_each_lane(heads, lanes, [&](Index h, Index lane) {
     if constexpr (std::is_same_v<S, float>) {
       GemmKernels kern;
-      if (causal_base < 0 && panel_kernels<S>(lane_of(al, lane), nk, kern) != nullptr) {
+      if (causal_base < 0 && panel_kernels(lane_of(al, lane), nk, kern)) {
         attend_head_panels(kern, Q + h * dh, ld_q, nq, K + h * dh, V + h * dh, ld_kv, nk, dh, scale,
                            *lane_of(al, lane), nullptr, nullptr, out + h * dh, ld_out, accumulate);
         return;
@@ -515,7 +508,7 @@ class OnlineAttention {
       S* sum = sum_.data() + h * stride_;
       if constexpr (std::is_same_v<S, float>) {
         GemmKernels kern;
-        if (panel_kernels<S>(lane_of(al, lane), nk, kern) != nullptr) {
+        if (panel_kernels(lane_of(al, lane), nk, kern)) {
           attend_head_panels(kern, Q_ + h * dh_, ld_q_, nq_, K + h * dh_, V + h * dh_, ld_kv, nk,
                              dh_, scale, *lane_of(al, lane), mx, sum, acc_.data() + h * dh_,
                              heads_ * dh_, true);
