@@ -1,8 +1,11 @@
 // The resync (context_path.hpp): bounded working memory, and the same logits whether a resync
 // recomputes each block's context rows from the tokens or keeps them, both against the naive
-// SPEC §4 forward, for shapes of one to four blocks.
+// SPEC §4 forward, for shapes of one to four blocks and for contexts of many chunks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,6 +83,49 @@ TEST_P(ResyncModes, BoundedAndKeptEqualFullForwardFloat) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ResyncModes, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+// Contexts of many 256-row chunks: 2600 and 2800 rows (ten full chunks and a short one, in up to
+// eight runs of chunks with an accumulator each, merged at the end), 300 history rows (more than
+// a chunk, their first row inside a chunk). The last logits equal the naive forward's, bounded and
+// kept (three blocks), in double and float.
+template <typename Scalar>
+void check_long_context(const char* name, const RefShape& shape, double tol) {
+  const RefModel ref = tconst_test::make_random_model(shape, 77);
+  const std::string path = temp_model(std::string(name) + (sizeof(Scalar) == 8 ? "_d" : "_f"));
+  tconst_test::write_model(ref, path, "F32");
+  auto model = tconst::Model<Scalar>::load(path);
+  const std::vector<int> tokens = tokens_for(shape, 2801);
+  const std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  for (bool bounded : {true, false}) {
+    tconst::SessionOptions o;
+    o.bounded_resync = bounded;
+    tconst::TConstSession<Scalar> s(model, o);
+    size_t done = 0;
+    for (size_t upto : {size_t{2601}, size_t{2801}}) {
+      const tconst::Vector<Scalar> got = s.prefill(ids.data() + done, upto - done);
+      done = upto;
+      const std::vector<double> want = tconst_test::naive_last_logits(
+          ref, std::vector<int>(tokens.begin(), tokens.begin() + static_cast<long>(upto)));
+      double worst = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        worst = std::max(
+            worst, std::abs(static_cast<double>(got[static_cast<Eigen::Index>(i)]) - want[i]));
+      }
+      EXPECT_LE(worst, tol) << name << (bounded ? " bounded" : " kept") << ", " << upto
+                            << " tokens";
+    }
+    EXPECT_EQ(s.resync_count(), 2);  // a prefill resyncs once, over its last whole window
+  }
+}
+
+TEST(ResyncChunks, ManyChunksEqualFullForward) {
+  const RefShape b2{"tconstformer", 23, 12, 2, 2, 3, 100, 300, 20};
+  const RefShape b3{"tconstformer", 19, 8, 2, 3, 2, 100, 300, 16};
+  check_long_context<double>("chunks_b2", b2, 1e-9);
+  check_long_context<double>("chunks_b3", b3, 1e-9);
+  check_long_context<float>("chunks_b2", b2, 1e-4);
+  check_long_context<float>("chunks_b3", b3, 1e-4);
+}
 
 // Resync buffers held after resyncs at context lengths 600 and 2400 (kept between resyncs, so
 // that they can be read), both above the 256-row chunk: a bounded resync's do not grow with the

@@ -54,6 +54,30 @@ TEST(OpenMP, ThreadedSessionEqualsOneThread) {
   }
 }
 
+// A resync over 2600 context rows (eleven chunks in eight runs) takes whole runs of chunks on as
+// many threads as there are, each chunk's layers on one thread, or on one thread one chunk at a
+// time: the same bits either way.
+TEST(OpenMP, ResyncOverManyChunksGivesTheSameBitsOnAnyThreadCount) {
+  const RefShape shape{"tconstformer", 301, 48, 4, 2, 3, 100, 300, 40};
+  const std::string path = tconst_test::temp_path("many_chunks.safetensors");
+  tconst_test::write_model(tconst_test::make_random_model(shape, 31), path, "F32");
+  auto model = tconst::Model<float>::load(path);
+  std::vector<int32_t> ids(2601);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 97 + 5) % 301);
+  Eigen::VectorXf want;
+  for (int threads : {1, 2, 3}) {
+    Threads t(threads);
+    tconst::TConstSession<float> s(model);
+    const Eigen::VectorXf got = s.prefill(ids);
+    ASSERT_EQ(s.resync_count(), 1);
+    if (threads == 1) {
+      want = got;
+    } else {
+      EXPECT_EQ((got - want).cwiseAbs().maxCoeff(), 0.0f) << threads << " threads";
+    }
+  }
+}
+
 TEST(OpenMP, StreamsSteppedTogetherOnThreadsEqualEachAlone) {
   for (const char* arch : {"tconstformer", "tlinformer"}) {
     auto model = model_for(arch);

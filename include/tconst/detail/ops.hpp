@@ -533,6 +533,25 @@ class OnlineAttention {
     });
   }
 
+  /// Folds in `o`, an accumulator over the same queries and shape that has seen other keys: this
+  /// then holds the softmax state over the keys of both. Per query row and head, with m = max(m0,
+  /// m1): l = l0 e^(m0 - m) + l1 e^(m1 - m), acc = acc0 e^(m0 - m) + acc1 e^(m1 - m).
+  void merge(const OnlineAttention& o) {
+    for (Index h = 0; h < heads_; ++h) {
+      for (Index r = 0; r < nq_; ++r) {
+        const size_t i = static_cast<size_t>(h * stride_ + r);
+        const S m1 = o.max_[i];
+        if (m1 == -std::numeric_limits<S>::infinity()) continue;  // o saw no key
+        const S m0 = max_[i], m = std::max(m0, m1);
+        const S a = std::exp(m0 - m), b = std::exp(m1 - m);  // a = 0 when this saw none
+        sum_[i] = sum_[i] * a + o.sum_[i] * b;
+        max_[i] = m;
+        acc_.row(r).segment(h * dh_, dh_) =
+            acc_.row(r).segment(h * dh_, dh_) * a + o.acc_.row(r).segment(h * dh_, dh_) * b;
+      }
+    }
+  }
+
   /// Bytes held by the accumulators.
   size_t bytes() const {
     return sizeof(S) * static_cast<size_t>(acc_.size() + max_.size() + sum_.size());

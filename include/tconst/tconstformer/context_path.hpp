@@ -18,10 +18,18 @@
 // is run once either way); with more blocks SessionOptions::bounded_resync = false keeps C_b,
 // [Lc, d], instead of recomputing it. The last block's C' is never used (SPEC §4) and never
 // computed.
+//
+// Threads. The chunks of a compress layer form up to kResyncGroups contiguous runs, each folded
+// into its own online accumulator; the accumulators are merged in order at the end. The threads
+// take whole runs at once, each with its own buffers (RowScratch), every layer of a chunk on one
+// thread: no fork and join per product, and a chunk's rows stay in one core's caches. The layers
+// of the Z compressed rows split each layer over the threads. The runs do not depend on the
+// number of threads, and neither does the result.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 #include "tconst/detail/growing_kv.hpp"
@@ -30,6 +38,10 @@
 #include "tconst/model.hpp"
 #include "tconst/tconstformer/kv_cache.hpp"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace tconst {
 
 namespace detail {
@@ -37,32 +49,51 @@ namespace detail {
 /// Context rows per chunk of the resync.
 constexpr Index kResyncChunk = 256;
 
-/// Buffers of a resync; R = max(kResyncChunk, Z) rows each, so a chunk of context rows or all Z
-/// compressed rows pass through the same buffers. They are sized at the first resync and reused;
-/// only `kept` grows with the history (bounded_resync = false, more than two blocks).
+/// The compress layer folds its keys into this many online accumulators, each over a contiguous
+/// run of chunks, merged in order at the end: so that threads can take whole chunks at once, with
+/// the same result on any number of threads (the runs do not depend on it).
+constexpr Index kResyncGroups = 8;
+
+/// Buffers of one run of rows through a layer: R rows, each set of buffers used by one thread at a
+/// time (the Z compressed rows, or chunks of context rows).
+template <typename S>
+struct RowScratch {
+  std::vector<S> C;         // [R, d] context rows C_b of one chunk
+  std::vector<S> xn;        // [R, d] normalised rows
+  std::vector<S> qkv;       // [R, 3d] projections (q | k | v, or a part of them)
+  std::vector<S> att;       // [R, d] attention output
+  std::vector<S> h1, h3;    // [R, f] FFN hidden
+  std::vector<S> scores;    // [lanes, R * max(R, Z)] attention scores of one head per lane
+  GemmWorkspace gemm;       // the packed GEMM's input panels
+  AttentionLanes<S> lanes;  // per lane: the attentions' products through the packed GEMM
+
+  size_t bytes() const {
+    return sizeof(S) * (C.capacity() + xn.capacity() + qkv.capacity() + att.capacity() +
+                        h1.capacity() + h3.capacity() + scores.capacity()) +
+           sizeof(float) * gemm.packed.capacity() + lanes.bytes();
+  }
+};
+
+/// Buffers of a resync. They are sized at the first resync and reused; only `kept` grows with the
+/// history (bounded_resync = false, more than two blocks).
 template <typename S>
 struct ContextScratch {
-  std::vector<S> C;       // [R, d] context rows C_b of one chunk
-  std::vector<S> Zc;      // [Z, d] the compressed stream: Zin = C_b[hs:], then each layer's output
-  std::vector<S> Qz;      // [Z, d] rotated compress queries of the history rows hs..Lc
-  std::vector<S> xn;      // [R, d] normalised rows
-  std::vector<S> qkv;     // [R, 3d] projections (q | k | v, or a part of them)
-  std::vector<S> att;     // [R, d] attention output
-  std::vector<S> h1, h3;  // [R, f] FFN hidden
-  std::vector<S> scores;  // [threads, R * max(R, Z)] attention scores of one head per thread
-  std::vector<S> kept;    // [Lc, d] C_b kept for block b + 1 (bounded_resync = false only)
-  OnlineAttention<S> online;
-  GemmWorkspace gemm;       // the packed GEMM's input panels
-  AttentionLanes<S> lanes;  // per thread: the attentions' products through the packed GEMM
+  std::vector<S> Zc;    // [Z, d] the compressed stream: Zin = C_b[hs:], then each layer's output
+  std::vector<S> Qz;    // [Z, d] rotated compress queries of the history rows hs..Lc
+  std::vector<S> kept;  // [Lc, d] C_b kept for block b + 1 (bounded_resync = false only)
+  // [0]: the Z-row layers, and the chunks when one thread takes them at a time (its layers split
+  // over the threads); [t]: thread t's chunks when the threads take chunks at once.
+  std::vector<RowScratch<S>> rows;
+  std::vector<OnlineAttention<S>> online;  // one per run of chunks (kResyncGroups, or 1)
 
   /// Frees what grows with the history (kept); the chunk buffers stay.
   void release_stream() { std::vector<S>().swap(kept); }
 
   size_t bytes() const {
-    return sizeof(S) * (C.capacity() + Zc.capacity() + Qz.capacity() + xn.capacity() +
-                        qkv.capacity() + att.capacity() + h1.capacity() + h3.capacity() +
-                        scores.capacity() + kept.capacity()) +
-           online.bytes() + sizeof(float) * gemm.packed.capacity() + lanes.bytes();
+    size_t b = sizeof(S) * (Zc.capacity() + Qz.capacity() + kept.capacity());
+    for (const RowScratch<S>& r : rows) b += r.bytes();
+    for (const OnlineAttention<S>& o : online) b += o.bytes();
+    return b;
   }
 };
 
@@ -102,6 +133,9 @@ class ContextPath {
  private:
   // One resync's sizes (SPEC §3's names) and what it works on.
   struct Resync {
+    using Rows = detail::RowScratch<Scalar>;
+    using Online = detail::OnlineAttention<Scalar>;
+
     const Model<Scalar>& m;
     const ModelConfig& c;
     const int32_t* tokens;
@@ -109,9 +143,12 @@ class ContextPath {
     detail::GrowingKV<Scalar>* context_kv;
     detail::ContextScratch<Scalar>& s;
     const Index d, f, heads, dh, B, D;
-    const Index Lc;  // context rows
-    const Index hs;  // first history row: max(0, Lc - Hh)
-    const Index Z;   // compressed rows: Lc - hs
+    const Index Lc;      // context rows
+    const Index hs;      // first history row: max(0, Lc - Hh)
+    const Index Z;       // compressed rows: Lc - hs
+    const Index chunks;  // chunks of context rows
+    const Index groups;  // runs of chunks, each with its own online accumulator
+    const Index takers;  // threads taking whole chunks at once (1: one chunk at a time)
     const bool keep;
     Index kept_block = -1;  // the block whose C_b s.kept holds (-1: none)
 
@@ -133,25 +170,46 @@ class ContextPath {
           Lc(static_cast<Index>(n)),
           hs(std::max<Index>(0, Lc - c.history_window)),
           Z(Lc - hs),
+          chunks((Lc + detail::kResyncChunk - 1) / detail::kResyncChunk),
+          groups(chunks > 1 ? std::min(detail::kResyncGroups, chunks) : 1),
+          takers(chunks > 1 ? std::min(detail::max_threads(), groups) : 1),
           keep(keep_context && B > 2) {
       using detail::grow;
-      const Index R = std::max<Index>(detail::kResyncChunk, Z);
-      grow(s.C, R * d);
+      const Index threads = detail::max_threads();
       grow(s.Zc, Z * d);
       grow(s.Qz, Z * d);
-      grow(s.xn, R * d);
-      grow(s.qkv, R * 3 * d);
-      grow(s.att, R * d);
-      grow(s.h1, R * f);
-      grow(s.h3, R * f);
-      // One block of scores per thread: the attentions split their heads over the threads.
-      grow(s.scores, detail::max_threads() * R * std::max(R, Z));
-      if (static_cast<Index>(s.lanes.lanes.size()) < detail::max_threads()) {
-        s.lanes.lanes.resize(static_cast<size_t>(detail::max_threads()));
-      }
       if (keep) grow(s.kept, Lc * d);
-      s.online.reset(s.Qz.data(), d, Z, heads, dh);  // sizes its accumulators
+      // Buffers for the chunks' takers: thread 0's also serve the Z rows and, split over the
+      // threads, everything when one chunk is taken at a time. As many as there could be takers
+      // at any context of more than one chunk, so that they do not grow with the context.
+      const Index sets = chunks > 1 ? std::min(threads, detail::kResyncGroups) : 1;
+      if (static_cast<Index>(s.rows.size()) < sets) s.rows.resize(static_cast<size_t>(sets));
+      for (Index i = 0; i < sets; ++i) {
+        const Index R = i == 0 ? std::max(detail::kResyncChunk, Z) : detail::kResyncChunk;
+        const Index lanes = i == 0 ? threads : 1;
+        reserve_rows(s.rows[static_cast<size_t>(i)], R, lanes);
+      }
+      const Index accumulators = chunks > 1 ? detail::kResyncGroups : 1;
+      if (static_cast<Index>(s.online.size()) < accumulators) {
+        s.online.resize(static_cast<size_t>(accumulators));
+      }
+      for (Online& o : s.online) o.reset(s.Qz.data(), d, Z, heads, dh);  // sizes them
       if (context_kv != nullptr) context_kv->reserve(Lc);
+    }
+
+    // Room in `r` for R rows, one head's scores per lane and `lanes` attention lanes.
+    void reserve_rows(Rows& r, Index R, Index lanes) {
+      using detail::grow;
+      grow(r.C, R * d);
+      grow(r.xn, R * d);
+      grow(r.qkv, R * 3 * d);
+      grow(r.att, R * d);
+      grow(r.h1, R * f);
+      grow(r.h3, R * f);
+      grow(r.scores, lanes * R * std::max(R, Z));
+      if (static_cast<Index>(r.lanes.lanes.size()) < lanes) {
+        r.lanes.lanes.resize(static_cast<size_t>(lanes));
+      }
     }
 
     // Compress layer of block b (j = 0, P0): (Qc, Kc, Vc) = qkv0(LN1_0(C)) over all Lc rows;
@@ -159,29 +217,68 @@ class ContextPath {
     // Zc += FFN0(LN2_0(Zc)).
     void compress_layer(Index b) {
       const LayerWeights<Scalar>& P0 = m.layer(b, 0);
+      Rows& w = s.rows[0];
       Scalar* Zc = s.Zc.data();
       // The history rows first: their queries must be known before any key is folded in.
-      context_rows(b, hs, Z, Zc);
-      detail::layer_norm(Zc, d, s.xn.data(), d, Z, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
-      project(s.xn.data(), Z, P0, 0, 1, s.Qz.data(), d);
+      context_rows(b, hs, Z, Zc, w);
+      detail::layer_norm(Zc, d, w.xn.data(), d, Z, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
+      project(s.Qz.data(), d, w.xn.data(), Z, P0, 0, 1, w);
       detail::rope(s.Qz.data(), d, Z, d, dh, hs, m.rope_theta());
-      s.online.reset(s.Qz.data(), d, Z, heads, dh);
-      // Keys and values of every context row, chunk by chunk: rows [0, hs) from context_rows,
-      // the history rows from Zin, which Zc still holds.
-      for (Index r0 = 0; r0 < Lc; r0 += detail::kResyncChunk) {
-        const Index n = std::min(detail::kResyncChunk, Lc - r0);
-        const Index fresh = std::max<Index>(0, std::min(n, hs - r0));
-        if (fresh > 0) context_rows(b, r0, fresh, s.C.data());
-        if (fresh < n) {
-          std::memcpy(s.C.data() + fresh * d, Zc + (r0 + fresh - hs) * d,
-                      sizeof(Scalar) * (n - fresh) * d);
+      for (Index g = 0; g < groups; ++g)
+        s.online[static_cast<size_t>(g)].reset(s.Qz.data(), d, Z, heads, dh);
+      take_chunks([&](Index g, Rows& rows) {
+        Online& acc = s.online[static_cast<size_t>(g)];
+        for (Index ch = chunks * g / groups; ch < chunks * (g + 1) / groups; ++ch) {
+          chunk_keys(b, P0, ch * detail::kResyncChunk, rows, acc);
         }
-        fold_keys(b, P0, r0, n);
+      });
+      if (keep && b + 1 < B) kept_block = b;
+      Online& acc = s.online[0];
+      for (Index g = 1; g < groups; ++g) acc.merge(s.online[static_cast<size_t>(g)]);
+      acc.finish(w.att.data(), d);
+      add_linear(w.att.data(), Z, P0.out_w, P0.out_b.data, Zc, w);
+      detail::ffn_residual(Zc, d, Z, P0, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(),
+                           &w.gemm);
+    }
+
+    // Runs run(g, rows) for every run g of chunks: with several takers, on that many threads at
+    // once, each with its own buffers and its layers on one thread; otherwise in order on this
+    // thread, with s.rows[0] and the layers split over the threads. The same result either way
+    // (each run's chunks in order into its own accumulator; every layer has the same bits on any
+    // number of threads).
+    template <typename Run>
+    void take_chunks(const Run& run) {
+#ifdef _OPENMP
+      if (takers > 1 && !omp_in_parallel()) {
+        std::exception_ptr failed;
+#pragma omp parallel for num_threads(static_cast <int>(takers)) schedule(dynamic, 1)
+        for (Index g = 0; g < groups; ++g) {
+          try {
+            run(g, s.rows[static_cast<size_t>(omp_get_thread_num())]);
+          } catch (...) {
+#pragma omp critical(tconst_resync_failure)
+            if (!failed) failed = std::current_exception();
+          }
+        }
+        if (failed) std::rethrow_exception(failed);
+        return;
       }
-      s.online.finish(s.att.data(), d);
-      add_linear(s.att.data(), Z, P0.out_w, P0.out_b.data, Zc);
-      detail::ffn_residual(Zc, d, Z, P0, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(),
-                           &s.gemm);
+#endif
+      for (Index g = 0; g < groups; ++g) run(g, s.rows[0]);
+    }
+
+    // The compress layer's keys and values of block b's context rows [r0, r0 + n) of one chunk,
+    // folded into acc: rows before hs from context_rows, the history rows from Zin, which Zc
+    // still holds.
+    void chunk_keys(Index b, const LayerWeights<Scalar>& P0, Index r0, Rows& w, Online& acc) {
+      const Index n = std::min(detail::kResyncChunk, Lc - r0);
+      const Index fresh = std::max<Index>(0, std::min(n, hs - r0));
+      if (fresh > 0) context_rows(b, r0, fresh, w.C.data(), w);
+      if (fresh < n) {
+        std::memcpy(w.C.data() + fresh * d, s.Zc.data() + (r0 + fresh - hs) * d,
+                    sizeof(Scalar) * (n - fresh) * d);
+      }
+      fold_keys(b, P0, r0, n, w, acc);
     }
 
     // Hidden layer j of block b (P_j) over Zin = Zc: (Qz, Kz, Vz) = qkv_j(LN1_j(Zin)), rotated at
@@ -189,17 +286,18 @@ class ContextPath {
     // Zc += FFN_j(LN2_j(Zc)).
     void hidden_layer(Index b, Index j) {
       const LayerWeights<Scalar>& Pj = m.layer(b, j);
+      Rows& w = s.rows[0];
       Scalar* Zc = s.Zc.data();
-      Scalar* qkv = s.qkv.data();
-      detail::layer_norm(Zc, d, s.xn.data(), d, Z, d, Pj.norm1_w, Pj.norm1_b, c.norm_eps);
-      project(s.xn.data(), Z, Pj, 0, 3, qkv, 3 * d);
+      Scalar* qkv = w.qkv.data();
+      detail::layer_norm(Zc, d, w.xn.data(), d, Z, d, Pj.norm1_w, Pj.norm1_b, c.norm_eps);
+      project(qkv, 3 * d, w.xn.data(), Z, Pj, 0, 3, w);
       detail::rope(qkv, 3 * d, Z, 2 * d, dh, hs, m.rope_theta());
       store_z(b, j, qkv + d, qkv + 2 * d, 3 * d);
       detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
-                          s.att.data(), d, false, s.scores.data(), scores_len(), &s.lanes);
-      add_linear(s.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc);
-      detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(),
-                           &s.gemm);
+                          w.att.data(), d, false, w.scores.data(), scores_len(w), &w.lanes);
+      add_linear(w.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc, w);
+      detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(),
+                           &w.gemm);
     }
 
     // Restore layer of block b (P_R) over Zin = Zc: (_, Kz, Vz) = qkv_R(LN1_R(Zin)), rotated at
@@ -207,16 +305,17 @@ class ContextPath {
     // reads its context rows (restore_rows).
     void restore_layer(Index b) {
       const LayerWeights<Scalar>& PR = m.layer(b, D - 1);
-      Scalar* kv = s.qkv.data();
-      detail::layer_norm(s.Zc.data(), d, s.xn.data(), d, Z, d, PR.norm1_w, PR.norm1_b, c.norm_eps);
-      project(s.xn.data(), Z, PR, 1, 2, kv, 2 * d);
+      Rows& w = s.rows[0];
+      Scalar* kv = w.qkv.data();
+      detail::layer_norm(s.Zc.data(), d, w.xn.data(), d, Z, d, PR.norm1_w, PR.norm1_b, c.norm_eps);
+      project(kv, 2 * d, w.xn.data(), Z, PR, 1, 2, w);
       detail::rope(kv, 2 * d, Z, d, dh, hs, m.rope_theta());
       store_z(b, D - 1, kv, kv + d, 2 * d);
     }
 
     // out[n, d] = C_b rows [r0, r0 + n): the embeddings, then the restore layers of blocks
     // 0..b-1 (or block b-1's alone, on the rows kept from the block before).
-    void context_rows(Index b, Index r0, Index n, Scalar* out) {
+    void context_rows(Index b, Index r0, Index n, Scalar* out, Rows& w) {
       Index from = 0;
       if (kept_block >= 0 && kept_block < b) {
         std::memcpy(out, s.kept.data() + r0 * d, sizeof(Scalar) * n * d);
@@ -224,60 +323,61 @@ class ContextPath {
       } else {
         detail::embed(m, tokens + r0, n, out);
       }
-      for (Index i = from; i < b; ++i) restore_rows(i, r0, n, out);
+      for (Index i = from; i < b; ++i) restore_rows(i, r0, n, out, w);
     }
 
     // C[n, d] (rows r0..) = C' of block b's restore layer (P_R), in place:
     // C' = C + out_R(Attn(RoPE(Qc, r0..), Kz, Vz)), Qc the compress layer's query of these rows;
     // C' += FFN_R(LN2_R(C')).
-    void restore_rows(Index b, Index r0, Index n, Scalar* C) {
+    void restore_rows(Index b, Index r0, Index n, Scalar* C, Rows& w) {
       const LayerWeights<Scalar>& P0 = m.layer(b, 0);
       const LayerWeights<Scalar>& PR = m.layer(b, D - 1);
-      Scalar* Qc = s.qkv.data();
-      detail::layer_norm(C, d, s.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
-      project(s.xn.data(), n, P0, 0, 1, Qc, d);
+      Scalar* Qc = w.qkv.data();
+      detail::layer_norm(C, d, w.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
+      project(Qc, d, w.xn.data(), n, P0, 0, 1, w);
       detail::rope(Qc, d, n, d, dh, r0, m.rope_theta());
       detail::attend_rows(Qc, d, n, cache.z_keys(b, D - 1), cache.z_values(b, D - 1), d, Z, heads,
-                          dh, Index{-1}, s.att.data(), d, false, s.scores.data(), scores_len(),
-                          &s.lanes);
-      add_linear(s.att.data(), n, PR.out_w, PR.out_b.data, C);
-      detail::ffn_residual(C, d, n, PR, c.norm_eps, s.xn.data(), s.h1.data(), s.h3.data(), &s.gemm);
+                          dh, Index{-1}, w.att.data(), d, false, w.scores.data(), scores_len(w),
+                          &w.lanes);
+      add_linear(w.att.data(), n, PR.out_w, PR.out_b.data, C, w);
+      detail::ffn_residual(C, d, n, PR, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(), &w.gemm);
     }
 
     // The compress layer's keys and values of context rows [r0, r0 + n) of block b, whose rows
-    // are in s.C: rotated, folded into the history rows' attention, and for TLinFormer kept as
-    // the window's Kc, Vc. With keep, the rows are kept for the next block's context_rows.
-    void fold_keys(Index b, const LayerWeights<Scalar>& P0, Index r0, Index n) {
-      Scalar* kv = s.qkv.data();
-      detail::layer_norm(s.C.data(), d, s.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
-      project(s.xn.data(), n, P0, 1, 2, kv, 2 * d);
+    // are in w.C: rotated, folded into acc, and for TLinFormer kept as the window's Kc, Vc. With
+    // keep, the rows are kept for the next block's context_rows.
+    void fold_keys(Index b, const LayerWeights<Scalar>& P0, Index r0, Index n, Rows& w,
+                   Online& acc) {
+      Scalar* kv = w.qkv.data();
+      detail::layer_norm(w.C.data(), d, w.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
+      project(kv, 2 * d, w.xn.data(), n, P0, 1, 2, w);
       detail::rope(kv, 2 * d, n, d, dh, r0, m.rope_theta());
-      s.online.add(kv, kv + d, 2 * d, n, s.scores.data(), scores_len(), &s.lanes);
+      acc.add(kv, kv + d, 2 * d, n, w.scores.data(), scores_len(w), &w.lanes);
       if (context_kv != nullptr) {
         for (Index r = 0; r < n; ++r) {
           std::memcpy(context_kv->keys(b) + (r0 + r) * d, kv + r * 2 * d, sizeof(Scalar) * d);
           std::memcpy(context_kv->values(b) + (r0 + r) * d, kv + r * 2 * d + d, sizeof(Scalar) * d);
         }
       }
-      if (keep && b + 1 < B) {
-        std::memcpy(s.kept.data() + r0 * d, s.C.data(), sizeof(Scalar) * n * d);
-        if (r0 + n == Lc) kept_block = b;
-      }
+      if (keep && b + 1 < B)
+        std::memcpy(s.kept.data() + r0 * d, w.C.data(), sizeof(Scalar) * n * d);
     }
 
-    Index scores_len() const { return static_cast<Index>(s.scores.size()); }
+    static Index scores_len(const Rows& w) {
+      return static_cast<Index>(w.scores.size());
+    }
 
-    // out[n, parts * d] = parts [first, first + parts) of qkv(xn): 0 = q, 1 = k, 2 = v.
-    void project(const Scalar* x, Index n, const LayerWeights<Scalar>& P, Index first, Index parts,
-                 Scalar* out, Index ld_out) {
+    // out[n, parts * d] = parts [first, first + parts) of qkv(x): 0 = q, 1 = k, 2 = v.
+    void project(Scalar* out, Index ld_out, const Scalar* x, Index n, const LayerWeights<Scalar>& P,
+                 Index first, Index parts, Rows& w) {
       detail::linear(x, d, n, P.qkv_w.row_block(first * d, parts * d), P.qkv_b.data + first * d,
-                     out, ld_out, &s.gemm);
+                     out, ld_out, &w.gemm);
     }
 
     // x[n, d] += in[n, d] W^T + bias.
     void add_linear(const Scalar* in, Index n, const MatrixOf<Scalar>& W, const Scalar* bias,
-                    Scalar* x) {
-      detail::linear(in, d, n, W, bias, x, d, &s.gemm, true);
+                    Scalar* x, Rows& w) {
+      detail::linear(in, d, n, W, bias, x, d, &w.gemm, true);
     }
 
     // Copies Z rows of rotated keys k and values v (row stride ld) into the cache's Kz, Vz.
