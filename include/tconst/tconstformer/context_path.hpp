@@ -62,8 +62,9 @@ struct RowScratch {
   std::vector<S> xn;        // [R, d] normalised rows
   std::vector<S> qkv;       // [R, 3d] projections (q | k | v, or a part of them)
   std::vector<S> att;       // [R, d] attention output
-  std::vector<S> h1, h3;    // [R, f] FFN hidden
+  std::vector<S> h1, h3;    // [ffn_rows + kRowsGemmMaxRows, f] FFN hidden
   std::vector<S> scores;    // [lanes, R * max(R, Z)] attention scores of one head per lane
+  Index ffn_rows = 0;       // rows per slice of a chunk's FFN (R: one slice)
   GemmWorkspace gemm;       // the packed GEMM's input panels
   AttentionLanes<S> lanes;  // per lane: the attentions' products through the packed GEMM
 
@@ -131,6 +132,10 @@ class ContextPath {
   }
 
  private:
+  // Rows per slice of a chunk's FFN on a thread that takes whole chunks: its hidden rows, [rows,
+  // f] twice, then stay in the core's L2.
+  static constexpr Index kTakerFfnRows = 64;
+
   // One resync's sizes (SPEC §3's names) and what it works on.
   struct Resync {
     using Rows = detail::RowScratch<Scalar>;
@@ -187,7 +192,7 @@ class ContextPath {
       for (Index i = 0; i < sets; ++i) {
         const Index R = i == 0 ? std::max(detail::kResyncChunk, Z) : detail::kResyncChunk;
         const Index lanes = i == 0 ? threads : 1;
-        reserve_rows(s.rows[static_cast<size_t>(i)], R, lanes);
+        reserve_rows(s.rows[static_cast<size_t>(i)], R, i == 0 ? R : kTakerFfnRows, lanes);
       }
       const Index accumulators = chunks > 1 ? detail::kResyncGroups : 1;
       if (static_cast<Index>(s.online.size()) < accumulators) {
@@ -197,15 +202,18 @@ class ContextPath {
       if (context_kv != nullptr) context_kv->reserve(Lc);
     }
 
-    // Room in `r` for R rows, one head's scores per lane and `lanes` attention lanes.
-    void reserve_rows(Rows& r, Index R, Index lanes) {
+    // Room in `r` for R rows, the FFN in slices of ffn_rows, one head's scores per lane and
+    // `lanes` attention lanes.
+    void reserve_rows(Rows& r, Index R, Index ffn_rows, Index lanes) {
       using detail::grow;
+      r.ffn_rows = ffn_rows;
+      const Index hidden = ffn_rows < R ? ffn_rows + detail::kRowsGemmMaxRows : R;
       grow(r.C, R * d);
       grow(r.xn, R * d);
       grow(r.qkv, R * 3 * d);
       grow(r.att, R * d);
-      grow(r.h1, R * f);
-      grow(r.h3, R * f);
+      grow(r.h1, hidden * f);
+      grow(r.h3, hidden * f);
       grow(r.scores, lanes * R * std::max(R, Z));
       if (static_cast<Index>(r.lanes.lanes.size()) < lanes) {
         r.lanes.lanes.resize(static_cast<size_t>(lanes));
@@ -340,7 +348,16 @@ class ContextPath {
                           dh, Index{-1}, w.att.data(), d, false, w.scores.data(), scores_len(w),
                           &w.lanes);
       add_linear(w.att.data(), n, PR.out_w, PR.out_b.data, C, w);
-      detail::ffn_residual(C, d, n, PR, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(), &w.gemm);
+      // In slices of w.ffn_rows rows, none of kRowsGemmMaxRows or fewer (unless n is): every
+      // slice takes the packed product, whose rows do not depend on the others, so the result is
+      // that of one slice of n rows.
+      for (Index r = 0; r < n;) {
+        Index rows = std::min(w.ffn_rows, n - r);
+        if (n - r - rows <= detail::kRowsGemmMaxRows) rows = n - r;
+        detail::ffn_residual(C + r * d, d, rows, PR, c.norm_eps, w.xn.data(), w.h1.data(),
+                             w.h3.data(), &w.gemm);
+        r += rows;
+      }
     }
 
     // The compress layer's keys and values of context rows [r0, r0 + n) of block b, whose rows
