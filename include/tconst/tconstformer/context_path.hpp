@@ -64,7 +64,7 @@ struct RowScratch {
   std::vector<S> att;       // [R, d] attention output
   std::vector<S> h1, h3;    // [ffn_rows + kRowsGemmMaxRows, f] FFN hidden
   std::vector<S> scores;    // [lanes, R * max(R, Z)] attention scores of one head per lane
-  Index ffn_rows = 0;       // rows per slice of a chunk's FFN (R: one slice)
+  Index ffn_rows = 0;       // rows per slice of a chunk's FFN (0 or R: one slice)
   GemmWorkspace gemm;       // the packed GEMM's input panels
   AttentionLanes<S> lanes;  // per lane: the attentions' products through the packed GEMM
 
@@ -351,8 +351,9 @@ class ContextPath {
       // In slices of w.ffn_rows rows, none of kRowsGemmMaxRows or fewer (unless n is): every
       // slice takes the packed product, whose rows do not depend on the others, so the result is
       // that of one slice of n rows.
+      const Index slice = w.ffn_rows > 0 ? w.ffn_rows : n;
       for (Index r = 0; r < n;) {
-        Index rows = std::min(w.ffn_rows, n - r);
+        Index rows = std::min(slice, n - r);
         if (n - r - rows <= detail::kRowsGemmMaxRows) rows = n - r;
         detail::ffn_residual(C + r * d, d, rows, PR, c.norm_eps, w.xn.data(), w.h1.data(),
                              w.h3.data(), &w.gemm);
