@@ -184,14 +184,15 @@ TEST(QuantLinear, Q8EveryPathMatchesADoubleProductOfTheDequantizedMatrix) {
   check_format(WeightFormat::q8);
 }
 
-/// Every block size against every k, on few and many rows: a scale applied to the wrong columns
-/// shows wherever a block ends inside a vector, a strip or a row.
+/// Every block size against every k, on one row (the GEMV, scales applied once per block), few
+/// and many rows: a scale applied to the wrong columns shows wherever a block ends inside a vector,
+/// a strip or a row.
 TEST(QuantLinear, Q8EveryBlockSizeAgainstEveryK) {
   GemmWorkspace ws;
   uint64_t seed = 5000;
   for (Index block : kBlocks) {
     for (Index k : kKs) {
-      for (Index n : {Index{3}, Index{8}, Index{37}}) {
+      for (Index n : {Index{1}, Index{3}, Index{8}, Index{37}}) {
         check_shape(WeightFormat::q8, {n, k, 13, block}, (k + n) % 2 == 0, seed, ws);
         seed += 10;
         if (HasFatalFailure()) return;

@@ -6,9 +6,13 @@
 // dequantized matrix. Widening a vector takes 3 instructions on the ports that run the FMAs (2 for
 // BF16), so the register block spreads it: each widened Q8 vector serves 8 input rows where there
 // are 8 or more and the lanes are 16 (kWideGroup), and a Q8 row's scale is broadcast once per
-// block, not per vector. Also the widening of a strip of weight rows for the packed product
-// (quant_gemm.inl). Read once per instruction set by quant_linear.hpp, inside the namespace
-// TCONST_QUANT_NS whose simd.inl (dispatch.hpp) it builds on, with TCONST_QUANT_LANES set.
+// block, not per vector. One input row over Q8 (a cache-hit step's GEMV, where nothing shares the
+// widening) takes qgemv instead: each block's products of the unscaled weights summed, then
+// multiplied by the scale once (2 widening instructions per vector; the result differs from the
+// dequantized matrix's product by rounding, within SPEC §6.1's tolerance). Also the widening of a
+// strip of weight rows for the packed product (quant_gemm.inl). Read once per instruction set by
+// quant_linear.hpp, inside the namespace TCONST_QUANT_NS whose simd.inl (dispatch.hpp) it builds
+// on, with TCONST_QUANT_LANES set.
 
 namespace tconst {
 namespace detail {
@@ -33,6 +37,22 @@ inline V widen_q8(const int8_t* p, V scale) {
 #else
   const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return vmul(scale, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+#endif
+}
+
+/// kLanes Q8 weights at p as floats, unscaled (the first `head` of them when head > 0, the rest 0).
+inline V widen_q8_raw(const int8_t* p, int head) {
+  int8_t tmp[16] = {};
+  if (head > 0) {
+    std::memcpy(tmp, p, static_cast<size_t>(head));
+    p = tmp;
+  }
+#if TCONST_QUANT_LANES == 16
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+#else
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 #endif
 }
 
@@ -211,6 +231,96 @@ inline void qrow_block(const QuantRows& W, Index r0, const float* in, Index ld_i
                                ld_out, accumulate, n <= Group || g0 == Group);
 }
 
+/// t = sum over the block's columns [c0, c1) of W[row, c] x[c], unscaled: VB whole vectors, or
+/// (VB = 0) as many as the block holds, the last one partial if need be.
+template <int VB>
+inline V qgemv_block(const int8_t* row, const float* x, Index c0, Index c1) {
+  if constexpr (VB > 0) {
+    V t = vmul(widen_q8_raw(row + c0, 0), vload(x + c0));
+#pragma GCC unroll 16
+    for (int v = 1; v < VB; ++v) {
+      const Index c = c0 + v * kLanes;
+      t = vfma(widen_q8_raw(row + c, 0), vload(x + c), t);
+    }
+    return t;
+  } else {
+    V t = vzero();
+    for (Index c = c0; c < c1; c += kLanes) {
+      const int head = c + kLanes <= c1 ? 0 : static_cast<int>(c1 - c);
+      t = vfma(widen_q8_raw(row + c, head), head > 0 ? vload_head(x + c, head) : vload(x + c), t);
+    }
+    return t;
+  }
+}
+
+/// out[r0 + r] (+)= x . W[r0 + r, :] (+ bias[r]) for R (at most kLanes) Q8 weight rows and one
+/// input row: each block's unscaled sum t of q * x, then acc += scale * t (the scale multiplies
+/// once per block and row rather than once per weight: 2 instructions widen a vector, where the
+/// float32 product of each weight's scale would be a third on the FMA ports; the result differs
+/// from the dequantized matrix's product by rounding only, as SPEC §6.1 allows). Each row's lanes
+/// are summed by lane_sums, the same tree for every row whatever R. Blocks of VB whole vectors (VB
+/// = 0: any). With Fetch, the same columns of the next R rows are fetched meanwhile.
+template <int R, int VB, bool Fetch>
+inline void qgemv(const QuantRows& W, Index r0, const float* x, const float* bias, float* out,
+                  bool accumulate) {
+  V acc[kLanes];
+#pragma GCC unroll 16
+  for (int r = 0; r < kLanes; ++r) acc[r] = vzero();
+  const Index k = W.k, nb = W.blocks, span = Index{1} << W.shift;
+  const int8_t* base = static_cast<const int8_t*>(W.row(r0));
+  const float* sbase = W.scale_row(r0);
+  const Index full = VB > 0 ? k / span * span : 0;  // columns in whole blocks of VB vectors
+  Index c0 = 0, b = 0;
+  for (; c0 < full; c0 += span, ++b) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const int8_t* row = base + r * k;
+      if constexpr (Fetch) {
+        if (c0 % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(row + R * k + c0), _MM_HINT_T0);
+      }
+      acc[r] = vfma(vset(sbase[r * nb + b]), qgemv_block<VB>(row, x, c0, c0 + span), acc[r]);
+    }
+  }
+  for (; c0 < k; c0 += span, ++b) {  // the last block, partial (or every block when VB = 0)
+    const Index c1 = std::min(k, c0 + span);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const int8_t* row = base + r * k;
+      if constexpr (Fetch) {
+        for (Index c = c0; c < c1; c += kLanes) {
+          if (c % 64 == 0) {
+            _mm_prefetch(reinterpret_cast<const char*>(row + R * k + c), _MM_HINT_T0);
+          }
+        }
+      }
+      acc[r] = vfma(vset(sbase[r * nb + b]), qgemv_block<0>(row, x, c0, c1), acc[r]);
+    }
+  }
+  alignas(64) float sums[kLanes];
+  vstore(sums, lane_sums(acc));
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const float y = sums[r] + (bias != nullptr ? bias[r] : 0.0f);
+    out[r] = accumulate ? out[r] + y : y;
+  }
+}
+
+/// Weight rows per group of the Q8 GEMV: 8 (16 on AVX-512 read the head's rows, which come from
+/// L3, 8-15 % slower; 4 no faster than 8).
+constexpr int kGemvRows = 8;
+
+/// qgemv over rows [o, o1): groups of kGemvRows rows, then one row at a time.
+template <int VB>
+inline void qgemv_rows(const QuantRows& W, Index o, Index o1, const float* x, const float* bias,
+                       float* out, bool accumulate) {
+  auto b = [&](Index r) { return bias != nullptr ? bias + r : nullptr; };
+  for (; o + kGemvRows <= o1; o += kGemvRows) {
+    qgemv<kGemvRows, VB, true>(W, o, x, b(o), out + o, accumulate);
+  }
+  for (; o < o1; ++o) qgemv<1, VB, false>(W, o, x, b(o), out + o, accumulate);
+}
+
 /// Input rows per group and weight rows per block of the wide register block, for 8 rows or more
 /// over Q8: each widened vector of weights then serves 8 input rows (kGroup's serve 4 on AVX-512,
 /// so the widening, 3 instructions on the FMA ports, would be repeated for every 4 rows). BF16's
@@ -226,6 +336,27 @@ inline void quant_rows_format(const QuantRows& W, Index o0, Index o1, const floa
                               bool accumulate) {
   Index o = o0;
   auto b = [&](Index r) { return bias != nullptr ? bias + r : nullptr; };
+  if constexpr (F == WeightFormat::q8) {
+    if (n == 1) {  // a GEMV, blocks of whole vectors unrolled
+      switch ((Index{1} << W.shift) / kLanes) {
+        case 1:
+          qgemv_rows<1>(W, o, o1, in, bias, out, accumulate);
+          return;
+        case 2:
+          qgemv_rows<2>(W, o, o1, in, bias, out, accumulate);
+          return;
+        case 4:
+          qgemv_rows<4>(W, o, o1, in, bias, out, accumulate);
+          return;
+        case 8:
+          qgemv_rows<8>(W, o, o1, in, bias, out, accumulate);
+          return;
+        default:
+          qgemv_rows<0>(W, o, o1, in, bias, out, accumulate);
+          return;
+      }
+    }
+  }
   if (n == 1) {  // a GEMV: more rows in flight keep more of memory's bandwidth busy
     for (; o + 8 <= o1; o += 8) {
       qblock<F, 8, 1, true>(W, o, in, ld_in, b(o), out + o, ld_out, accumulate);
