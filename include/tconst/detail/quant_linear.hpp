@@ -3,9 +3,9 @@
 // (+ bias), float32 activations and accumulation, the weights widened to float in registers as
 // they are read (never a float copy of the matrix). Every path multiplies exactly the dequantized
 // matrix (dequantize_row's values: BF16 widened, Q8 as one float32 product of scale and weight),
-// so a result differs from the float32 product of that matrix only by the order of its additions;
-// but one input row over Q8 weights (quant_rows.inl's qgemv), which scales each block's sum of
-// products once, so that its result differs also by that rounding (SPEC §6.1's tolerance).
+// so a result differs from the float32 product of that matrix only by the order of its additions.
+// The one exception is one input row over Q8 weights (quant_rows.inl's qgemv): it scales each
+// block's sum of products once, so its result differs by that rounding too (SPEC §6.1's tolerance).
 //
 //   few rows (n <= kRowsGemmMaxRows, or no workspace): kernels/quant_rows.inl, rows_gemm.inl's
 //     scheme (each weight row read once against every input row), output rows split over threads
