@@ -29,17 +29,6 @@ inline V widen_bf16(const uint16_t* p) {
 #endif
 }
 
-/// kLanes Q8 weights at p times `scale` (one float32 multiplication each, SPEC §6.1).
-inline V widen_q8(const int8_t* p, V scale) {
-#if TCONST_QUANT_LANES == 16
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return vmul(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
-#else
-  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  return vmul(scale, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
-#endif
-}
-
 /// kLanes Q8 weights at p as floats, unscaled (the first `head` of them when head > 0, the rest 0).
 inline V widen_q8_raw(const int8_t* p, int head) {
   int8_t tmp[16] = {};
@@ -56,6 +45,11 @@ inline V widen_q8_raw(const int8_t* p, int head) {
 #endif
 }
 
+/// kLanes Q8 weights at p times `scale` (one float32 multiplication each, SPEC §6.1).
+inline V widen_q8(const int8_t* p, V scale) {
+  return vmul(scale, widen_q8_raw(p, 0));
+}
+
 /// The weights [c, c + kLanes) of one row (row points at its column 0; q8: `scale` is the
 /// scale of the block that holds them, broadcast), widened; with head > 0 only the first `head`
 /// are read, the rest 0. A vector lies in one block: blocks are multiples of 16 columns, and
@@ -70,11 +64,7 @@ inline V widen(const void* row, V scale, Index c, int head) {
     std::memcpy(tmp, p, sizeof(uint16_t) * static_cast<size_t>(head));
     return widen_bf16(tmp);
   } else {
-    const int8_t* p = static_cast<const int8_t*>(row) + c;
-    if (head == 0) return widen_q8(p, scale);
-    int8_t tmp[16] = {};
-    std::memcpy(tmp, p, static_cast<size_t>(head));
-    return widen_q8(tmp, scale);
+    return vmul(scale, widen_q8_raw(static_cast<const int8_t*>(row) + c, head));
   }
 }
 
