@@ -7,7 +7,7 @@
 // Cache-hit step: the GEMVs (qkv, out, w1/w3, w2, head) report bytes processed (GB/s), to compare
 // with BM_MemoryReadBandwidth; attention of one query over 256 window or compressed keys.
 // Resync: the GEMMs of a 256-row chunk, the online (chunked) attention and the Z x Z attention
-// report GFLOP/s, to compare with BM_GemmRate. BM_Gemm: the packed product of kernels/gemm.hpp at
+// report GFLOP/s, to compare with BM_GemmRate. BM_Gemm: the packed product of detail/gemm.hpp at
 // the resync's shapes on 256 and 1024 rows, beside Eigen's product and (where the build found it)
 // OpenBLAS's sgemm, to quote as a share of BM_FmaPeak. LayerNorm and RoPE on 1 and 256 rows.
 //
@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "tconst/detail/big_buffer.hpp"
-#include "tconst/detail/kernels/gemm.hpp"
+#include "tconst/detail/gemm.hpp"
 #include "tconst/detail/layers.hpp"
 #include "tconst/detail/ops.hpp"
 #include "tconst/detail/quant_linear.hpp"
@@ -38,6 +38,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if TCONST_X86_DISPATCH
+#include <immintrin.h>
 #endif
 
 #if TCONST_BENCH_OPENBLAS
@@ -241,7 +244,7 @@ void BM_StepReadBandwidth(benchmark::State& state, td::WeightFormat format) {
 }
 const bool kStepReadBenchmarks = [] {
   for (td::WeightFormat f : {td::WeightFormat::f32, td::WeightFormat::bf16, td::WeightFormat::q8}) {
-    const std::string name = std::string("BM_StepReadBandwidth/") + td::to_string(f);
+    const std::string name = std::string("BM_StepReadBandwidth/") + tconst::to_string(f);
     benchmark::RegisterBenchmark(name.c_str(), BM_StepReadBandwidth, f)
         ->ArgsProduct({thread_counts()})
         ->ArgNames({"threads"})
@@ -295,8 +298,10 @@ float fma_chains_avx512() {
   for (int j = 1; j < kFmaChains512; ++j) s = _mm512_add_ps(s, a[j]);
   return _mm512_reduce_add_ps(s);
 }
+// clang-format off (the region above closes before the next opens)
 #include "tconst/detail/kernels/target_avx2_begin.inl"
 #include "tconst/detail/kernels/target_end.inl"
+// clang-format on
 /// As fma_chains_avx512 with 8 lanes and kFmaChains256 chains.
 float fma_chains_avx2() {
   __m256 a[kFmaChains256];
@@ -321,7 +326,7 @@ float fma_chains_avx2() {
 /// The FMA units' rate on `threads` = range(0) threads, each running its own chains.
 void BM_FmaPeak(benchmark::State& state, td::Isa isa) {
 #if TCONST_X86_DISPATCH
-  if (td::rows_gemm_for(isa) == nullptr) {
+  if (td::kernels(isa).rows_gemm == nullptr) {
     state.SkipWithError("this CPU does not run this instruction set");
     return;
   }

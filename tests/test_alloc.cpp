@@ -13,6 +13,7 @@
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
+#include "tconst/batch.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {

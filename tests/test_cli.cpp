@@ -16,6 +16,7 @@
 
 #include "support/compare.hpp"
 #include "support/temp_files.hpp"
+#include "tconst/model/weight_formats.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {

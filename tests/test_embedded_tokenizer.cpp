@@ -15,6 +15,8 @@
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
 #include "tconst/tconst.hpp"
+#include "tconst/tokenizer/embedded.hpp"
+#include "tconst/tokenizer/gpt2_bpe.hpp"
 
 namespace {
 

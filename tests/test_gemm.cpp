@@ -1,4 +1,4 @@
-// The packed matrix product of kernels/gemm.hpp against a plain double-precision product, on every
+// The packed matrix product of detail/gemm.hpp against a plain double-precision product, on every
 // path: each instruction set this CPU runs, asked for explicitly, and Isa::none (Eigen). Shapes
 // that exercise every tail: input rows not a multiple of a panel (1 .. 257), k not a multiple of
 // the vector width and larger than one pass, output columns not a multiple of a tile; padded
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "support/kernel_data.hpp"
-#include "tconst/detail/kernels/gemm.hpp"
+#include "tconst/detail/gemm.hpp"
 #include "tconst/synthetic.hpp"
 
 #ifdef _OPENMP
@@ -35,7 +35,7 @@ using tconst_test::random_floats;
 std::vector<Isa> paths() {
   std::vector<Isa> isas;
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
-    if (tconst::detail::gemm_kernels_for(isa).compute != nullptr) isas.push_back(isa);
+    if (tconst::detail::kernels(isa).compute != nullptr) isas.push_back(isa);
   }
   isas.push_back(Isa::none);
   return isas;
@@ -192,7 +192,7 @@ void check_panel_attention(Isa isa, Index nq, Index nk, Index dh, Index chunk, u
                std::to_string(nk) + " dh " + std::to_string(dh) + " chunk " +
                std::to_string(chunk));
   auto at = [](Index i) { return static_cast<size_t>(i); };
-  const tconst::detail::GemmKernels kern = tconst::detail::gemm_kernels_for(isa);
+  const tconst::detail::KernelTable& kern = tconst::detail::kernels(isa);
   ASSERT_NE(kern.attend, nullptr);
   const Index ld_q = dh + 3, ld_kv = dh + 5, ld_out = dh + 2;
   // Queries 4x larger than the keys: scores of a few units, so that the softmax's shift matters.

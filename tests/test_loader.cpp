@@ -27,6 +27,7 @@
 #include "tconst/error.hpp"
 #include "tconst/model.hpp"
 #include "tconst/model/safetensors.hpp"
+#include "tconst/model/weight_formats.hpp"
 
 namespace {
 

@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "support/ref_model.hpp"
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
+#include "tconst/batch.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
@@ -200,3 +202,44 @@ TEST(OpenMP, ManyRowAttentionSplitByHeadsGivesTheSameBits) {
 }
 
 }  // namespace
+
+// SessionOptions::threads: a session's calls use its own count, whatever the calling thread's,
+// and leave the caller's count as it was. The resync's buffers are sized per worker, so a session
+// of 1 worker on a 3-thread caller holds what a session on a 1-thread caller holds.
+TEST(OpenMP, SessionThreadsOverrideTheCallersCount) {
+  auto model = model_for("tconstformer");
+  std::vector<int32_t> ids(2601);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 53 + 7) % 301);
+  tconst::SessionOptions one_worker;
+  one_worker.threads = 1;
+  tconst::TConstSession<float> own(model, one_worker), single(model), many(model);
+  Eigen::VectorXf want;
+  size_t single_bytes = 0;
+  {
+    Threads one(1);
+    want = single.prefill(ids);
+    single_bytes = single.resync_buffer_bytes();
+  }
+  Threads three(3);
+  const Eigen::VectorXf got = own.prefill(ids);
+  EXPECT_EQ(omp_get_max_threads(), 3) << "the caller's count is restored";
+  EXPECT_EQ(own.resync_buffer_bytes(), single_bytes);
+  many.prefill(ids);
+  EXPECT_GT(many.resync_buffer_bytes(), single_bytes) << "3 workers hold more buffers than 1";
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(0, std::memcmp(got.data(), want.data(), sizeof(float) * got.size()));
+  // A feed that resyncs, and a batch with its own count: the same bits as on one thread.
+  tconst::SessionOptions two_workers;
+  two_workers.threads = 2;
+  tconst::TConstSession<float> a(model, two_workers), b(model);
+  a.prefill(ids);
+  b.prefill(ids);
+  tconst::StreamBatch<float> batch(2);
+  for (int step = 0; step < 8; ++step) {
+    const int32_t t = (step * 31 + 5) % 301;
+    const Eigen::VectorXf fed = a.feed(t);
+    batch.feed({&b}, {t});
+    EXPECT_EQ(omp_get_max_threads(), 3);
+    EXPECT_LE(tconst_test::max_rel_diff(b.logits(), fed), 1e-5f) << "step " << step;
+  }
+}

@@ -83,7 +83,7 @@ Matrix random_matrix(WeightFormat format, Index rows, Index cols, Index block, u
 std::vector<Isa> paths() {
   std::vector<Isa> isas;
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
-    if (tconst::detail::quant_kernels_at_most(isa).isa == isa) isas.push_back(isa);
+    if (tconst::detail::kernels(isa).isa == isa) isas.push_back(isa);
   }
   isas.push_back(Isa::none);
   return isas;
@@ -123,11 +123,11 @@ void check_shape(WeightFormat format, const Shape& s, bool bias, uint64_t seed, 
     for (int mode = 0; mode < (s.n <= 16 ? 3 : 2); ++mode) {
       const bool acc = mode == 1;
       GemmWorkspace* w = mode == 2 ? nullptr : &ws;
-      SCOPED_TRACE(std::string(tconst::detail::to_string(format)) + " " +
-                   tconst::detail::isa_name(isa) + " n " + std::to_string(s.n) + " k " +
-                   std::to_string(s.k) + " o " + std::to_string(s.o) + " block " +
-                   std::to_string(s.block) + " bias " + std::to_string(bias) + " accumulate " +
-                   std::to_string(acc) + " workspace " + std::to_string(w != nullptr));
+      SCOPED_TRACE(std::string(tconst::to_string(format)) + " " + tconst::detail::isa_name(isa) +
+                   " n " + std::to_string(s.n) + " k " + std::to_string(s.k) + " o " +
+                   std::to_string(s.o) + " block " + std::to_string(s.block) + " bias " +
+                   std::to_string(bias) + " accumulate " + std::to_string(acc) + " workspace " +
+                   std::to_string(w != nullptr));
       std::vector<float> out(static_cast<size_t>(s.n * ld_out), kPad);
       if (acc) {
         for (Index g = 0; g < s.n; ++g) {
@@ -220,7 +220,7 @@ TEST(QuantLinear, NoAllocationOnceTheWorkspaceHasGrown) {
         tconst::detail::quant_linear(isa, in.data(), k, n, m.W, nullptr, out.data(), o, &ws, true);
         if (round == 1) {
           EXPECT_EQ(tconst_test::heap_allocations(), before)
-              << tconst::detail::to_string(format) << " " << tconst::detail::isa_name(isa);
+              << tconst::to_string(format) << " " << tconst::detail::isa_name(isa);
         }
       }
     }
@@ -273,7 +273,7 @@ TEST(QuantLinear, SameBitsOnOneAndTwoThreads) {
         const std::vector<float> b = random_floats(static_cast<size_t>(o), seed + 2);
         seed += 10;
         for (Isa isa : paths()) {
-          SCOPED_TRACE(std::string(tconst::detail::to_string(format)) + " " +
+          SCOPED_TRACE(std::string(tconst::to_string(format)) + " " +
                        tconst::detail::isa_name(isa) + " n " + std::to_string(n) + " k " +
                        std::to_string(k));
           std::vector<float> one(static_cast<size_t>(n * o)), two(one.size());

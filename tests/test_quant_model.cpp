@@ -24,6 +24,8 @@
 #include "support/temp_files.hpp"
 #include "support/tokens.hpp"
 #include "tconst/model/quantize.hpp"
+#include "tconst/model/safetensors.hpp"
+#include "tconst/model/weight_formats.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {
@@ -159,8 +161,7 @@ std::string quantized_file(const RefModel& m, const std::string& stem, WeightFor
   o.format = format;
   o.block = block;
   o.keep = std::move(keep);
-  const std::string out =
-      temp_path(stem + "_" + tconst::detail::to_string(format) + ".safetensors");
+  const std::string out = temp_path(stem + "_" + tconst::to_string(format) + ".safetensors");
   tconst::write_file_atomically(out, tconst::quantize_model(tconst::SafetensorsFile::open(f32), o));
   return out;
 }

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "tconst/detail/kernels/dispatch.hpp"
+#include "tconst/detail/dispatch.hpp"
 #include "tconst/detail/ops.hpp"
 
 namespace {
@@ -71,7 +71,7 @@ void check_kernel(tconst::detail::RowsGemmFn fn, const Case& c, Index o0, Index 
 std::vector<Isa> runnable_isas() {
   std::vector<Isa> isas;
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
-    if (tconst::detail::rows_gemm_for(isa) != nullptr) isas.push_back(isa);
+    if (tconst::detail::kernels(isa).rows_gemm != nullptr) isas.push_back(isa);
   }
   return isas;
 }
@@ -84,7 +84,7 @@ TEST(RowsGemm, EveryRunnableKernelMatchesADoubleDotProduct) {
   uint32_t seed = 1;
   for (Isa isa : isas) {
     SCOPED_TRACE(tconst::detail::isa_name(isa));
-    const tconst::detail::RowsGemmFn fn = tconst::detail::rows_gemm_for(isa);
+    const tconst::detail::RowsGemmFn fn = tconst::detail::kernels(isa).rows_gemm;
     for (Index k : ks) {
       for (Index r : rows) {
         for (Index n = 1; n <= 17; ++n) {
@@ -107,7 +107,7 @@ TEST(RowsGemm, ManyInputRowsInTiles) {
     SCOPED_TRACE(tconst::detail::isa_name(isa));
     for (Index k : {Index{432}, Index{1280}, Index{3001}}) {
       for (Index n : {Index{49}, Index{150}, Index{300}}) {
-        check_kernel(tconst::detail::rows_gemm_for(isa), {9, k, n}, 0, 9, n % 2 == 1, seed++);
+        check_kernel(tconst::detail::kernels(isa).rows_gemm, {9, k, n}, 0, 9, n % 2 == 1, seed++);
         if (HasFatalFailure()) return;
       }
     }
@@ -118,12 +118,14 @@ TEST(RowsGemm, IsaNamesAndAvailability) {
   EXPECT_STREQ(tconst::detail::isa_name(Isa::avx512), "avx512");
   EXPECT_STREQ(tconst::detail::isa_name(Isa::avx2), "avx2");
   EXPECT_STREQ(tconst::detail::isa_name(Isa::none), "none");
-  EXPECT_EQ(tconst::detail::rows_gemm_for(Isa::none), nullptr);
-  // The active choice is one the CPU runs, and its kernel is the one active_rows_gemm() returns.
+  EXPECT_EQ(tconst::detail::kernels(Isa::none).rows_gemm, nullptr);
+  // The active choice is one the CPU runs, and its kernels are the ones active_kernels() returns.
   const Isa active = tconst::detail::active_isa();
-  EXPECT_EQ(tconst::detail::active_rows_gemm(), tconst::detail::rows_gemm_for(active));
+  EXPECT_EQ(&tconst::detail::active_kernels(), &tconst::detail::kernels(active));
+  EXPECT_EQ(tconst::detail::active_kernels().isa, active);
   if (active != Isa::none) {
-    EXPECT_NE(tconst::detail::active_rows_gemm(), nullptr);
+    EXPECT_NE(tconst::detail::active_kernels().rows_gemm, nullptr);
+    EXPECT_NE(tconst::detail::active_kernels().quant_compute, nullptr);
   }
 }
 
@@ -207,7 +209,7 @@ TEST(AttendOne, EveryRunnableKernelMatchesADoubleAttention) {
   uint32_t seed = 700;
   for (Isa isa : isas) {
     SCOPED_TRACE(tconst::detail::isa_name(isa));
-    const tconst::detail::AttendOneFn fn = tconst::detail::attend_one_for(isa);
+    const tconst::detail::AttendOneFn fn = tconst::detail::kernels(isa).attend_one;
     ASSERT_NE(fn, nullptr);
     for (const Shape& sh : shapes) {
       const Index d = sh.heads * sh.dh, ld = d + 3;
@@ -271,7 +273,7 @@ TEST(SiluGate, EveryRunnableKernelMatchesDoubleAndIgnoresSplits) {
   if (isas.empty()) GTEST_SKIP() << "no vector kernel runs on this CPU or compiler";
   for (Isa isa : isas) {
     SCOPED_TRACE(tconst::detail::isa_name(isa));
-    const tconst::detail::SiluGateFn fn = tconst::detail::silu_gate_for(isa);
+    const tconst::detail::SiluGateFn fn = tconst::detail::kernels(isa).silu_gate;
     ASSERT_NE(fn, nullptr);
     for (Index n : {Index{1}, Index{7}, Index{8}, Index{9}, Index{16}, Index{17}, Index{40}}) {
       for (float spread : {1.0f, 10.0f, 100.0f}) {

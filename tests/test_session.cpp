@@ -14,6 +14,7 @@
 #include "support/safetensors_writer.hpp"
 #include "support/temp_files.hpp"
 #include "support/tokens.hpp"
+#include "tconst/batch.hpp"
 #include "tconst/tconst.hpp"
 
 namespace {

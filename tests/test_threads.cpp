@@ -21,6 +21,7 @@
 #include "support/temp_files.hpp"
 #include "support/tokens.hpp"
 #include "tconst/tconst.hpp"
+#include "tconst/tokenizer/gpt2_bpe.hpp"
 
 namespace {
 

@@ -19,6 +19,8 @@
 #include "support/errors.hpp"
 #include "support/temp_files.hpp"
 #include "tconst/error.hpp"
+#include "tconst/tokenizer/bytes.hpp"
+#include "tconst/tokenizer/gpt2_bpe.hpp"
 #include "tconst/tokenizer/tokenizer.hpp"
 
 namespace {

@@ -9,6 +9,8 @@
 #include "bench.hpp"
 #include "commands.hpp"
 #include "tconst/model/quantize.hpp"
+#include "tconst/model/safetensors.hpp"
+#include "tconst/synthetic.hpp"
 #include "tconst/tconst.hpp"
 
 namespace tconst_cli {
@@ -123,8 +125,7 @@ std::shared_ptr<const tconst::Model<float>> bench_model(const BenchOptions& o,
                          "paper-41m " + arch);
   if (weights == "f32") return tconst::Model<float>::from_file(file);
   tconst::QuantizeOptions q;
-  q.format =
-      weights == "bf16" ? tconst::detail::WeightFormat::bf16 : tconst::detail::WeightFormat::q8;
+  q.format = weights == "bf16" ? tconst::WeightFormat::bf16 : tconst::WeightFormat::q8;
   return tconst::Model<float>::load_from_bytes(tconst::quantize_model(file, q),
                                                file.label() + " " + weights);
 }

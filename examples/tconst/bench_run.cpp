@@ -15,7 +15,10 @@
 
 #include "bench.hpp"
 #include "commands.hpp"
+#include "tconst/batch.hpp"
+#include "tconst/synthetic.hpp"
 #include "tconst/tconst.hpp"
+#include "tconst/transformer/session.hpp"
 
 namespace tconst_cli {
 namespace {

@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "tconst/tconst.hpp"
+#include "tconst/tokenizer/embedded.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>

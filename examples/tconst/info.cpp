@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "tconst/model/safetensors.hpp"
+#include "tconst/model/weight_formats.hpp"
 #include "tconst/tconst.hpp"
 
 namespace tconst_cli {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "tconst/model/safetensors.hpp"
 #include "tconst/tconst.hpp"
 
 namespace tconst_cli {
@@ -28,13 +29,13 @@ int cmd_quantize(const Args& args) {
   const std::string type = args.required("type");
   tconst::QuantizeOptions o;
   if (type == "bf16") {
-    o.format = tconst::detail::WeightFormat::bf16;
+    o.format = tconst::WeightFormat::bf16;
   } else if (type == "q8") {
-    o.format = tconst::detail::WeightFormat::q8;
+    o.format = tconst::WeightFormat::q8;
   } else {
     throw UsageError("--type must be bf16 or q8, got '" + type + "'");
   }
-  if (args.has("block") && o.format != tconst::detail::WeightFormat::q8) {
+  if (args.has("block") && o.format != tconst::WeightFormat::q8) {
     throw UsageError("--block is for --type q8 only");
   }
   o.block = args.integer("block", o.block, 16, 256);

@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "commands.hpp"
+#include "tconst/synthetic.hpp"
 
 namespace tconst_cli {
 namespace serve {

@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "tconst/batch.hpp"
 #include "tconst/tconst.hpp"
 
 namespace tconst_cli {

@@ -20,6 +20,7 @@
 
 #include "commands.hpp"
 #include "serve.hpp"
+#include "tconst/batch.hpp"
 
 namespace tconst_cli {
 namespace serve {

@@ -24,6 +24,7 @@
 #include <random>
 
 #include "serve.hpp"
+#include "tconst/batch.hpp"
 
 namespace tconst_cli {
 namespace serve {

@@ -13,14 +13,21 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
+#include "tconst/detail/parallel.hpp"
 #include "tconst/error.hpp"
 #include "tconst/tconstformer/session.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 template <typename Scalar>
 class StreamBatch {
  public:
+  /// `threads`: the workers each feed uses, as SessionOptions::threads (0: OpenMP's count of the
+  /// calling thread); the sessions' own settings do not apply to a joint step.
+  explicit StreamBatch(int threads = 0) : threads_(threads) {}
+
   /// Feeds tokens[i] to sessions[i] for every i: equivalent to sessions[i]->feed(tokens[i]).
   /// Sessions due a resync run it first, each on its own. Every session and id is checked before
   /// any session changes; on an exception the sessions report the tokens they had before (their
@@ -32,6 +39,7 @@ class StreamBatch {
                   std::to_string(tokens.size()) + " tokens");
     }
     if (sessions.empty()) return;
+    const detail::WorkerLimit workers(threads_);
     const Model<Scalar>& m = sessions[0]->model();
     for (size_t i = 0; i < sessions.size(); ++i) {
       TConstSession<Scalar>& s = *sessions[i];
@@ -67,8 +75,16 @@ class StreamBatch {
   }
 
  private:
+  int threads_ = 0;
   detail::JointStep<Scalar> step_;     // the streams of a call and the joint pass's buffers
   detail::LineVector<Scalar> logits_;  // [S, V]
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class StreamBatch<float>;
+extern template class StreamBatch<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

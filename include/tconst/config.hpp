@@ -6,9 +6,10 @@
 #include <map>
 #include <string>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 enum class Architecture { kTConstFormer, kTLinFormer, kTransformer };
 
@@ -203,4 +204,5 @@ inline ModelConfig config_from_metadata(const std::map<std::string, std::string>
   return c;
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -3,13 +3,15 @@
 // set the CPU supports among those the library was compiled with, capped by TCONST_ISA in the
 // environment (avx512, avx2 or none).
 
-#include "tconst/detail/kernels/dispatch.hpp"
-
+#include "tconst/detail/abi.hpp"
+#include "tconst/detail/dispatch.hpp"
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// "avx512", "avx2" or "none" (portable Eigen code): the instruction set of the float kernels.
 inline const char* vector_kernels() {
   return detail::isa_name(detail::active_isa());
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

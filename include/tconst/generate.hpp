@@ -16,12 +16,14 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/session.hpp"
 #include "tconst/tokenizer/interface.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 struct GenerateOptions {
   /// The most tokens to generate (0: only consume the prompt).
@@ -156,4 +158,15 @@ GenerateStats generate(Session<Scalar>& session, const std::vector<int32_t>& pro
   return stats;
 }
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template GenerateStats generate(Session<float>&, const std::vector<int32_t>&,
+                                       const GenerateOptions&, const std::function<bool(int32_t)>&,
+                                       const Tokenizer*);
+extern template GenerateStats generate(Session<double>&, const std::vector<int32_t>&,
+                                       const GenerateOptions&, const std::function<bool(int32_t)>&,
+                                       const Tokenizer*);
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -10,9 +10,10 @@
 #include <string_view>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// Parses whitespace-separated decimal ids. Throws Error naming the first bad token and where it
 /// is (line and column) for anything else: signs, letters, fractions, values above int32 range,
@@ -76,4 +77,5 @@ inline std::vector<int32_t> read_ids_file(const std::string& path, int64_t vocab
   }
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -14,65 +14,24 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tconst/config.hpp"
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
 #include "tconst/detail/weight_matrix.hpp"
 #include "tconst/error.hpp"
-#include "tconst/model/safetensors.hpp"
-#include "tconst/model/weight_formats.hpp"
+#include "tconst/matrix.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
-template <typename Scalar>
-using MatrixRM = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename Scalar>
-using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
-template <typename Scalar>
-using ConstMatrixMap = Eigen::Map<const MatrixRM<Scalar>>;
-template <typename Scalar>
-using ConstVectorMap = Eigen::Map<const Vector<Scalar>>;
-
-/// A read-only [rows, cols] row-major view of weights (PyTorch [out, in] layout).
-template <typename Scalar>
-struct WeightView {
-  const Scalar* data = nullptr;
-  Eigen::Index rows = 0, cols = 0;
-
-  ConstMatrixMap<Scalar> mat() const { return ConstMatrixMap<Scalar>(data, rows, cols); }
-  ConstVectorMap<Scalar> vec() const { return ConstVectorMap<Scalar>(data, rows * cols); }
-  /// Rows [r0, r0 + n), e.g. the k and v parts of qkv_proj.
-  WeightView row_block(Eigen::Index r0, Eigen::Index n) const {
-    return {data + r0 * cols, n, cols};
-  }
-};
-
-/// How a Model<Scalar> holds a 2-D weight matrix: a float model in its file's format (SPEC §6.1),
-/// read by the products of detail/quant_linear.hpp; a double model as doubles.
-template <typename Scalar>
-struct MatrixHolder {
-  using type = WeightView<Scalar>;
-};
-template <>
-struct MatrixHolder<float> {
-  using type = detail::WeightMatrix;
-};
-template <typename Scalar>
-using MatrixOf = typename MatrixHolder<Scalar>::type;
-
-/// One inner layer's parameters (SPEC §2); the context and generation streams share them.
-template <typename Scalar>
-struct LayerWeights {
-  WeightView<Scalar> norm1_w, norm1_b;  // [d]
-  MatrixOf<Scalar> qkv_w;               // [3d, d]
-  WeightView<Scalar> qkv_b;             // [3d]
-  MatrixOf<Scalar> out_w;               // [d, d]
-  WeightView<Scalar> out_b;             // [d]
-  WeightView<Scalar> norm2_w, norm2_b;  // [d]
-  MatrixOf<Scalar> w1, w3;              // [f, d]
-  MatrixOf<Scalar> w2;                  // [d, f]
-};
+class SafetensorsFile;
+struct TensorInfo;
+namespace detail {
+class FileBytes;
+}  // namespace detail
 
 /// The SPEC §6 name prefix of layer j of block b (for the baseline, layer b; j = 0), e.g.
 /// "transformer.transformer_layers.0.compress_context_layer".
@@ -131,77 +90,6 @@ inline std::vector<std::pair<std::string, std::vector<int64_t>>> model_tensor_sh
   return out;
 }
 
-namespace detail {
-
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: renormalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400u) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3ffu;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Element i of a little-endian tensor as Scalar. (Hosts are assumed little-endian, as everywhere
-// Eigen's vectorised paths run; a static_assert in model loading would be the place for
-// big-endian.)
-template <typename Scalar>
-Scalar load_element(const TensorInfo& t, int64_t i) {
-  const uint8_t* p = t.data;
-  switch (t.dtype) {
-    case DType::kF64: {
-      double v;
-      std::memcpy(&v, p + 8 * i, 8);
-      return static_cast<Scalar>(v);
-    }
-    case DType::kF32: {
-      float v;
-      std::memcpy(&v, p + 4 * i, 4);
-      return static_cast<Scalar>(v);
-    }
-    case DType::kF16: {
-      uint16_t v;
-      std::memcpy(&v, p + 2 * i, 2);
-      return static_cast<Scalar>(half_to_float(v));
-    }
-    case DType::kBF16: {
-      uint16_t v;
-      std::memcpy(&v, p + 2 * i, 2);
-      return static_cast<Scalar>(bf16_bits_to_float(v));
-    }
-    case DType::kI8:  // a Q8 matrix is widened with its scales (Model::widened_q8)
-    case DType::kU8:
-    case DType::kOther:
-      break;
-  }
-  return Scalar(0);
-}
-
-template <typename Scalar>
-constexpr DType native_dtype() {
-  return sizeof(Scalar) == 8 ? DType::kF64 : DType::kF32;
-}
-
-}  // namespace detail
-
 /// Immutable weights and config. Create with load(); share through std::shared_ptr.
 template <typename Scalar>
 class Model {
@@ -211,19 +99,11 @@ class Model {
  public:
   /// Loads and validates a SPEC §6 file. Throws Error naming the problem; never returns a
   /// partially loaded model.
-  static std::shared_ptr<const Model> load(const std::string& path) {
-    return from_file(SafetensorsFile::open(path));
-  }
+  static std::shared_ptr<const Model> load(const std::string& path);
   /// The same from bytes already in memory (used for models made in a program, e.g. benchmarks).
   static std::shared_ptr<const Model> load_from_bytes(std::vector<uint8_t> bytes,
-                                                      const std::string& label = "<memory>") {
-    return from_file(SafetensorsFile::from_bytes(std::move(bytes), label));
-  }
-  static std::shared_ptr<const Model> from_file(const SafetensorsFile& file) {
-    std::shared_ptr<Model> m(new Model());
-    m->build(file);
-    return m;
-  }
+                                                      const std::string& label = "<memory>");
+  static std::shared_ptr<const Model> from_file(const SafetensorsFile& file);
 
   const ModelConfig& config() const { return config_; }
   /// Layer j of block b. TConstFormer/TLinFormer: j = 0 compress, 1..D-2 hidden, D-1 restore.
@@ -249,241 +129,45 @@ class Model {
  private:
   Model() = default;
 
-  void build(const SafetensorsFile& file) {
-    file_ = file.bytes();
-    config_ = read_config(file);
-    q8_block_ = q8_block_of(file);
-    std::vector<const TensorInfo*> used = take_tensors(file);
-    reject_unused(file, used);
-    parameter_count_ = 0;
-    for (const TensorInfo* t : used) {
-      if (!is_q8_scale_name(t->name)) parameter_count_ += t->numel;
-    }
-    const int64_t dh = config_.head_dim();
-    for (int64_t m = 0; m < dh / 2; ++m) {
-      rope_theta_.push_back(std::pow(config_.rope_base, -2.0 * static_cast<double>(m) / dh));
-    }
-    identity_ = fingerprint(file, used);
-  }
+  void build(const SafetensorsFile& file);
 
-  static Error invalid(const SafetensorsFile& file, const std::string& what) {
-    return detail::invalid_file(file, what);
-  }
+  static Error invalid(const SafetensorsFile& file, const std::string& what);
 
   // The metadata's config with the sizes that only tensors give (f, a separate head), validated.
-  static ModelConfig read_config(const SafetensorsFile& file) {
-    ModelConfig c;
-    try {
-      c = config_from_metadata(file.metadata());
-    } catch (const Error& e) {
-      throw invalid(file, e.what());
-    }
-    // f comes from a tensor shape; read it before validating the config.
-    const std::string w1_name = layer_prefix(c, 0, 0) + ".ffn.w1.weight";
-    const TensorInfo* w1 = file.find(w1_name);
-    if (w1 == nullptr) throw invalid(file, "missing tensor '" + w1_name + "'");
-    if (w1->shape.size() != 2) {
-      throw invalid(file, "tensor '" + w1->name + "' has a " + std::to_string(w1->shape.size()) +
-                              "-dimensional shape, expected [ffn hidden, n_embd]");
-    }
-    c.ffn_hidden = w1->shape[0];
-    c.tied_head = file.find("transformer.lm_head.weight") == nullptr;
-    try {
-      c.validate();
-    } catch (const Error& e) {
-      throw invalid(file, std::string("inconsistent metadata: ") + e.what());
-    }
-    return c;
-  }
+  static ModelConfig read_config(const SafetensorsFile& file);
 
   // Every tensor of SPEC §6 into its view, checked for presence, shape and dtype; returns them in
   // the order taken (the identity hashes that order), a Q8 matrix's scales after it.
-  std::vector<const TensorInfo*> take_tensors(const SafetensorsFile& file) {
-    const ModelConfig& c = config_;
-    const int64_t d = c.n_embd, V = c.vocab_size;
-    std::vector<const TensorInfo*> used;
-    auto vec = [&](const std::string& name, const std::vector<int64_t>& shape) {
-      const TensorInfo* t = checked_tensor(file, name, shape, false);
-      used.push_back(t);
-      return view(*t);
-    };
-    auto mat = [&](const std::string& name, const std::vector<int64_t>& shape) {
-      const TensorInfo* t = checked_tensor(file, name, shape, true);
-      used.push_back(t);
-      const TensorInfo* scale = nullptr;
-      if (t->dtype == DType::kI8) {
-        scale = &q8_scale_of(file, *t, q8_block_);
-        used.push_back(scale);
-      } else if (const TensorInfo* stray = file.find(name + kQ8ScaleSuffix)) {
-        throw invalid(file, "scale tensor '" + stray->name + "' belongs to '" + name +
-                                "', which is " + t->dtype_name + ", not I8 (Q8)");
-      }
-      return matrix(*t, scale);
-    };
-    embedding_ = mat("embedding.weight", {V, d});
-    norm_w_ = vec("transformer.norm.weight", {d});
-    norm_b_ = vec("transformer.norm.bias", {d});
-    lm_head_ = c.tied_head ? embedding_ : mat("transformer.lm_head.weight", {V, d});
-    for (int64_t b = 0; b < c.n_block; ++b) {
-      for (int64_t j = 0; j < c.layers_per_block(); ++j) {
-        const std::string p = layer_prefix(c, b, j);
-        LayerWeights<Scalar> L;
-        for (const LayerTensor<Scalar>& t : layer_tensors<Scalar>(c)) {
-          if (t.mat != nullptr) {
-            L.*t.mat = mat(p + t.suffix, t.shape);
-          } else {
-            L.*t.vec = vec(p + t.suffix, t.shape);
-          }
-        }
-        layers_.push_back(L);
-      }
-    }
-    return used;
-  }
+  std::vector<const TensorInfo*> take_tensors(const SafetensorsFile& file);
 
   // The tensor `name`, checked for shape and dtype: F32, F16, BF16 or F64, and I8 for a matrix
   // (SPEC §6.1).
   static const TensorInfo* checked_tensor(const SafetensorsFile& file, const std::string& name,
-                                          const std::vector<int64_t>& shape, bool matrix) {
-    const TensorInfo* t = file.find(name);
-    if (t == nullptr) throw invalid(file, "missing tensor '" + name + "'");
-    if (t->shape != shape) {
-      auto str = [](const std::vector<int64_t>& s) {
-        std::string out = "[";
-        for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-        return out + "]";
-      };
-      throw invalid(file, "tensor '" + name + "' has shape " + str(t->shape) + ", expected " +
-                              str(shape) + " from the metadata");
-    }
-    if (t->dtype == DType::kI8 && !matrix) {
-      throw invalid(file, "tensor '" + name +
-                              "' is I8, but only the 2-D weight matrices may be Q8 (SPEC §6.1)");
-    }
-    if (t->dtype == DType::kOther || t->dtype == DType::kU8) {
-      throw invalid(file, "tensor '" + name + "' has unsupported dtype " + t->dtype_name +
-                              (matrix ? " (F32, F16, BF16, F64 or I8 expected)"
-                                      : " (F32, F16, BF16 or F64 expected)"));
-    }
-    return t;
-  }
+                                          const std::vector<int64_t>& shape, bool matrix);
 
   // Anything beyond the tensors taken (an extra layer or block, a stray buffer) means the metadata
   // and the tensors disagree; only stored RoPE buffers are ignored (SPEC §6).
   static void reject_unused(const SafetensorsFile& file,
-                            const std::vector<const TensorInfo*>& used) {
-    const std::set<const TensorInfo*> used_set(used.begin(), used.end());
-    const std::string ignored = "rope.inv_freq";
-    for (const auto& kv : file.tensors()) {
-      const std::string& name = kv.first;
-      const size_t n = ignored.size();
-      const bool is_ignored = name.size() >= n && name.compare(name.size() - n, n, ignored) == 0;
-      if (is_ignored || used_set.count(&kv.second) != 0) continue;
-      if (is_q8_scale_name(name)) {
-        const std::string base = name.substr(0, name.size() - std::strlen(kQ8ScaleSuffix));
-        throw invalid(file, "scale tensor '" + name + "' has no Q8 matrix '" + base + "'");
-      }
-      if (kv.second.dtype == DType::kI8) {
-        throw invalid(file, "tensor '" + name +
-                                "' is I8, but only the 2-D weight matrices may be Q8 (SPEC §6.1)");
-      }
-      throw invalid(file, "unexpected tensor '" + name +
-                              "' (not part of the model that the metadata describes)");
-    }
-  }
+                            const std::vector<const TensorInfo*>& used);
 
   // FNV-1a over metadata and tensor descriptors (not the values: a snapshot is tied to a model's
   // shape and settings; hashing gigabytes at every load would be too slow).
   static uint64_t fingerprint(const SafetensorsFile& file,
-                              const std::vector<const TensorInfo*>& used) {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&](const std::string& s) {
-      for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
-      h = (h ^ 0xff) * 1099511628211ull;
-    };
-    for (const auto& kv : file.metadata()) {
-      mix(kv.first);
-      mix(kv.second);
-    }
-    for (const TensorInfo* t : used) {
-      mix(t->name);
-      mix(t->dtype_name);
-      for (int64_t s : t->shape) mix(std::to_string(s));
-    }
-    return h;
-  }
+                              const std::vector<const TensorInfo*>& used);
 
   // A vector: in place when the bytes already are Scalar and suitably aligned; converted otherwise.
-  WeightView<Scalar> view(const TensorInfo& t) {
-    WeightView<Scalar> v;
-    v.rows = t.shape.empty() ? 1 : t.shape[0];
-    v.cols = t.shape.size() == 2 ? t.shape[1] : 1;
-    const bool aligned = reinterpret_cast<uintptr_t>(t.data) % alignof(Scalar) == 0;
-    if (t.dtype == detail::native_dtype<Scalar>() && aligned) {
-      v.data = reinterpret_cast<const Scalar*>(t.data);
-      return v;
-    }
-    Scalar* out = owned(t.numel);
-    for (int64_t i = 0; i < t.numel; ++i) out[i] = detail::load_element<Scalar>(t, i);
-    v.data = out;
-    return v;
-  }
+  WeightView<Scalar> view(const TensorInfo& t);
 
   // A buffer of n converted scalars that the model keeps (counted in converted_bytes()).
-  Scalar* owned(int64_t n) {
-    detail::BigBuffer<Scalar> buf(static_cast<size_t>(n), "a converted tensor");
-    converted_bytes_ += buf.size() * sizeof(Scalar);
-    owned_.push_back(std::move(buf));
-    return owned_.back().data();
-  }
+  Scalar* owned(int64_t n);
 
   // A 2-D weight (scale: its Q8 scales, checked, or null). Float: F32, BF16 and Q8 in place (a
   // misaligned F32/BF16 tensor or scale copied), F16 and F64 widened to F32. Double: every format
   // widened; a Q8 value is SPEC §6.1's float32 product, then widened.
-  MatrixOf<Scalar> matrix(const TensorInfo& t, const TensorInfo* scale) {
-    const Eigen::Index rows = t.shape[0], cols = t.shape[1];
-    if constexpr (std::is_same_v<Scalar, float>) {
-      detail::WeightMatrix W;
-      W.rows = rows;
-      W.cols = cols;
-      auto aligned = [](const uint8_t* p, size_t a) {
-        return reinterpret_cast<uintptr_t>(p) % a == 0;
-      };
-      if (t.dtype == DType::kI8) {
-        W.format = detail::WeightFormat::q8;
-        W.data = t.data;
-        W.block = q8_block_;
-        W.scales = aligned(scale->data, 4) ? reinterpret_cast<const float*>(scale->data)
-                                           : copied_floats(*scale);
-      } else if (t.dtype == DType::kBF16 && aligned(t.data, 2)) {
-        W.format = detail::WeightFormat::bf16;
-        W.data = t.data;
-      } else {
-        W.data = view(t).data;  // F32 in place, or widened
-      }
-      return W;
-    } else {
-      if (t.dtype != DType::kI8) return view(t);
-      const int64_t blocks = (cols + q8_block_ - 1) / q8_block_;
-      Scalar* out = owned(t.numel);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          float s;
-          std::memcpy(&s, scale->data + 4 * (r * blocks + c / q8_block_), 4);
-          const float q = static_cast<float>(static_cast<int8_t>(t.data[r * cols + c]));
-          out[r * cols + c] = static_cast<Scalar>(s * q);
-        }
-      }
-      return WeightView<Scalar>{out, rows, cols};
-    }
-  }
+  MatrixOf<Scalar> matrix(const TensorInfo& t, const TensorInfo* scale);
 
   // The float32 values of tensor t in a buffer of the model's own (float models only).
-  const float* copied_floats(const TensorInfo& t) {
-    float* out = owned(t.numel);
-    std::memcpy(out, t.data, 4 * static_cast<size_t>(t.numel));
-    return out;
-  }
+  const float* copied_floats(const TensorInfo& t);
 
   ModelConfig config_;
   std::shared_ptr<const detail::FileBytes> file_;
@@ -498,4 +182,15 @@ class Model {
   uint64_t identity_ = 0;
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class Model<float>;
+extern template class Model<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst
+
+#if TCONST_DEFINITIONS
+#include "tconst/model/model_load.hpp"
+#endif

@@ -16,10 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
-#include "tconst/model.hpp"
+#include "tconst/matrix.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// xoshiro256** (Blackman and Vigna, 2018), seeded through splitmix64 as its authors recommend, so
 /// that nearby seeds (0, 1, 2, ...) still give unrelated streams.
@@ -314,4 +316,13 @@ class Sampler {
   std::vector<uint8_t> marked_;  // [V] all zero between calls; marks penalised ids
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class Sampler<float>;
+extern template int32_t greedy_token(const Vector<float>&);
+extern template class Sampler<double>;
+extern template int32_t greedy_token(const Vector<double>&);
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

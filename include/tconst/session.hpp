@@ -18,12 +18,12 @@
 #include <vector>
 
 #include "tconst/config.hpp"
-#include "tconst/detail/bytes.hpp"
-#include "tconst/detail/layers.hpp"
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 #include "tconst/model.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// Per-session settings.
 struct SessionOptions {
@@ -40,6 +40,11 @@ struct SessionOptions {
   /// between resyncs a session holds only its fixed cache and token log; true keeps them, saving
   /// one allocation per resync in exchange for memory that grows with the stream.
   bool keep_resync_buffers = false;
+  /// Threads (workers) this session's calls use: 0 takes OpenMP's count of the calling thread
+  /// (OMP_NUM_THREADS, omp_set_num_threads); n > 0 uses n in every call, so that a program running
+  /// several engines can give each its own. The results have the same bits on any count. Without
+  /// OpenMP every session runs on the calling thread.
+  int threads = 0;
 };
 
 template <typename Scalar>
@@ -91,124 +96,5 @@ class Session {
   Architecture architecture() const { return model().config().arch; }
 };
 
-/// What every architecture's session shares: the model, the options, the token log (the only
-/// state that grows for TConstFormer), the logits after the last token, id checks, the LM head over
-/// final-normalised rows, and the framing of the state bytes (token log, then the architecture's
-/// caches, then the logits). A session class adds its caches and how tokens run through them.
-template <typename Scalar>
-class SessionBase : public Session<Scalar> {
- public:
-  using Index = Eigen::Index;
-  using typename Session<Scalar>::Logits;
-  using typename Session<Scalar>::RowCallback;
-
-  using Session<Scalar>::prefill;
-  const Logits& prefill(const int32_t* ids, size_t n) override {
-    consume(ids, n, nullptr);
-    return logits();
-  }
-  void score(const int32_t* ids, size_t n, const RowCallback& on_row) override {
-    consume(ids, n, on_row ? &on_row : nullptr);
-  }
-
-  const Logits& logits() const override { return position() > 0 ? logits_ : empty_; }
-  int64_t position() const override { return static_cast<int64_t>(log_.size()); }
-  const std::vector<int32_t>& tokens() const override { return log_; }
-  const Model<Scalar>& model() const override { return *model_; }
-  const SessionOptions& options() const override { return options_; }
-
-  void write_state(std::string& out) const override {
-    detail::ByteWriter w(out);
-    w.put<uint64_t>(log_.size());
-    w.put_array(log_.data(), log_.size());
-    write_caches(w);
-    const uint64_t nl = position() > 0 ? static_cast<uint64_t>(logits_.size()) : 0;
-    w.put<uint64_t>(nl);
-    w.put_array(logits_.data(), static_cast<size_t>(nl));
-  }
-
-  void read_state(const uint8_t* data, size_t size) override {
-    const ModelConfig& c = model_->config();
-    detail::ByteReader r(data, size);
-    std::vector<int32_t> log = detail::read_token_log(r, c, options_.max_context);
-    const uint64_t n = log.size();
-    std::function<void()> commit = read_caches(r, static_cast<int64_t>(n));
-    uint64_t nl = 0;
-    const uint8_t* logits = detail::read_logits_tail<Scalar>(r, c, n, &nl);
-    // Everything checked and allocated; nothing below throws.
-    log.reserve(std::max(log.size(), log_capacity(static_cast<int64_t>(n))));
-    commit();
-    log_.swap(log);
-    if (nl > 0) std::memcpy(logits_.data(), logits, nl * sizeof(Scalar));
-  }
-
- protected:
-  SessionBase(std::shared_ptr<const Model<Scalar>> model, SessionOptions options)
-      : model_(std::move(model)), options_(options), logits_(model_->config().vocab_size) {}
-  SessionBase(const SessionBase& o)
-      : model_(o.model_), options_(o.options_), log_(o.log_), logits_(o.logits_) {
-    log_.reserve(o.log_.capacity());
-  }
-  SessionBase& operator=(const SessionBase&) = delete;
-
-  /// Throws Error, changing nothing, unless every id is in [0, V) and the stream stays within
-  /// max_context.
-  void check(const int32_t* ids, size_t n) const {
-    const ModelConfig& c = model_->config();
-    for (size_t i = 0; i < n; ++i) {
-      if (ids[i] < 0 || ids[i] >= c.vocab_size) {
-        throw Error("token id " + std::to_string(ids[i]) + " is outside [0, " +
-                    std::to_string(c.vocab_size) + ")");
-      }
-    }
-    if (static_cast<int64_t>(n) > options_.max_context - position()) {
-      throw Error("stream would exceed max_context = " + std::to_string(options_.max_context) +
-                  " tokens (position " + std::to_string(position()) + ", " + std::to_string(n) +
-                  " more)");
-    }
-  }
-
-  /// Grows the log's capacity to at least n tokens (geometrically, so appends stay amortised).
-  void reserve_log(int64_t n) {
-    if (static_cast<int64_t>(log_.capacity()) < n) {
-      log_.reserve(std::max<size_t>(static_cast<size_t>(n), log_.capacity() * 3 / 2));
-    }
-  }
-
-  /// The LM head over rows xn[rows, d] (LN_f already applied), the tokens at log positions
-  /// first..: with on_row, every row's logits go to on_row (index counted from `index0`);
-  /// without, only the last row's are computed. logits_ holds the last row's afterwards.
-  void emit_logits(const Scalar* xn, Index rows, const RowCallback* on_row, size_t index0) {
-    const Index d = model_->config().n_embd;
-    if (on_row == nullptr) {
-      detail::head_logits(*model_, xn + (rows - 1) * d, logits_.data());
-      return;
-    }
-    for (Index r = 0; r < rows; ++r) {
-      detail::head_logits(*model_, xn + r * d, logits_.data());
-      (*on_row)(index0 + static_cast<size_t>(r), logits_);
-    }
-  }
-
-  /// Consumes ids[0..n) as prefill and score do: with on_row, every token's logits go to on_row
-  /// (index counted from 0); without it, only the state and the last token's logits are needed.
-  /// All ids are checked before any is consumed.
-  virtual void consume(const int32_t* ids, size_t n, const RowCallback* on_row) = 0;
-
-  /// The architecture's caches in the state bytes, between the token log and the logits.
-  virtual void write_caches(detail::ByteWriter& w) const = 0;
-  /// Reads and checks what write_caches wrote, for a log of n tokens, allocating whatever the
-  /// restored state needs; returns the commit that installs it, which must not throw. Throws
-  /// Error, leaving the session unchanged, on any inconsistency.
-  virtual std::function<void()> read_caches(detail::ByteReader& r, int64_t n) = 0;
-  /// The log capacity a stream of n tokens needs so that the next steps do not allocate.
-  virtual size_t log_capacity(int64_t n) const { return static_cast<size_t>(n); }
-
-  std::shared_ptr<const Model<Scalar>> model_;
-  SessionOptions options_;
-  std::vector<int32_t> log_;  // every token consumed, in position order
-  Logits logits_;             // [V] after the last token
-  Logits empty_;              // what logits() returns before the first token
-};
-
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -17,11 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/bytes.hpp"
 #include "tconst/error.hpp"
 #include "tconst/session.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 constexpr uint32_t kSnapshotVersion = 1;
 
@@ -119,4 +121,17 @@ void load_session(Session<Scalar>& session, const std::string& path) {
   restore_snapshot(session, bytes.data(), bytes.size(), path);
 }
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template void save_session(const Session<float>&, const std::string&);
+extern template void load_session(Session<float>&, const std::string&);
+extern template std::string snapshot_bytes(const Session<float>&);
+extern template void restore_snapshot(Session<float>&, const uint8_t*, size_t, const std::string&);
+extern template void save_session(const Session<double>&, const std::string&);
+extern template void load_session(Session<double>&, const std::string&);
+extern template std::string snapshot_bytes(const Session<double>&);
+extern template void restore_snapshot(Session<double>&, const uint8_t*, size_t, const std::string&);
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -15,11 +15,12 @@
 #include <vector>
 
 #include "tconst/config.hpp"
+#include "tconst/detail/abi.hpp"
 #include "tconst/model.hpp"
 #include "tconst/sampling.hpp"
 #include "tconst/transformer/session.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// The paper's 41M shape (V 50257, d 432, h 12, f 1280; B 2, D 4, W = Hh = 256; the baseline of
 /// the same depth has 8 layers).
@@ -120,4 +121,5 @@ void fill_synthetic_history(TransformerSession<Scalar>& session, int64_t depth, 
   session.log_.assign(static_cast<size_t>(depth), 0);
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

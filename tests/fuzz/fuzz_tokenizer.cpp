@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fuzz/fuzz_common.hpp"
+#include "tconst/tokenizer/gpt2_bpe.hpp"
 
 namespace {
 

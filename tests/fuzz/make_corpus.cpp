@@ -12,6 +12,8 @@
 
 #include "fuzz/fuzz_common.hpp"
 #include "tconst/model/quantize.hpp"
+#include "tconst/model/safetensors.hpp"
+#include "tconst/model/weight_formats.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 
 #if defined(__linux__)
@@ -25,6 +26,7 @@
 #endif
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 
 /// `count` zeroed T (T trivially copyable), allocated once; move-only.
@@ -156,4 +158,5 @@ template <typename T>
 using LineVector = std::vector<T, LineAllocator<T>>;
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -1,17 +1,16 @@
 #pragma once
-// Byte strings of a session's state (session snapshots): plain values and arrays appended in host
-// order (hosts are little-endian, as the model file), read back with every length checked against
-// what is left, and the parts every architecture's state shares: the token log and the logits.
+// Byte strings: plain values and arrays appended in host order (hosts are little-endian, as the
+// model file), read back with every length checked against what is left.
 
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
-#include "tconst/config.hpp"
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 namespace detail {
 
@@ -69,37 +68,6 @@ class ByteReader {
   size_t left_;
 };
 
-/// Reads a snapshot's token log: at most max_context tokens, every id in [0, V). The bytes must
-/// be present before anything is sized by the claimed count (a short file may claim 2^30).
-inline std::vector<int32_t> read_token_log(ByteReader& r, const ModelConfig& c,
-                                           int64_t max_context) {
-  const uint64_t n = r.get<uint64_t>("token log");
-  if (n > static_cast<uint64_t>(max_context)) {
-    throw Error("snapshot holds " + std::to_string(n) + " tokens, more than max_context");
-  }
-  const uint8_t* tokens = r.span<int32_t>(n, "token log");
-  std::vector<int32_t> log(static_cast<size_t>(n));
-  if (n > 0) std::memcpy(log.data(), tokens, n * sizeof(int32_t));
-  for (int32_t t : log) {
-    if (t < 0 || t >= c.vocab_size) throw Error("snapshot token log holds an id out of range");
-  }
-  return log;
-}
-
-/// Reads the last part of a snapshot's state: the logits after the last token (none before the
-/// first), and checks that nothing follows them. Returns where the V scalars start.
-template <typename Scalar>
-const uint8_t* read_logits_tail(ByteReader& r, const ModelConfig& c, uint64_t n_tokens,
-                                uint64_t* count) {
-  const uint64_t nl = r.get<uint64_t>("logits");
-  if (nl != (n_tokens > 0 ? static_cast<uint64_t>(c.vocab_size) : 0)) {
-    throw Error("snapshot logits disagree with the model");
-  }
-  const uint8_t* logits = r.span<Scalar>(nl, "logits");
-  if (r.left() != 0) throw Error("snapshot has trailing bytes");
-  *count = nl;
-  return logits;
-}
-
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
+
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// Keys and values that grow with the stream: the baseline's per-layer cache and TLinFormer's
 /// per-block compress-layer context keys. Capacity grows geometrically, so appends are amortised
@@ -53,4 +56,5 @@ class GrowingKV {
 };
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

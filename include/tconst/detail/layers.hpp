@@ -11,26 +11,18 @@
 #include <cstring>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
 #include "tconst/detail/ops.hpp"
 #include "tconst/detail/quant_linear.hpp"
 #include "tconst/model.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 
 /// Scores per attention call are bounded by processing query rows in blocks of at most this many
 /// scores (or one row, when a row alone has more keys).
 constexpr Index kScoreBudget = Index{1} << 16;
-
-/// Threads an OpenMP parallel region would use now (1 without OpenMP).
-inline Index max_threads() noexcept {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
 
 /// Working buffers of a window pass, sized once for `rows` rows and `keys` attended keys.
 template <typename S>
@@ -58,7 +50,7 @@ struct WindowScratch {
     keys = std::max(keys, n_keys);
     // One query row needs heads * keys (all heads at once); a block of rows, one head at a time;
     // several streams stepped together, heads * keys for each thread attending at once.
-    const Index lanes = std::min<Index>(rows, max_threads());
+    const Index lanes = std::min<Index>(rows, max_workers());
     const Index need = std::max(lanes * heads * keys, std::min(rows * keys, kScoreBudget));
     if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
   }
@@ -100,8 +92,8 @@ void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, In
 /// Whether this CPU has a few-row kernel for W's format (rows_gemm.inl for F32, quant_rows.inl for
 /// BF16 and Q8).
 inline bool has_few_rows_kernel(const WeightMatrix& W) noexcept {
-  return W.format == WeightFormat::f32 ? active_rows_gemm() != nullptr
-                                       : quant_kernels(active_isa()).rows != nullptr;
+  return W.format == WeightFormat::f32 ? active_kernels().rows_gemm != nullptr
+                                       : active_kernels().quant_rows != nullptr;
 }
 
 /// out[g, o] = in[g, :] . W[o, :] for g < n, o in [r0, r1), on the calling thread, with the
@@ -109,10 +101,10 @@ inline bool has_few_rows_kernel(const WeightMatrix& W) noexcept {
 inline void few_rows_range(const WeightMatrix& W, Index r0, Index r1, const float* in, Index ld_in,
                            Index n, float* out, Index ld_out) noexcept {
   if (W.format == WeightFormat::f32) {
-    active_rows_gemm()(static_cast<const float*>(W.data), W.cols, r0, r1, in, ld_in, n, nullptr,
-                       out, ld_out);
+    active_kernels().rows_gemm(static_cast<const float*>(W.data), W.cols, r0, r1, in, ld_in, n,
+                               nullptr, out, ld_out);
   } else {
-    quant_kernels(active_isa()).rows(W, r0, r1, in, ld_in, n, nullptr, out, ld_out, false);
+    active_kernels().quant_rows(W, r0, r1, in, ld_in, n, nullptr, out, ld_out, false);
   }
 }
 
@@ -123,7 +115,7 @@ inline void few_rows_range(const WeightMatrix& W, Index r0, Index r1, const floa
 template <typename S>
 bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1, S* h3) noexcept {
   if constexpr (std::is_same_v<S, float>) {
-    const SiluGateFn gate = active_silu_gate();
+    const SiluGateFn gate = active_kernels().silu_gate;
     if (gate == nullptr || n > kRowsGemmMaxRows) return false;
     if (!has_few_rows_kernel(L.w1) || !has_few_rows_kernel(L.w3)) return false;
     const Index f = L.w1.rows;
@@ -238,4 +230,5 @@ void head_logits(const Model<S>& m, const S* h, S* logits) noexcept {
 }
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

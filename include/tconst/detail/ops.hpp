@@ -14,15 +14,14 @@
 #include <type_traits>
 #include <vector>
 
-#include "tconst/detail/kernels/dispatch.hpp"
-#include "tconst/detail/kernels/gemm.hpp"
-#include "tconst/model.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "tconst/detail/abi.hpp"
+#include "tconst/detail/dispatch.hpp"
+#include "tconst/detail/gemm.hpp"
+#include "tconst/detail/parallel.hpp"
+#include "tconst/matrix.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 
 using Eigen::Index;
@@ -35,63 +34,6 @@ template <typename S>
 using RowVecMap = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
 template <typename S>
 using ConstRowVecMap = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
-
-/// Rows below this many work items per thread run on one thread: an OpenMP fork costs a few
-/// microseconds, more than a small GEMV.
-constexpr Index kMinRowsPerThread = 64;
-
-/// Calls f(i, lane) for i in [0, n), split statically over `lanes` OpenMP threads (lane: the
-/// thread's number), or all on this thread (lane 0) when lanes is 1 or there is no OpenMP.
-template <typename F>
-void for_each_lane(Index n, Index lanes, const F& f) {
-#ifdef _OPENMP
-  if (lanes > 1) {
-#pragma omp parallel for num_threads(static_cast <int>(lanes)) schedule(static)
-    for (Index i = 0; i < n; ++i) f(i, static_cast<Index>(omp_get_thread_num()));
-    return;
-  }
-#endif
-  (void)lanes;
-  for (Index i = 0; i < n; ++i) f(i, 0);
-}
-
-/// Multiply-adds below which a split over threads costs more (the fork) than it saves.
-constexpr Index kMinSplitWork = Index{1} << 17;
-
-/// Threads for `parts` independent parts of `work` multiply-adds each, each thread taking
-/// `per_lane` scalars of a scratch buffer of `scratch_len`: 1 inside a parallel region, without
-/// OpenMP, or when the work would not pay for the fork.
-inline Index lanes_for(Index parts, Index work, Index per_lane, Index scratch_len) noexcept {
-#ifdef _OPENMP
-  if (omp_in_parallel() || parts * work < kMinSplitWork || per_lane <= 0) return 1;
-  return std::max<Index>(
-      1, std::min({static_cast<Index>(omp_get_max_threads()), parts, scratch_len / per_lane}));
-#else
-  (void)parts, (void)work, (void)per_lane, (void)scratch_len;
-  return 1;
-#endif
-}
-
-/// Calls f(r0, r1) over [0, rows) split into contiguous ranges, one per OpenMP thread when OpenMP
-/// is enabled and there are enough rows to pay for the fork; otherwise f(0, rows) once.
-template <typename F>
-void for_row_ranges(Index rows, const F& f) {
-#ifdef _OPENMP
-  const int threads = omp_get_max_threads();
-  if (threads > 1 && rows >= 2 * kMinRowsPerThread && !omp_in_parallel()) {
-    const Index nchunks = std::min<Index>(threads, rows / kMinRowsPerThread);
-#pragma omp parallel for num_threads(static_cast <int>(nchunks)) schedule(static)
-    for (Index c = 0; c < nchunks; ++c) {
-      // Range starts on a multiple of 8 rows, so that register blocks do not straddle ranges.
-      const Index r0 = rows * c / nchunks / 8 * 8;
-      const Index r1 = c + 1 == nchunks ? rows : rows * (c + 1) / nchunks / 8 * 8;
-      f(r0, r1);
-    }
-    return;
-  }
-#endif
-  f(0, rows);
-}
 
 /// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2). `out` may equal `in`. Many rows are
 /// split over the threads (each row's arithmetic is the same on any).
@@ -123,7 +65,7 @@ template <typename S>
 bool linear_few_rows(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias,
                      S* out, Index ld_out) noexcept {
   if constexpr (std::is_same_v<S, float>) {
-    const RowsGemmFn fn = active_rows_gemm();
+    const RowsGemmFn fn = active_kernels().rows_gemm;
     if (fn == nullptr || n > kRowsGemmMaxRows) return false;
     const Index k = W.cols();
     for_row_ranges(W.rows(), [&](Index r0, Index r1) {
@@ -214,7 +156,7 @@ void rope(S* x, Index ld, Index n, Index width, Index dh, int64_t pos0,
 /// p[0..n) = softmax(p[0..n)) in place, shifted by the maximum so that no exponent is positive:
 /// the portable form of the vector kernel's softmax.
 template <typename S>
-void softmax_reference(S* p, Index n) noexcept {
+void softmax_portable(S* p, Index n) noexcept {
   Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> a(p, n);
   a = (a - a.maxCoeff()).exp();
   a /= a.sum();
@@ -229,7 +171,7 @@ void softmax(S* p, Index n) noexcept {
       return;
     }
   }
-  softmax_reference(p, n);
+  softmax_portable(p, n);
 }
 
 /// max_j p[j], with the vector kernel where there is one (n >= 1).
@@ -256,8 +198,8 @@ S exp_sum(S* p, Index n, S shift) noexcept {
 /// One query row against nk key rows, every head (attend_one's arithmetic), portably:
 /// P[h, j] = q_h . K[j, h] / sqrt(dh), softmax over j, out_h (+)= P[h, :] V[:, h].
 template <typename S>
-void attend_one_reference(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
-                          Index dh, S* scores, S* out, bool accumulate) noexcept {
+void attend_one_portable(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
+                         Index dh, S* scores, S* out, bool accumulate) noexcept {
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
   Eigen::Map<MatrixRM<S>> P(scores, heads, nk);
   for (Index j = 0; j < nk; ++j) {
@@ -267,7 +209,7 @@ void attend_one_reference(const S* q, const S* K, const S* V, Index ld_kv, Index
                             .dot(Eigen::Map<const Vector<S>>(kj + h * dh, dh));
     }
   }
-  for (Index h = 0; h < heads; ++h) softmax_reference(scores + h * nk, nk);
+  for (Index h = 0; h < heads; ++h) softmax_portable(scores + h * nk, nk);
   Eigen::Map<Vector<S>> o(out, heads * dh);
   if (!accumulate) o.setZero();
   for (Index j = 0; j < nk; ++j) {
@@ -283,12 +225,12 @@ template <typename S>
 void attend_one_serial(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
                        Index dh, S* scores, S* out, bool accumulate) noexcept {
   if constexpr (std::is_same_v<S, float>) {
-    if (const AttendOneFn fn = active_attend_one()) {
+    if (const AttendOneFn fn = active_kernels().attend_one) {
       fn(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
       return;
     }
   }
-  attend_one_reference(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
+  attend_one_portable(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
 }
 
 /// Keys (and as many values) one query row's attention must read before its heads are split over
@@ -304,18 +246,15 @@ constexpr Index kMinAttendSplitFloats = Index{1} << 14;
 template <typename S>
 void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
                 S* scores, S* out, bool accumulate) noexcept {
-#ifdef _OPENMP
-  const Index parts = std::min<Index>(omp_get_max_threads(), heads);
-  if (parts > 1 && nk * heads * dh >= kMinAttendSplitFloats && !omp_in_parallel()) {
-#pragma omp parallel for num_threads(static_cast <int>(parts)) schedule(static)
-    for (Index p = 0; p < parts; ++p) {
+  const Index parts = std::min<Index>(max_workers(), heads);
+  if (parts > 1 && nk * heads * dh >= kMinAttendSplitFloats && !in_parallel()) {
+    parallel_for(parts, parts, [&](Index p, Index) {
       const Index h0 = heads * p / parts, h1 = heads * (p + 1) / parts;
       attend_one_serial(q + h0 * dh, K + h0 * dh, V + h0 * dh, ld_kv, nk, h1 - h0, dh,
                         scores + h0 * nk, out + h0 * dh, accumulate);
-    }
+    });
     return;
   }
-#endif
   attend_one_serial(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
 }
 
@@ -345,19 +284,19 @@ struct AttentionLanes {
   }
 };
 
-/// Whether one head's attention of many rows can run a panel of query rows at a time (float
-/// only: a CPU with the kernels, a lane's buffers, at least one key); if so, kern holds them.
-inline bool panel_kernels(const AttentionLanes<float>::Lane* lane, Index nk, GemmKernels& kern) {
-  if (lane == nullptr || nk <= 0) return false;
-  kern = gemm_kernels_at_most(active_isa());
-  return kern.attend != nullptr;
+/// The kernels that run one head's attention of many rows a panel of query rows at a time, or
+/// nullptr where that cannot run (float only: a CPU with the kernels, a lane's buffers, a key).
+inline const KernelTable* panel_kernels(const AttentionLanes<float>::Lane* lane, Index nk) {
+  if (lane == nullptr || nk <= 0) return nullptr;
+  const KernelTable& kern = active_kernels();
+  return kern.attend != nullptr ? &kern : nullptr;
 }
 
 /// One head through kern.attend: the nq queries Qh (rows ld_q apart) packed into lane.qp, the nk
 /// keys Kh and values Vh (rows ld_kv apart) gathered, then out (+)= softmax(scale * Qh Kh^T) Vh
 /// (normalised when mx is nullptr, else one online step with the rows' running maximum mx and sum;
 /// see gemm.inl).
-inline void attend_head_panels(const GemmKernels& kern, const float* Qh, Index ld_q, Index nq,
+inline void attend_head_panels(const KernelTable& kern, const float* Qh, Index ld_q, Index nq,
                                const float* Kh, const float* Vh, Index ld_kv, Index nk, Index dh,
                                float scale, AttentionLanes<float>::Lane& lane, float* mx,
                                float* sum, float* out, Index ld_out, bool accumulate) {
@@ -372,8 +311,8 @@ inline void attend_head_panels(const GemmKernels& kern, const float* Qh, Index l
     kern.pack(Qh + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, lane.qp.data() + j0 * dh);
   }
   // The head's keys and values gathered into rows of dh: the tiles then read them from a few
-  // contiguous kilobytes instead of one slice of each long row (8-13 % faster at the resync's
-  // shapes, BM_OnlineAttentionAdd and BM_AttendRows).
+  // contiguous kilobytes instead of one slice of each long row (BM_OnlineAttentionAdd,
+  // BM_AttendRows; docs/benchmarks.md, "Choices measured").
   if (static_cast<Index>(lane.k.size()) < nk * dh) lane.k.resize(static_cast<size_t>(nk * dh));
   if (static_cast<Index>(lane.v.size()) < nk * dh) lane.v.resize(static_cast<size_t>(nk * dh));
   for (Index j = 0; j < nk; ++j) {
@@ -447,13 +386,14 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
     return;
   }
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
-  const Index lanes = lanes_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
-  for_each_lane(heads, lanes, [&](Index h, Index lane) {
+  const Index lanes = workers_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
+  parallel_for(heads, lanes, [&](Index h, Index lane) {
     if constexpr (std::is_same_v<S, float>) {
-      GemmKernels kern;
-      if (causal_base < 0 && panel_kernels(lane_of(al, lane), nk, kern)) {
-        attend_head_panels(kern, Q + h * dh, ld_q, nq, K + h * dh, V + h * dh, ld_kv, nk, dh, scale,
-                           *lane_of(al, lane), nullptr, nullptr, out + h * dh, ld_out, accumulate);
+      const KernelTable* kern = causal_base < 0 ? panel_kernels(lane_of(al, lane), nk) : nullptr;
+      if (kern != nullptr) {
+        attend_head_panels(*kern, Q + h * dh, ld_q, nq, K + h * dh, V + h * dh, ld_kv, nk, dh,
+                           scale, *lane_of(al, lane), nullptr, nullptr, out + h * dh, ld_out,
+                           accumulate);
         return;
       }
     }
@@ -502,14 +442,13 @@ class OnlineAttention {
   void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores, Index scores_len = 0,
            AttentionLanes<S>* al = nullptr) {
     const S scale = S(1) / std::sqrt(static_cast<S>(dh_));
-    const Index lanes = lanes_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
-    for_each_lane(heads_, lanes, [&](Index h, Index lane) {
+    const Index lanes = workers_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
+    parallel_for(heads_, lanes, [&](Index h, Index lane) {
       S* mx = max_.data() + h * stride_;
       S* sum = sum_.data() + h * stride_;
       if constexpr (std::is_same_v<S, float>) {
-        GemmKernels kern;
-        if (panel_kernels(lane_of(al, lane), nk, kern)) {
-          attend_head_panels(kern, Q_ + h * dh_, ld_q_, nq_, K + h * dh_, V + h * dh_, ld_kv, nk,
+        if (const KernelTable* kern = panel_kernels(lane_of(al, lane), nk)) {
+          attend_head_panels(*kern, Q_ + h * dh_, ld_q_, nq_, K + h * dh_, V + h * dh_, ld_kv, nk,
                              dh_, scale, *lane_of(al, lane), mx, sum, acc_.data() + h * dh_,
                              heads_ * dh_, true);
           return;
@@ -580,7 +519,7 @@ class OnlineAttention {
 /// a[i] = silu(a[i]) * g[i] = a[i] / (1 + e^-a[i]) * g[i] for i < n: the SwiGLU gate, portably
 /// (the vector kernel's form).
 template <typename S>
-void silu_gate_reference(S* a, const S* g, Index n) noexcept {
+void silu_gate_portable(S* a, const S* g, Index n) noexcept {
   Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> x(a, n);
   x = x / (S(1) + (-x).exp()) * Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(g, n);
 }
@@ -589,13 +528,14 @@ void silu_gate_reference(S* a, const S* g, Index n) noexcept {
 template <typename S>
 void silu_gate(S* a, const S* g, Index n) noexcept {
   if constexpr (std::is_same_v<S, float>) {
-    if (const SiluGateFn fn = active_silu_gate()) {
+    if (const SiluGateFn fn = active_kernels().silu_gate) {
       fn(a, g, n);
       return;
     }
   }
-  silu_gate_reference(a, g, n);
+  silu_gate_portable(a, g, n);
 }
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

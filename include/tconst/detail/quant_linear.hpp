@@ -24,85 +24,16 @@
 #include <cstdint>
 #include <cstring>
 
-#include "tconst/detail/kernels/dispatch.hpp"
-#include "tconst/detail/kernels/gemm.hpp"
+#include "tconst/detail/abi.hpp"
+#include "tconst/detail/dispatch.hpp"
+#include "tconst/detail/gemm.hpp"
 #include "tconst/detail/ops.hpp"
+#include "tconst/detail/parallel.hpp"
 #include "tconst/detail/weight_matrix.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#if TCONST_X86_DISPATCH
-
-#include "tconst/detail/kernels/target_avx512_begin.inl"
-#define TCONST_QUANT_NS avx512
-#define TCONST_QUANT_GEMM_NS gemm_avx512
-#define TCONST_QUANT_LANES 16
-// clang-format off
-#include "tconst/detail/kernels/quant_rows.inl"  // first: quant_gemm.inl calls its widen_strip
-#include "tconst/detail/kernels/quant_gemm.inl"
-// clang-format on
-#undef TCONST_QUANT_NS
-#undef TCONST_QUANT_GEMM_NS
-#undef TCONST_QUANT_LANES
-#include "tconst/detail/kernels/target_avx2_begin.inl"
-#include "tconst/detail/kernels/target_end.inl"
-#define TCONST_QUANT_NS avx2
-#define TCONST_QUANT_GEMM_NS gemm_avx2
-#define TCONST_QUANT_LANES 8
-// clang-format off
-#include "tconst/detail/kernels/quant_rows.inl"  // first: quant_gemm.inl calls its widen_strip
-#include "tconst/detail/kernels/quant_gemm.inl"
-// clang-format on
-#undef TCONST_QUANT_NS
-#undef TCONST_QUANT_GEMM_NS
-#undef TCONST_QUANT_LANES
-#include "tconst/detail/kernels/target_end.inl"
-
-#endif  // TCONST_X86_DISPATCH
-
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
-
-/// out[g, o] (+)= in[g, :] . W[o, :] (+ bias[o]) for g < n, o in [o0, o1), W bf16 or q8.
-using QuantRowsFn = void (*)(const WeightMatrix& W, Index o0, Index o1, const float* in,
-                             Index ld_in, Index n, const float* bias, float* out, Index ld_out,
-                             bool accumulate);
-/// The packed product's step over a WeightMatrix (quant_gemm.inl's compute_quant).
-using QuantComputeFn = void (*)(const WeightMatrix& W, Index o0, Index o1, Index p0, Index kc,
-                                const float* packed, Index rows, const float* bias, float* out,
-                                Index ld_out, bool load_out, float* strip);
-
-/// One instruction set's kernels over BF16 and Q8 weights (all empty for Isa::none).
-struct QuantKernels {
-  Isa isa = Isa::none;
-  QuantRowsFn rows = nullptr;
-  QuantComputeFn compute = nullptr;
-  GemmKernels gemm;
-};
-
-/// The kernels of `isa`, or of the best one below it that this build and CPU run.
-inline QuantKernels quant_kernels_at_most(Isa isa) {
-#if TCONST_X86_DISPATCH
-  for (Isa i = isa; i != Isa::none; i = static_cast<Isa>(static_cast<int>(i) - 1)) {
-    const GemmKernels g = gemm_kernels_for(i);  // empty where the CPU cannot run i
-    if (g.compute == nullptr) continue;
-    if (i == Isa::avx512) return {i, &avx512::quant_rows, &gemm_avx512::compute_quant, g};
-    return {i, &avx2::quant_rows, &gemm_avx2::compute_quant, g};
-  }
-#endif
-  (void)isa;
-  return {};
-}
-
-/// quant_kernels_at_most(isa), looked up once per instruction set.
-inline const QuantKernels& quant_kernels(Isa isa) {
-  static const QuantKernels table[3] = {quant_kernels_at_most(Isa::none),
-                                        quant_kernels_at_most(Isa::avx2),
-                                        quant_kernels_at_most(Isa::avx512)};
-  return table[static_cast<int>(isa)];
-}
 
 /// dst[c - c0] = W[r, c] for c in [c0, c1): dequantize_row's values for part of a row.
 inline void dequantize_cols(const WeightMatrix& W, Index r, Index c0, Index c1, float* dst) {
@@ -158,14 +89,11 @@ inline void quant_gemm_portable(const float* in, Index ld_in, Index n, const Wei
                                 bool accumulate) {
   const Index k = W.cols, o = W.rows;
   const Index ranges = (o + kGemmEigenCols - 1) / kGemmEigenCols;
-  int threads = 1;
-#ifdef _OPENMP
-  if (!omp_in_parallel()) threads = gemm_threads(n, k, o, ranges);
-#endif
+  const int threads = in_parallel() ? 1 : gemm_threads(n, k, o, ranges);
   const Index per_thread = kGemmEigenCols * k;
   const size_t need = static_cast<size_t>(per_thread * threads);
   if (ws.packed.size() < need) ws.packed.resize(need);
-  auto run = [&](int t, int nt) {
+  auto run = [&](Index t, Index nt) {
     float* w = ws.packed.data() + t * per_thread;  // [c, k] rows c0 .. c0 + c of W, dequantized
     for (Index r = ranges * t / nt; r < ranges * (t + 1) / nt; ++r) {
       const Index c0 = r * kGemmEigenCols, c = std::min(kGemmEigenCols, o - c0);
@@ -174,14 +102,7 @@ inline void quant_gemm_portable(const float* in, Index ld_in, Index n, const Wei
                  bias != nullptr ? bias + c0 : nullptr, out + c0, ld_out, accumulate);
     }
   };
-#ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    run(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  run(0, 1);
+  for_each_worker(threads, run);
 }
 
 /// linear() over a bf16 or q8 matrix with the kernels of `isa` (or the best one below it that this
@@ -190,29 +111,29 @@ inline void quant_linear(Isa isa, const float* in, Index ld_in, Index n, const W
                          const float* bias, float* out, Index ld_out, GemmWorkspace* ws,
                          bool accumulate) {
   if (n <= 0 || W.rows <= 0) return;
-  const QuantKernels& kern = quant_kernels(isa);
+  const KernelTable& kern = kernels_at_most(isa);
   if (ws == nullptr || n <= kRowsGemmMaxRows || W.cols <= 0) {
     for_row_ranges(W.rows, [&](Index r0, Index r1) {
-      if (kern.rows != nullptr) {
-        kern.rows(W, r0, r1, in, ld_in, n, bias, out, ld_out, accumulate);
+      if (kern.quant_rows != nullptr) {
+        kern.quant_rows(W, r0, r1, in, ld_in, n, bias, out, ld_out, accumulate);
       } else {
         quant_rows_portable(W, r0, r1, in, ld_in, n, bias, out, ld_out, accumulate);
       }
     });
     return;
   }
-  if (kern.compute == nullptr) {
+  if (kern.quant_compute == nullptr) {
     quant_gemm_portable(in, ld_in, n, W, bias, out, ld_out, *ws, accumulate);
     return;
   }
   // Passes of whole Q8 blocks, so that a strip's segments start on a block.
   const Index align = W.format == WeightFormat::q8 ? W.block : 1;
-  gemm_drive(kern.gemm, W.cols, W.rows, in, ld_in, n, out, ld_out, align,
-             kern.gemm.mr * std::min(W.cols, kGemmKcMax + align), *ws,
+  gemm_drive(kern, W.cols, W.rows, in, ld_in, n, out, ld_out, align,
+             kern.mr * std::min(W.cols, kGemmKcMax + align), *ws,
              [&](float* strip, Index c0, Index c1, Index p0, Index kc, const float* packed,
                  Index rows, float* out_block, bool first) {
-               kern.compute(W, c0, c1, p0, kc, packed, rows, first ? bias : nullptr, out_block,
-                            ld_out, accumulate || !first, strip);
+               kern.quant_compute(W, c0, c1, p0, kc, packed, rows, first ? bias : nullptr,
+                                  out_block, ld_out, accumulate || !first, strip);
              });
 }
 
@@ -232,4 +153,5 @@ inline void linear(const float* in, Index ld_in, Index n, const WeightMatrix& W,
 }
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

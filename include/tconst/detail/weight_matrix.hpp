@@ -10,9 +10,12 @@
 #include <cstdint>
 #include <cstring>
 
-namespace tconst {
-namespace detail {
+#include "tconst/detail/abi.hpp"
 
+namespace tconst {
+inline namespace TCONST_ABI {
+/// How a model file stores a weight matrix (SPEC §6.1): float32, BF16, or Q8 with per-block
+/// float32 scales.
 enum class WeightFormat : uint8_t { f32, bf16, q8 };
 
 inline const char* to_string(WeightFormat f) {
@@ -26,6 +29,10 @@ inline const char* to_string(WeightFormat f) {
   }
   return "?";
 }
+
+namespace detail {
+
+using tconst::WeightFormat;
 
 struct WeightMatrix {
   WeightFormat format = WeightFormat::f32;
@@ -106,4 +113,5 @@ inline void dequantize_row(const WeightMatrix& W, Eigen::Index r, float* out) {
 }
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

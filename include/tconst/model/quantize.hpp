@@ -14,14 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/weight_matrix.hpp"
 #include "tconst/error.hpp"
 #include "tconst/model.hpp"
 #include "tconst/model/safetensors.hpp"
 #include "tconst/model/safetensors_writer.hpp"
+#include "tconst/model/tensor_values.hpp"
 #include "tconst/model/weight_formats.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// The BF16 bits nearest x, ties to even; a NaN stays a (quiet) NaN, never rounds to infinity.
 inline uint16_t float_to_bf16(float x) {
@@ -62,7 +64,7 @@ inline void quantize_q8(const float* w, int64_t rows, int64_t cols, int64_t bloc
 /// How quantize_model() re-writes a file: the format of its matrices, the Q8 block size, and the
 /// matrices to leave as they are.
 struct QuantizeOptions {
-  detail::WeightFormat format = detail::WeightFormat::q8;
+  WeightFormat format = WeightFormat::q8;
   int64_t block = 32;
   std::set<std::string> keep;
 };
@@ -116,7 +118,7 @@ inline void quantized_tensor(const TensorInfo& t, const QuantizeOptions& o,
 inline std::vector<uint8_t> quantize_model(const SafetensorsFile& in, const QuantizeOptions& o) {
   Model<float>::from_file(in);  // the input is a valid model (errors name its problem)
   const int64_t B = o.block;
-  if (o.format == detail::WeightFormat::q8 && (B < 16 || B > 256 || (B & (B - 1)) != 0)) {
+  if (o.format == WeightFormat::q8 && (B < 16 || B > 256 || (B & (B - 1)) != 0)) {
     throw Error("Q8 block size " + std::to_string(B) + " is not a power of two from 16 to 256");
   }
   if (q8_block_of(in) != 0) {
@@ -130,8 +132,8 @@ inline std::vector<uint8_t> quantize_model(const SafetensorsFile& in, const Quan
   std::vector<TensorOut> out;
   for (const auto& kv : in.tensors()) {
     const TensorInfo& t = kv.second;
-    if (o.format != detail::WeightFormat::f32 && is_quantizable_matrix(t.name) &&
-        t.shape.size() == 2 && o.keep.count(t.name) == 0) {
+    if (o.format != WeightFormat::f32 && is_quantizable_matrix(t.name) && t.shape.size() == 2 &&
+        o.keep.count(t.name) == 0) {
       try {
         detail::quantized_tensor(t, o, out);
       } catch (const Error& e) {
@@ -148,4 +150,5 @@ inline std::vector<uint8_t> quantize_model(const SafetensorsFile& in, const Quan
   return safetensors_bytes(out, meta);
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tconst/config.hpp"
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
 #include "tconst/error.hpp"
 
@@ -30,6 +31,7 @@
 #endif
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// The dtypes a model file's tensors may have (SPEC §6, §6.1: I8 for Q8 matrices; U8 for byte
 /// tensors other parts of a file may hold); every other safetensors dtype is kOther.
@@ -327,4 +329,5 @@ class SafetensorsFile {
   std::map<std::string, TensorInfo> tensors_;
 };
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -21,6 +22,7 @@
 #endif
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// One tensor to write: name, safetensors dtype name (e.g. "F32", "I8"), shape and raw
 /// little-endian bytes (`data`, `nbytes`: borrowed, e.g. from a mapped input file, or `owned`).
@@ -94,4 +96,5 @@ inline void write_file_atomically(const std::string& path, const std::vector<uin
   }
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -9,10 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 #include "tconst/model/safetensors.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// The metadata key of the Q8 block size, and the suffix of a Q8 matrix's scale tensor.
 constexpr const char* kQ8BlockKey = "tconst.q8_block";
@@ -114,4 +115,5 @@ inline const TensorInfo& q8_scale_of(const SafetensorsFile& file, const TensorIn
   return *s;
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -29,20 +29,18 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/growing_kv.hpp"
 #include "tconst/detail/layers.hpp"
 #include "tconst/detail/ops.hpp"
+#include "tconst/detail/parallel.hpp"
 #include "tconst/model.hpp"
 #include "tconst/tconstformer/kv_cache.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 namespace detail {
 
@@ -177,10 +175,10 @@ class ContextPath {
           Z(Lc - hs),
           chunks((Lc + detail::kResyncChunk - 1) / detail::kResyncChunk),
           groups(chunks > 1 ? std::min(detail::kResyncGroups, chunks) : 1),
-          takers(chunks > 1 ? std::min(detail::max_threads(), groups) : 1),
+          takers(chunks > 1 ? std::min(detail::max_workers(), groups) : 1),
           keep(keep_context && B > 2) {
       using detail::grow;
-      const Index threads = detail::max_threads();
+      const Index threads = detail::max_workers();
       grow(s.Zc, Z * d);
       grow(s.Qz, Z * d);
       if (keep) grow(s.kept, Lc * d);
@@ -256,22 +254,12 @@ class ContextPath {
     // number of threads).
     template <typename Run>
     void take_chunks(const Run& run) {
-#ifdef _OPENMP
-      if (takers > 1 && !omp_in_parallel()) {
-        std::exception_ptr failed;
-#pragma omp parallel for num_threads(static_cast <int>(takers)) schedule(dynamic, 1)
-        for (Index g = 0; g < groups; ++g) {
-          try {
-            run(g, s.rows[static_cast<size_t>(omp_get_thread_num())]);
-          } catch (...) {
-#pragma omp critical(tconst_resync_failure)
-            if (!failed) failed = std::current_exception();
-          }
-        }
-        if (failed) std::rethrow_exception(failed);
+      if (takers > 1 && !detail::in_parallel()) {
+        detail::parallel_for_dynamic(groups, takers, [&](Index g, Index worker) {
+          run(g, s.rows[static_cast<size_t>(worker)]);
+        });
         return;
       }
-#endif
       for (Index g = 0; g < groups; ++g) run(g, s.rows[0]);
     }
 
@@ -381,9 +369,7 @@ class ContextPath {
         std::memcpy(s.kept.data() + r0 * d, w.C.data(), sizeof(Scalar) * n * d);
     }
 
-    static Index scores_len(const Rows& w) {
-      return static_cast<Index>(w.scores.size());
-    }
+    static Index scores_len(const Rows& w) { return static_cast<Index>(w.scores.size()); }
 
     // out[n, parts * d] = parts [first, first + parts) of qkv(x): 0 = q, 1 = k, 2 = v.
     void project(Scalar* out, Index ld_out, const Scalar* x, Index n, const LayerWeights<Scalar>& P,
@@ -410,4 +396,11 @@ class ContextPath {
   };
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class ContextPath<float>;
+extern template class ContextPath<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -14,11 +14,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/growing_kv.hpp"
 #include "tconst/detail/layers.hpp"
 #include "tconst/tconstformer/kv_cache.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// The generation path of TConstFormer and TLinFormer. Stateless over the model's weights.
 template <typename Scalar>
@@ -84,9 +86,9 @@ class GenerationPath {
     }
     assert(per_lane <= static_cast<Index>(s.scores.size()));
     const Index lanes = std::max<Index>(
-        1, std::min({S, detail::max_threads(), static_cast<Index>(s.scores.size()) / per_lane}));
+        1, std::min({S, detail::max_workers(), static_cast<Index>(s.scores.size()) / per_lane}));
     through_layers(m, tokens, S, s, [&](Index b, Index j, Scalar* qkv, Scalar* att) {
-      detail::for_each_lane(S, lanes, [&](Index r, Index lane) {
+      detail::parallel_for(S, lanes, [&](Index r, Index lane) {
         FixedKVCache<Scalar>& cache = *caches[r];
         const Index i = cache.window_rows();
         const detail::SelfKV<Scalar> self{cache.window_keys(b, j), cache.window_values(b, j), d, i};
@@ -117,4 +119,11 @@ class GenerationPath {
   }
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class GenerationPath<float>;
+extern template class GenerationPath<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

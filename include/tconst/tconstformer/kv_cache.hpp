@@ -16,10 +16,12 @@
 #include <vector>
 
 #include "tconst/config.hpp"
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
 #include "tconst/error.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 template <typename Scalar>
 class FixedKVCache {
@@ -115,4 +117,11 @@ class FixedKVCache {
   Index window_rows_ = 0;
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class FixedKVCache<float>;
+extern template class FixedKVCache<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

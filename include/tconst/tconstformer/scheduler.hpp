@@ -14,13 +14,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/growing_kv.hpp"
-#include "tconst/session.hpp"
+#include "tconst/session_base.hpp"
 #include "tconst/tconstformer/context_path.hpp"
 #include "tconst/tconstformer/generation_path.hpp"
 #include "tconst/tconstformer/kv_cache.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 template <typename Scalar>
 class Scheduler;
@@ -214,4 +216,11 @@ class Scheduler {
   bool stale_ = false;
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class Scheduler<float>;
+extern template class Scheduler<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

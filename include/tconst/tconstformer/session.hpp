@@ -18,12 +18,14 @@
 #include <memory>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/growing_kv.hpp"
-#include "tconst/session.hpp"
+#include "tconst/session_base.hpp"
 #include "tconst/tconstformer/kv_cache.hpp"
 #include "tconst/tconstformer/scheduler.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 template <typename Scalar>
 class StreamBatch;
@@ -47,6 +49,7 @@ class TConstSession final : public SessionBase<Scalar> {
   }
 
   const Logits& feed(int32_t token) override {
+    const detail::WorkerLimit workers(this->options_.threads);
     ensure_fresh();
     this->check(&token, 1);
     const int64_t p = this->position();
@@ -203,4 +206,11 @@ class TConstSession final : public SessionBase<Scalar> {
   Scheduler<Scalar> scheduler_;                         // over cache_ and context_
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class TConstSession<float>;
+extern template class TConstSession<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -7,10 +7,11 @@
 #include <string_view>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 #include "tconst/tokenizer/interface.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 class BytesTokenizer final : public Tokenizer {
  public:
@@ -46,4 +47,5 @@ class BytesTokenizer final : public Tokenizer {
   }
 };
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

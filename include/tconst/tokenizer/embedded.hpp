@@ -7,12 +7,13 @@
 #include <memory>
 #include <string>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 #include "tconst/model/safetensors.hpp"
 #include "tconst/tokenizer/gpt2_bpe.hpp"
 #include "tconst/tokenizer/interface.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// The SPEC §6.2 metadata keys.
 inline constexpr const char* kTokenizerVocabKey = "tconst.tokenizer.vocab";
@@ -67,4 +68,5 @@ inline std::unique_ptr<Tokenizer> embedded_tokenizer(const std::string& path) {
   return embedded_tokenizer(file.metadata(), file.label());
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -34,13 +34,14 @@
 #include <utility>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
 #include "tconst/tokenizer/gpt2_pretokenizer.hpp"
 #include "tconst/tokenizer/interface.hpp"
 #include "tconst/tokenizer/json_util.hpp"
 #include "tconst/tokenizer/utf8.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 class Gpt2BpeTokenizer final : public Tokenizer {
  public:
@@ -579,4 +580,5 @@ class Gpt2BpeTokenizer final : public Tokenizer {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

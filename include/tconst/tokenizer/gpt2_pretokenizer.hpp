@@ -23,10 +23,12 @@
 #include <string_view>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/tokenizer/unicode_ranges.hpp"
 #include "tconst/tokenizer/utf8.hpp"
-
-namespace tconst::detail {
+namespace tconst {
+inline namespace TCONST_ABI {
+namespace detail {
 
 // ---- byte <-> unicode table --------------------------------------------------------------------
 
@@ -194,4 +196,6 @@ inline std::vector<std::string_view> gpt2_pretokenize(std::string_view text) {
   return pieces;
 }
 
-}  // namespace tconst::detail
+}  // namespace detail
+}  // namespace TCONST_ABI
+}  // namespace tconst

@@ -7,7 +7,10 @@
 #include <string_view>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
+
 namespace tconst {
+inline namespace TCONST_ABI {
 
 /// Turns text into token ids and back. Every implementation here is byte-level: any byte string,
 /// valid UTF-8 or not, encodes, and decode(encode(s)) == s. An id outside [0, vocab_size()) given
@@ -32,4 +35,5 @@ class Tokenizer {
   virtual std::string name() const = 0;
 };
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -11,9 +11,11 @@
 #include <unordered_set>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
-
-namespace tconst::detail {
+namespace tconst {
+inline namespace TCONST_ABI {
+namespace detail {
 
 inline std::string read_text_file(const std::string& path, std::string_view what) {
   std::ifstream in(path, std::ios::binary);
@@ -93,4 +95,6 @@ inline nlohmann::json parse_json_strict(std::string_view text, const std::string
   }
 }
 
-}  // namespace tconst::detail
+}  // namespace detail
+}  // namespace TCONST_ABI
+}  // namespace tconst

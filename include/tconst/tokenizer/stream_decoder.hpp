@@ -22,10 +22,11 @@
 #include <string_view>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/tokenizer/interface.hpp"
 #include "tconst/tokenizer/utf8.hpp"
-
 namespace tconst {
+inline namespace TCONST_ABI {
 
 class StreamDecoder {
  public:
@@ -93,4 +94,5 @@ class StreamDecoder {
   std::string pending_;
 };
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -11,22 +11,36 @@
 #include <system_error>
 #include <utility>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/error.hpp"
-#include "tconst/tokenizer/bytes.hpp"
-#include "tconst/tokenizer/embedded.hpp"
-#include "tconst/tokenizer/gpt2_bpe.hpp"
 #include "tconst/tokenizer/interface.hpp"
 #include "tconst/tokenizer/stream_decoder.hpp"
 #include "tconst/tokenizer/utf8.hpp"
+#if TCONST_DEFINE_FUNCTIONS
+#include "tconst/tokenizer/bytes.hpp"
+#include "tconst/tokenizer/embedded.hpp"
+#include "tconst/tokenizer/gpt2_bpe.hpp"
+#endif
 
 namespace tconst {
+inline namespace TCONST_ABI {
+
+// A unit that links tconst::precompiled sees these declared (their definitions, and the tokenizer
+// classes they return, are in the library); include tokenizer/gpt2_bpe.hpp, bytes.hpp or
+// embedded.hpp for the classes themselves.
+TCONST_FUNCTION std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
+TCONST_FUNCTION std::unique_ptr<Tokenizer> make_tokenizer_by_name(const std::string& name);
+TCONST_FUNCTION std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name,
+                                                          const std::string& path);
+
+#if TCONST_DEFINE_FUNCTIONS
 
 /// Loads a GPT-2 byte-level BPE tokenizer from `path`, which is either
 ///   * a directory holding vocab.json + merges.txt, or encoder.json + vocab.bpe, or tokenizer.json
 ///     (tried in that order), or
 ///   * a Hugging Face tokenizer.json file, or a vocab.json / encoder.json file whose merges file
 ///     (merges.txt / vocab.bpe) lies beside it.
-inline std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+TCONST_FUNCTION std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path p(path);
@@ -72,7 +86,7 @@ inline std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
 }
 
 /// The tokenizers that need no files: only "bytes".
-inline std::unique_ptr<Tokenizer> make_tokenizer_by_name(const std::string& name) {
+TCONST_FUNCTION std::unique_ptr<Tokenizer> make_tokenizer_by_name(const std::string& name) {
   if (name == "bytes") return std::make_unique<BytesTokenizer>();
   if (name == "gpt2") {
     throw Error(
@@ -84,7 +98,8 @@ inline std::unique_ptr<Tokenizer> make_tokenizer_by_name(const std::string& name
 
 /// The tokenizer a model names in its metadata (`tconst.tokenizer`), with the user's
 /// --tokenizer PATH ("" when not given).
-inline std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const std::string& path) {
+TCONST_FUNCTION std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name,
+                                                          const std::string& path) {
   if (name == "bytes") {
     // Files for a bytes model mean the user has mixed up models or flags; saying so beats
     // silently ignoring them.
@@ -105,5 +120,7 @@ inline std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const 
   }
   throw Error("the model names an unknown tokenizer '" + name + "' (known: bytes, gpt2)");
 }
+#endif  // TCONST_DEFINE_FUNCTIONS
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -4,7 +4,11 @@
 // Lu, Ll, Lt, Lm, Lo) and N (numbers: Nd, Nl, No), as used by the GPT-2 pre-tokenisation rule.
 #pragma once
 
-namespace tconst::detail {
+#include "tconst/detail/abi.hpp"
+
+namespace tconst {
+inline namespace TCONST_ABI {
+namespace detail {
 
 struct CodePointRange {
   char32_t first;
@@ -225,4 +229,6 @@ inline constexpr CodePointRange kNumberRanges[] = {
     {0x1F100, 0x1F10C}, {0x1FBF0, 0x1FBF9},
 };
 
-}  // namespace tconst::detail
+}  // namespace detail
+}  // namespace TCONST_ABI
+}  // namespace tconst

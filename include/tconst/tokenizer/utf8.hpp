@@ -11,7 +11,10 @@
 #include <string>
 #include <string_view>
 
+#include "tconst/detail/abi.hpp"
+
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 
 enum class Utf8Status {
@@ -112,4 +115,5 @@ inline std::string to_valid_utf8(std::string_view s) {
   return out;
 }
 
+}  // namespace TCONST_ABI
 }  // namespace tconst

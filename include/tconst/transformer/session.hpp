@@ -10,11 +10,13 @@
 #include <memory>
 #include <vector>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/growing_kv.hpp"
 #include "tconst/detail/layers.hpp"
-#include "tconst/session.hpp"
+#include "tconst/session_base.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 
 template <typename Scalar>
 class TransformerSession;
@@ -38,6 +40,7 @@ class TransformerSession final : public SessionBase<Scalar> {
         kv_(this->model_->config().n_block, this->model_->config().n_embd) {}
 
   const Logits& feed(int32_t token) override {
+    const detail::WorkerLimit workers(this->options_.threads);
     this->check(&token, 1);
     run(&token, 1, nullptr, 0);
     return this->logits_;
@@ -137,4 +140,11 @@ class TransformerSession final : public SessionBase<Scalar> {
   detail::WindowScratch<Scalar> ws_;  // [<= kPrefillChunk, ...] pass buffers
 };
 
+// The instantiations tconst::precompiled holds (detail/abi.hpp).
+#if TCONST_EXTERN_TEMPLATES
+extern template class TransformerSession<float>;
+extern template class TransformerSession<double>;
+#endif
+
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -1,7 +1,8 @@
-// One instruction set's SwiGLU gate (silu_gate_reference in ops.hpp is its portable form). Read
-// once per instruction set by dispatch.hpp, after simd.inl.
+// One instruction set's SwiGLU gate (silu_gate_portable in ops.hpp is its portable form). Part of
+// isa.inl, after simd.inl.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 namespace TCONST_ISA_NS {
 
@@ -29,4 +30,5 @@ inline void silu_gate(float* a, const float* g, Index n) {
 
 }  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -1,8 +1,9 @@
 // One instruction set's attention of one query row over a cache of keys and values, every head:
-// the cache-hit step's attention (attend_one_reference in ops.hpp is its portable form). Read once
-// per instruction set by dispatch.hpp, after simd.inl.
+// the cache-hit step's attention (attend_one_portable in ops.hpp is its portable form). Part of
+// isa.inl, after simd.inl.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 namespace TCONST_ISA_NS {
 
@@ -85,7 +86,7 @@ inline float exp_sum(float* p, Index n, float shift) {
 }
 
 /// p[0..n) = softmax(p[0..n)) in place, shifted by the maximum so that no exponent is positive
-/// (softmax_reference in ops.hpp is the portable form).
+/// (softmax_portable in ops.hpp is the portable form).
 inline void softmax(float* p, Index n) {
   const float inv = 1.0f / exp_sum(p, n, max_of(p, n));
   const Index whole = n / kLanes * kLanes;
@@ -135,4 +136,5 @@ inline void attend_one(const float* q, const float* K, const float* Vv, Index ld
 
 }  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

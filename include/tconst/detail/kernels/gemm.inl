@@ -1,9 +1,7 @@
-// One instruction set's pieces of the packed matrix product of gemm.hpp, included by gemm.hpp
-// once per instruction set inside a region that compiles every function for it, with its
-// parameters defined: TCONST_GEMM_NS (namespace), TCONST_GEMM_LANES (16: AVX-512, 8: AVX2 + FMA),
-// TCONST_GEMM_MR (weight rows per register tile), TCONST_GEMM_NV (vectors of input rows per
-// register tile) and TCONST_GEMM_SIMD_NS (dispatch.hpp's namespace of the same instruction set,
-// whose e^x it uses). Undefines them at its end. No include guard: it is read twice.
+// One instruction set's pieces of the packed matrix product (gemm.hpp's driver): packing a panel
+// of input rows, the register tile, and one attention head of many query rows through the same
+// tile. Part of isa.inl, after simd.inl; TCONST_ISA_MR (weight rows per register tile) and
+// TCONST_ISA_NV (vectors of input rows per register tile) give the tile.
 //
 // The register tile is out^T: MR output columns (weight rows, read in place and broadcast one
 // float at a time) by NV vectors of input rows (read from a packed panel, the input's transpose:
@@ -12,111 +10,13 @@
 // stored, 4 output columns at a time.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
-namespace TCONST_GEMM_NS {
+namespace TCONST_ISA_NS {
 
-using Eigen::Index;
-
-constexpr int kLanes = TCONST_GEMM_LANES;
-constexpr int kMr = TCONST_GEMM_MR;
-constexpr int kNv = TCONST_GEMM_NV;
+constexpr int kMr = TCONST_ISA_MR;
+constexpr int kNv = TCONST_ISA_NV;
 constexpr int kNr = kNv * kLanes;  // input rows in a full panel
-
-#if TCONST_GEMM_LANES == 16
-using V = __m512;
-inline V vzero() {
-  return _mm512_setzero_ps();
-}
-inline V vload(const float* p) {
-  return _mm512_load_ps(p);
-}
-inline V vset(float a) {
-  return _mm512_set1_ps(a);
-}
-inline V vfma(V a, V b, V c) {
-  return _mm512_fmadd_ps(a, b, c);
-}
-inline V vmul(V a, V b) {
-  return _mm512_mul_ps(a, b);
-}
-inline V vmax(V a, V b) {
-  return _mm512_max_ps(a, b);
-}
-/// Stores a at p, 64-byte aligned.
-inline void vstore_line(float* p, V a) {
-  _mm512_store_ps(p, a);
-}
-inline V vadd(V a, V b) {
-  return _mm512_add_ps(a, b);
-}
-inline V unpacklo(V a, V b) {
-  return _mm512_unpacklo_ps(a, b);
-}
-inline V unpackhi(V a, V b) {
-  return _mm512_unpackhi_ps(a, b);
-}
-inline V unpacklo2(V a, V b) {
-  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-}
-inline V unpackhi2(V a, V b) {
-  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-}
-/// The four 128-bit lanes of a.
-inline void quarters(V a, __m128 (&q)[kLanes / 4]) {
-  q[0] = _mm512_castps512_ps128(a);
-  q[1] = _mm512_extractf32x4_ps(a, 1);
-  q[2] = _mm512_extractf32x4_ps(a, 2);
-  q[3] = _mm512_extractf32x4_ps(a, 3);
-}
-#else
-using V = __m256;
-inline V vzero() {
-  return _mm256_setzero_ps();
-}
-inline V vload(const float* p) {
-  return _mm256_load_ps(p);
-}
-inline V vset(float a) {
-  return _mm256_set1_ps(a);
-}
-inline V vfma(V a, V b, V c) {
-  return _mm256_fmadd_ps(a, b, c);
-}
-inline V vmul(V a, V b) {
-  return _mm256_mul_ps(a, b);
-}
-inline V vmax(V a, V b) {
-  return _mm256_max_ps(a, b);
-}
-/// Stores a at p, 32-byte aligned.
-inline void vstore_line(float* p, V a) {
-  _mm256_store_ps(p, a);
-}
-inline V vadd(V a, V b) {
-  return _mm256_add_ps(a, b);
-}
-inline V unpacklo(V a, V b) {
-  return _mm256_unpacklo_ps(a, b);
-}
-inline V unpackhi(V a, V b) {
-  return _mm256_unpackhi_ps(a, b);
-}
-inline V unpacklo2(V a, V b) {
-  return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
-}
-inline V unpackhi2(V a, V b) {
-  return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
-}
-inline void quarters(V a, __m128 (&q)[kLanes / 4]) {
-  q[0] = _mm256_castps256_ps128(a);
-  q[1] = _mm256_extractf128_ps(a, 1);
-}
-#endif
-
-/// The mask of _mm_maskload_ps / _mm_maskstore_ps for the first m (1..3) of 4 floats.
-inline __m128i head_mask(int m) {
-  return _mm_cmpgt_epi32(_mm_set1_epi32(m), _mm_setr_epi32(0, 1, 2, 3));
-}
 
 /// Packs input rows [0, rows) (rows <= kNr), columns [p0, p0 + kc), into a panel of
 /// width = ceil(rows / kLanes) * kLanes floats per column: dst[c * width + r] = in[r, p0 + c],
@@ -248,7 +148,7 @@ void tile(const float* w, Index ldw, const float* panel, Index kc, const float* 
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) {
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) vstore_line(out + (i * NV + v) * kLanes, acc[i][v]);
+      for (int v = 0; v < NV; ++v) vstore(out + (i * NV + v) * kLanes, acc[i][v]);
     }
     return;
   }
@@ -320,7 +220,6 @@ inline void compute(const float* W, Index ldw, Index o0, Index o1, Index p0, Ind
 /// rescale = e^(mx - m'), sum = sum * rescale + sum_c e^(s - m'), mx = m'.
 inline void softmax_panel(float* panel, Index width, Index nk, float scale, float* mx, float* sum,
                           float* rescale) {
-  namespace simd = TCONST_GEMM_SIMD_NS;
   const V vscale = vset(scale), minus = vset(-1.0f);
   for (Index v = 0; v < width; v += kLanes) {
     float* col = panel + v;
@@ -331,23 +230,23 @@ inline void softmax_panel(float* panel, Index width, Index nk, float scale, floa
     if (mx != nullptr) {
       const V old = vload(mx + v);
       shift = vmax(old, shift);
-      step = simd::vexp_nonpositive(vfma(shift, minus, old));
+      step = vexp_nonpositive(vfma(shift, minus, old));
     }
     const V neg = vmul(shift, minus);
     V total = vzero();
     for (Index c = 0; c < nk; ++c) {
-      const V e = simd::vexp_nonpositive(vfma(vload(col + c * width), vscale, neg));
-      vstore_line(col + c * width, e);
+      const V e = vexp_nonpositive(vfma(vload(col + c * width), vscale, neg));
+      vstore(col + c * width, e);
       total = vadd(total, e);
     }
     if (mx != nullptr) {
-      vstore_line(mx + v, shift);
-      vstore_line(rescale + v, step);
-      vstore_line(sum + v, vfma(vload(sum + v), step, total));
+      vstore(mx + v, shift);
+      vstore(rescale + v, step);
+      vstore(sum + v, vfma(vload(sum + v), step, total));
     } else {
-      const V inv = simd::vdiv(vset(1.0f), total);
+      const V inv = vdiv(vset(1.0f), total);
       for (Index c = 0; c < nk; ++c)
-        vstore_line(col + c * width, vmul(vload(col + c * width), inv));
+        vstore(col + c * width, vmul(vload(col + c * width), inv));
     }
   }
 }
@@ -391,12 +290,8 @@ inline void attend_panels(const float* K, const float* Vv, Index ld_kv, Index nk
   }
 }
 
-}  // namespace TCONST_GEMM_NS
+}  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst
 
-#undef TCONST_GEMM_NS
-#undef TCONST_GEMM_LANES
-#undef TCONST_GEMM_MR
-#undef TCONST_GEMM_NV
-#undef TCONST_GEMM_SIMD_NS

@@ -2,12 +2,12 @@
 // (quant_linear.hpp): for each tile of weight rows, the rows' columns of this pass are widened to
 // float once (quant_rows.inl's widen_strip, exactly the dequantized values) into a per-thread
 // strip, which gemm.inl's float tile then reads in place of W against every packed panel of the
-// block. Read once per instruction set by quant_linear.hpp, inside the region of that set, with
-// TCONST_QUANT_NS (the few-row kernels' namespace) and TCONST_QUANT_GEMM_NS (gemm.inl's) set.
+// block. Part of isa.inl, after gemm.inl and quant_rows.inl.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
-namespace TCONST_QUANT_GEMM_NS {
+namespace TCONST_ISA_NS {
 
 /// out[j, o] (+)= in[j, p0:p0+kc] . W[o, p0:p0+kc] (+ bias[o]) for o in [o0, o1) and the `rows`
 /// input rows packed panel after panel in `packed` (gemm.inl's compute for a WeightMatrix).
@@ -17,11 +17,11 @@ inline void compute_quant(const WeightMatrix& W, Index o0, Index o1, Index p0, I
                           Index ld_out, bool load_out, float* strip) {
   for (Index op = o0; op < o1; op += kMr) {
     const int m = static_cast<int>(std::min<Index>(kMr, o1 - op));
-    TCONST_QUANT_NS::widen_strip(W, op, m, p0, kc, strip);
+    widen_strip(W, op, m, p0, kc, strip);
     // The next tile's weights come into L2 while this one computes (widening has no arithmetic
     // to hide a miss behind; the float tile reads its weights as it goes).
     if (op + kMr < o1) {
-      TCONST_QUANT_NS::fetch_strip(W, op + kMr, std::min<Index>(kMr, o1 - op - kMr), p0, kc);
+      fetch_strip(W, op + kMr, std::min<Index>(kMr, o1 - op - kMr), p0, kc);
     }
     const float* b = bias != nullptr ? bias + op : nullptr;
     for (Index j0 = 0; j0 < rows; j0 += kNr) {
@@ -33,6 +33,7 @@ inline void compute_quant(const WeightMatrix& W, Index o0, Index o1, Index p0, I
   }
 }
 
-}  // namespace TCONST_QUANT_GEMM_NS
+}  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

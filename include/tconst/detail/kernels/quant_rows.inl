@@ -10,17 +10,16 @@
 // widening) takes qgemv instead: each block's products of the unscaled weights summed, then
 // multiplied by the scale once (2 widening instructions per vector; the result differs from the
 // dequantized matrix's product by rounding, within SPEC §6.1's tolerance). Also the widening of a
-// strip of weight rows for the packed product (quant_gemm.inl). Read once per instruction set by
-// quant_linear.hpp, inside the namespace TCONST_QUANT_NS whose simd.inl (dispatch.hpp) it builds
-// on, with TCONST_QUANT_LANES set.
+// strip of weight rows for the packed product (quant_gemm.inl). Part of isa.inl, after simd.inl.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
-namespace TCONST_QUANT_NS {
+namespace TCONST_ISA_NS {
 
 /// kLanes BF16 weights at p, widened.
 inline V widen_bf16(const uint16_t* p) {
-#if TCONST_QUANT_LANES == 16
+#if TCONST_ISA_LANES == 16
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 #else
@@ -36,7 +35,7 @@ inline V widen_q8_raw(const int8_t* p, int head) {
     std::memcpy(tmp, p, static_cast<size_t>(head));
     p = tmp;
   }
-#if TCONST_QUANT_LANES == 16
+#if TCONST_ISA_LANES == 16
   const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 #else
@@ -296,8 +295,8 @@ inline void qgemv(const QuantRows& W, Index r0, const float* x, const float* bia
   }
 }
 
-/// Weight rows per group of the Q8 GEMV: 8 (16 on AVX-512 read the head's rows, which come from
-/// L3, 8-15 % slower; 4 no faster than 8).
+/// Weight rows per group of the Q8 GEMV: 8 (16 and 4 measured slower or no faster,
+/// BM_QuantLinear; docs/benchmarks.md, "Choices measured").
 constexpr int kGemvRows = 8;
 
 /// qgemv over rows [o, o1): groups of kGemvRows rows, then one row at a time.
@@ -314,7 +313,8 @@ inline void qgemv_rows(const QuantRows& W, Index o, Index o1, const float* x, co
 /// Input rows per group and weight rows per block of the wide register block, for 8 rows or more
 /// over Q8: each widened vector of weights then serves 8 input rows (kGroup's serve 4 on AVX-512,
 /// so the widening, 3 instructions on the FMA ports, would be repeated for every 4 rows). BF16's
-/// widening is cheaper (2), and its 8-row products were no faster this way (w2: 11 % slower).
+/// widening is cheaper (2): its 8-row products keep kGroup (BM_QuantLinear; docs/benchmarks.md,
+/// "Choices measured").
 constexpr int kWideGroup = kLanes == 16 ? 8 : kGroup;
 constexpr int kWideRows = kLanes == 16 ? 2 : kRows;
 
@@ -424,6 +424,7 @@ inline void widen_strip(const WeightMatrix& W, Index r0, Index m, Index p0, Inde
   }
 }
 
-}  // namespace TCONST_QUANT_NS
+}  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -1,10 +1,11 @@
 // One instruction set's few-row matrix product, out[n, o] = in[n, k] W[o, k]^T (+ bias): each
 // weight row is read once and multiplied against every input row while it is in registers (no
 // packing), which is what a cache-hit step (one row) or S streams stepped together (S rows) need.
-// TCONST_ISA_ROWS and TCONST_ISA_GROUP give the register block: weight rows by input rows. Read
-// once per instruction set by dispatch.hpp, after simd.inl.
+// TCONST_ISA_ROWS and TCONST_ISA_GROUP give the register block: weight rows by input rows. Part of
+// isa.inl, after simd.inl.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 namespace TCONST_ISA_NS {
 
@@ -137,4 +138,5 @@ inline void rows_gemm(const float* W, Index k, Index o0, Index o1, const float* 
 
 }  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

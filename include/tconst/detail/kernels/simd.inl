@@ -1,9 +1,9 @@
 // One instruction set's vector type and the operations the kernels build on: loads and stores
-// (whole vectors and a first few lanes), arithmetic, horizontal sums, e^x for x <= 0. Part of the
-// per-instruction-set kernels that dispatch.hpp compiles once per instruction set; TCONST_ISA_LANES
-// (16: AVX-512, 8: AVX2 + FMA) selects the type. No include guard: it is read once per set.
+// (whole vectors and a first few lanes), arithmetic, horizontal sums, e^x for x <= 0. The first part of
+// isa.inl; TCONST_ISA_LANES (16: AVX-512, 8: AVX2 + FMA) selects the type.
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 namespace TCONST_ISA_NS {
 
@@ -171,6 +171,51 @@ inline V lane_sums(const V (&a)[kLanes]) {
 }
 #endif
 
+// Interleaving and lane extraction, for the packed product's transposes (gemm.inl).
+#if TCONST_ISA_LANES == 16
+inline V unpacklo(V a, V b) {
+  return _mm512_unpacklo_ps(a, b);
+}
+inline V unpackhi(V a, V b) {
+  return _mm512_unpackhi_ps(a, b);
+}
+inline V unpacklo2(V a, V b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+inline V unpackhi2(V a, V b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+/// The four 128-bit lanes of a.
+inline void quarters(V a, __m128 (&q)[kLanes / 4]) {
+  q[0] = _mm512_castps512_ps128(a);
+  q[1] = _mm512_extractf32x4_ps(a, 1);
+  q[2] = _mm512_extractf32x4_ps(a, 2);
+  q[3] = _mm512_extractf32x4_ps(a, 3);
+}
+#else
+inline V unpacklo(V a, V b) {
+  return _mm256_unpacklo_ps(a, b);
+}
+inline V unpackhi(V a, V b) {
+  return _mm256_unpackhi_ps(a, b);
+}
+inline V unpacklo2(V a, V b) {
+  return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
+}
+inline V unpackhi2(V a, V b) {
+  return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
+}
+inline void quarters(V a, __m128 (&q)[kLanes / 4]) {
+  q[0] = _mm256_castps256_ps128(a);
+  q[1] = _mm256_extractf128_ps(a, 1);
+}
+#endif
+
+/// The mask of _mm_maskload_ps / _mm_maskstore_ps for the first m (1..3) of 4 floats.
+inline __m128i head_mask(int m) {
+  return _mm_cmpgt_epi32(_mm_set1_epi32(m), _mm_setr_epi32(0, 1, 2, 3));
+}
+
 /// Stores the first m (<= kLanes) lanes of a at p; writes nothing past p + m.
 inline void vstore_head(float* p, V a, Index m) {
   alignas(64) float tmp[kLanes];
@@ -200,4 +245,5 @@ inline V vexp_nonpositive(V x) {
 
 }  // namespace TCONST_ISA_NS
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

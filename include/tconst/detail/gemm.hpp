@@ -17,42 +17,20 @@
 // goes through the same sequence of operations whichever thread and tile compute it, so the result
 // has the same bits for any number of threads.
 //
-// As in dispatch.hpp the kernels are compiled for AVX-512 and for AVX2 + FMA and chosen at run time
-// (TCONST_ISA caps the choice); Isa::none and double use Eigen's product.
+// The pieces of each instruction set are kernels/gemm.inl's (kernel_table.hpp: pack, compute,
+// attend); Isa::none and double use Eigen's product.
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
 
+#include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
-#include "tconst/detail/kernels/dispatch.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#if TCONST_X86_DISPATCH
-
-#include "tconst/detail/kernels/target_avx512_begin.inl"
-#define TCONST_GEMM_NS gemm_avx512
-#define TCONST_GEMM_LANES 16
-#define TCONST_GEMM_MR 12
-#define TCONST_GEMM_NV 2
-#define TCONST_GEMM_SIMD_NS avx512
-#include "tconst/detail/kernels/gemm.inl"  // undefines the five TCONST_GEMM_ macros
-#include "tconst/detail/kernels/target_avx2_begin.inl"
-#include "tconst/detail/kernels/target_end.inl"
-#define TCONST_GEMM_NS gemm_avx2
-#define TCONST_GEMM_LANES 8
-#define TCONST_GEMM_MR 6
-#define TCONST_GEMM_NV 2
-#define TCONST_GEMM_SIMD_NS avx2
-#include "tconst/detail/kernels/gemm.inl"  // undefines the five TCONST_GEMM_ macros
-#include "tconst/detail/kernels/target_end.inl"
-
-#endif  // TCONST_X86_DISPATCH
+#include "tconst/detail/dispatch.hpp"
+#include "tconst/detail/parallel.hpp"
 
 namespace tconst {
+inline namespace TCONST_ABI {
 namespace detail {
 
 /// The packing buffer of gemm(): grows to the largest block it has packed and is then reused, so
@@ -75,50 +53,6 @@ constexpr Eigen::Index kGemmEigenCols = 128;
 /// Multiply-adds per thread below which a product runs on fewer threads.
 constexpr Eigen::Index kGemmMinFmaPerThread = Eigen::Index{1} << 20;
 
-/// The pieces of one instruction set's product (gemm.inl).
-struct GemmKernels {
-  Eigen::Index mr = 0;  // weight rows (output columns) per register tile
-  Eigen::Index nr = 0;  // input rows per packed panel
-  Eigen::Index (*pack)(const float* in, Eigen::Index ld_in, Eigen::Index rows, Eigen::Index p0,
-                       Eigen::Index kc, float* dst) = nullptr;
-  void (*compute)(const float* W, Eigen::Index ldw, Eigen::Index o0, Eigen::Index o1,
-                  Eigen::Index p0, Eigen::Index kc, const float* packed, Eigen::Index rows,
-                  const float* bias, float* out, Eigen::Index ld_out, bool load_out) = nullptr;
-  // One attention head of many query rows, a panel of them at a time (gemm.inl).
-  void (*attend)(const float* K, const float* V, Eigen::Index ld_kv, Eigen::Index nk,
-                 const float* qp, Eigen::Index nq, Eigen::Index dh, float scale, float* pp,
-                 float* mx, float* sum, float* out, Eigen::Index ld_out, bool load_out) = nullptr;
-  Eigen::Index lanes = 0;  // floats per vector: a panel's width is a multiple of it
-};
-
-/// The product's pieces for `isa`; empty (compute == nullptr) when this build or this CPU cannot
-/// run it, or for Isa::none.
-inline GemmKernels gemm_kernels_for(Isa isa) {
-#if TCONST_X86_DISPATCH
-  if (rows_gemm_for(isa) == nullptr) return {};  // the CPU check of dispatch.hpp
-  switch (isa) {
-    case Isa::avx512:
-      return {gemm_avx512::kMr,
-              gemm_avx512::kNr,
-              &gemm_avx512::pack_panel,
-              &gemm_avx512::compute,
-              &gemm_avx512::attend_panels,
-              gemm_avx512::kLanes};
-    case Isa::avx2:
-      return {gemm_avx2::kMr,
-              gemm_avx2::kNr,
-              &gemm_avx2::pack_panel,
-              &gemm_avx2::compute,
-              &gemm_avx2::attend_panels,
-              gemm_avx2::kLanes};
-    case Isa::none:
-      break;
-  }
-#endif
-  (void)isa;
-  return {};
-}
-
 /// out[n, o] (+)= in[n, k] W^T (+ bias) with Eigen's product, on one thread: Eigen runs a product
 /// on one thread inside an active parallel region, or without OpenMP.
 template <typename S>
@@ -138,19 +72,13 @@ void gemm_eigen(const S* W, Eigen::Index k, Eigen::Index o, const S* in, Eigen::
 /// columns to share: OpenMP's count (1 inside a parallel region or without OpenMP), fewer when
 /// each would get less than kGemmMinFmaPerThread.
 inline int gemm_threads(Eigen::Index n, Eigen::Index k, Eigen::Index o, Eigen::Index panels) {
-#ifdef _OPENMP
-  if (omp_in_parallel()) return 1;
+  if (in_parallel()) return 1;
   const double fma = static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(o);
   const double by_work = fma / static_cast<double>(kGemmMinFmaPerThread);
-  Eigen::Index t = omp_get_max_threads();
-  t = std::min<Eigen::Index>(t, panels);
+  Eigen::Index t = std::min<Eigen::Index>(max_workers(), panels);
   if (by_work < static_cast<double>(t))
     t = std::max<Eigen::Index>(1, static_cast<Eigen::Index>(by_work));
   return static_cast<int>(t);
-#else
-  (void)n, (void)k, (void)o, (void)panels;
-  return 1;
-#endif
 }
 
 /// The first entry of [0, count) split into `parts` contiguous ranges of whole units: part i
@@ -173,11 +101,11 @@ inline Eigen::Index gemm_largest_range(Eigen::Index count, Eigen::Index unit, Ei
 
 /// A grid of tn ranges of n rows (panels of nr) by tc ranges of o columns (tiles of mr), tn * tc
 /// <= threads, whose largest cell is the smallest. A thread packs the rows it computes, so threads
-/// that share rows pack them twice: a split of the columns has to win by more than that (about 1 %
-/// of the time at the resync's shapes; counted as 3 %). The same holds with weights that are not
-/// float (BF16, Q8), although there threads that share columns each widen the strips they read:
-/// widening a strip once per block of rows costs less than packing the rows twice (w2 over 256
-/// rows, 2 threads: 6-9 % faster split by rows than by columns, BM_QuantLinear).
+/// that share rows pack them twice: a split of the columns has to win by more than that (counted
+/// as 3 % of a cell). The same holds with weights that are not float (BF16, Q8), although there
+/// threads that share columns each widen the strips they read: widening a strip once per block
+/// of rows costs less than packing the rows twice (BM_Gemm, BM_QuantLinear; docs/benchmarks.md,
+/// "Choices measured").
 inline void gemm_grid(int threads, Eigen::Index n, Eigen::Index nr, Eigen::Index o, Eigen::Index mr,
                       Eigen::Index& tn, Eigen::Index& tc) {
   double best = 0;
@@ -204,34 +132,20 @@ void gemm_eigen_split(const S* W, Eigen::Index k, Eigen::Index o, const S* in, E
                       Eigen::Index n, const S* bias, S* out, Eigen::Index ld_out, bool accumulate) {
   using Eigen::Index;
   const Index ranges = (o + kGemmEigenCols - 1) / kGemmEigenCols;
-  auto run = [&](int t, int nt) {
+  auto run = [&](Index t, Index nt) {
     for (Index r = ranges * t / nt; r < ranges * (t + 1) / nt; ++r) {
       const Index c0 = r * kGemmEigenCols, c = std::min(kGemmEigenCols, o - c0);
       gemm_eigen(W + c0 * k, k, c, in, ld_in, n, bias != nullptr ? bias + c0 : nullptr, out + c0,
                  ld_out, accumulate);
     }
   };
-#ifdef _OPENMP
   // Outside an active parallel region Eigen would split a large product itself: open one of at
-  // least 2 threads, in which it does not.
-  if (!omp_in_parallel() && omp_get_max_threads() > 1) {
-    const int threads = std::max(2, gemm_threads(n, k, o, ranges));
-#pragma omp parallel num_threads(threads)
-    run(omp_get_thread_num(), omp_get_num_threads());
+  // least 2 workers, in which it does not.
+  if (!in_parallel() && max_workers() > 1) {
+    for_each_worker(std::max(2, gemm_threads(n, k, o, ranges)), run);
     return;
   }
-#endif
   run(0, 1);
-}
-
-/// The kernels of `isa`, or of the best one below it that this CPU runs (compute == nullptr: none).
-inline GemmKernels gemm_kernels_at_most(Isa isa) {
-  GemmKernels kern;
-  for (Isa i = isa; kern.compute == nullptr && i != Isa::none;
-       i = static_cast<Isa>(static_cast<int>(i) - 1)) {
-    kern = gemm_kernels_for(i);
-  }
-  return kern;
 }
 
 /// The blocking and threading of the packed product out[n, o] (+)= in[n, k] W^T, for any weight
@@ -242,7 +156,7 @@ inline GemmKernels gemm_kernels_at_most(Isa isa) {
 /// `scratch_floats` floats of ws besides its panels, 64-byte aligned. Allocates only when `ws`
 /// has to grow.
 template <typename Compute>
-void gemm_drive(const GemmKernels& kern, Eigen::Index k, Eigen::Index o, const float* in,
+void gemm_drive(const KernelTable& kern, Eigen::Index k, Eigen::Index o, const float* in,
                 Eigen::Index ld_in, Eigen::Index n, float* out, Eigen::Index ld_out,
                 Eigen::Index k_align, Eigen::Index scratch_floats, GemmWorkspace& ws,
                 const Compute& compute) {
@@ -283,14 +197,7 @@ void gemm_drive(const GemmKernels& kern, Eigen::Index k, Eigen::Index o, const f
       }
     }
   };
-#ifdef _OPENMP
-  if (tn * tc > 1) {
-#pragma omp parallel for num_threads(static_cast <int>(tn * tc)) schedule(static)
-    for (Index t = 0; t < tn * tc; ++t) run(t);
-    return;
-  }
-#endif
-  run(0);
+  parallel_for(tn * tc, tn * tc, [&](Index t, Index) { run(t); });
 }
 
 /// out[n, o] = in[n, k] W[o, k]^T (+ bias[o]), or out += that when `accumulate`, with the kernels
@@ -303,7 +210,7 @@ inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const 
                  Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
   using Eigen::Index;
   if (n <= 0 || o <= 0) return;
-  const GemmKernels kern = gemm_kernels_at_most(isa);
+  const KernelTable& kern = kernels_at_most(isa);
   if (kern.compute == nullptr || k <= 0) {
     gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
     return;
@@ -333,4 +240,5 @@ inline void gemm(const double* W, Eigen::Index k, Eigen::Index o, const double* 
 }
 
 }  // namespace detail
+}  // namespace TCONST_ABI
 }  // namespace tconst

@@ -1,0 +1,3 @@
+// tconst::precompiled: the engine in float.
+#define TCONST_SCALAR float
+#include "instantiate.hpp"
