@@ -159,6 +159,33 @@ void stop_on_signal(ServerContext& ctx, sigset_t signals) {
 }  // namespace
 }  // namespace serve
 
+std::vector<Flag> serve_flags() {
+  return {
+      {"model", "FILE",
+       "the model file, read into memory at start (this or --preset is\nrequired)"},
+      {"preset", "paper-41m",
+       "or random weights of the paper's 41M shape, for load tests (this or\n--model is required)"},
+      {"host", "H", "address to listen on (default 127.0.0.1)"},
+      {"port", "P", "port to listen on; 0 picks a free one (default 8080)"},
+      {"side-threads", "N", "OpenMP threads of prefills and resyncs (default: --threads)"},
+      {"max-active", "N", "generations stepped together (default 64)"},
+      {"max-queue", "N", "generations waiting beyond those; then 503 (default 64)"},
+      {"session-dir", "DIR", "where idle sessions are parked (default none: never parked)"},
+      {"max-resident-bytes", "B",
+       "bytes of named sessions held in memory; beyond, the least recently\n"
+       "used idle ones are parked (default 4294967296)"},
+      {"max-context", "N", "tokens a session may hold (default 1048576)"},
+      {"max-sessions", "N", "named sessions, resident or parked (default 100000)"},
+      {"max-body-bytes", "B", "largest request body; beyond, 413 (default 1048576)"},
+      {"quiet", "", "no request log on standard error"},
+  };
+}
+
+const char* const kServeNotes =
+    "request defaults (the completions API): max_tokens 16, temperature 1.0, top_p 1.0,\n"
+    "top_k 0 (off), min_p 0 (off), repeat_penalty 1.0 (off), seed 0. `tconst generate`'s\n"
+    "defaults differ (temperature 0.8, top-p 0.95): pass the same settings to compare.\n";
+
 int cmd_serve(const Args& args) {
   using namespace serve;
   // Sessions come and go (parked, restored, private to one request): with glibc's default, a freed
