@@ -129,7 +129,10 @@ const Command kCommands[] = {
       {"segment", "L",
        "score pieces of L + 1 tokens overlapping by one, each from its own\n"
        "context only (default 0: the whole text in one stream)"},
-      {"quiet", "", "no progress bar (default: shown on a terminal)"}},
+      {"quiet", "", "no progress bar (default: shown on a terminal)"},
+      {"per-token", "",
+       "instead of the report, a line per predicted token: its position, id,\n"
+       "log-probability and the most likely id there"}},
      true,
      tconst_cli::cmd_perplexity},
     {"tokenize",

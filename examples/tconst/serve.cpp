@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -65,7 +66,8 @@ std::string Metrics::prometheus() const {
   gauge("tconst_tokens_generated_total", "Tokens generated.", tokens_generated, "counter");
   gauge("tconst_prompt_tokens_total", "Prompt tokens consumed.", prompt_tokens, "counter");
   gauge("tconst_resyncs_total", "Resyncs run.", resyncs, "counter");
-  gauge("tconst_requests_total", "Completion requests accepted.", requests, "counter");
+  gauge("tconst_requests_total", "Completions accepted (one per prompt of a list).", requests,
+        "counter");
   gauge("tconst_requests_rejected_total", "Completion requests refused with 503 (queue full).",
         rejected, "counter");
   gauge("tconst_generations_cancelled_total", "Generations cancelled by their client.", cancelled,
@@ -165,6 +167,7 @@ std::vector<Flag> serve_flags() {
        "the model file, read into memory at start (this or --preset is\nrequired)"},
       {"preset", "paper-41m",
        "or random weights of the paper's 41M shape, for load tests (this or\n--model is required)"},
+      {"alias", "NAME", "the model's id in replies and /v1/models (default: the file's name)"},
       {"host", "H", "address to listen on (default 127.0.0.1)"},
       {"port", "P", "port to listen on; 0 picks a free one (default 8080)"},
       {"side-threads", "N", "OpenMP threads of prefills and resyncs (default: --threads)"},
@@ -198,6 +201,11 @@ int cmd_serve(const Args& args) {
   ServerContext ctx;
   ctx.opt = options_from(args);
   ctx.model = load_model(args, &ctx.model_name);
+  if (args.has("alias")) {
+    ctx.model_name = args.str("alias");
+    if (ctx.model_name.empty()) throw UsageError("--alias must not be empty");
+  }
+  ctx.started = static_cast<int64_t>(std::time(nullptr));
   try {
     ctx.tokenizer = tokenizer_for(&ctx.model->config(), args);
   } catch (const tconst::Error& e) {

@@ -138,10 +138,23 @@ class SessionStore {
 
 // ---- Engine: the serving loop. ------------------------------------------------------------------
 
+/// A token's log-probability under the raw distribution (the log-softmax of the logits, before
+/// temperature, penalties and filters) and the likeliest tokens there.
+struct TokenLogprob {
+  bool known = false;                           // false where nothing predicts the token
+  double logprob = 0.0;                         // of the token itself
+  std::vector<std::pair<int32_t, double>> top;  // the likeliest (id, logprob), most likely first
+};
+
+/// `id`'s log-probability under `logits` and the `top_n` likeliest tokens (ties: lower id first).
+TokenLogprob token_logprob(const tconst::Vector<float>& logits, int32_t id, int top_n);
+
 /// One piece of a generation's output, as the HTTP side sends it.
 struct Piece {
   std::vector<int32_t> ids;
-  std::string text;  // whole UTF-8 characters only
+  std::string text;                    // whole UTF-8 characters only
+  std::vector<TokenLogprob> logprobs;  // one per id when the job asks for logprobs
+  bool echo = false;                   // the prompt's tokens (echo), not generated ones
 };
 
 /// One generation: a prompt to consume, then tokens to sample until a stop. Made by the HTTP side,
@@ -151,11 +164,15 @@ struct Job {
   std::vector<int32_t> prompt;
   tconst::GenerateOptions opt;                   // max_new_tokens, stop strings, sampler
   const tconst::Tokenizer* tokenizer = nullptr;  // for text and stop strings (may be null)
+  int logprobs = -1;  // alternatives per position in the logprobs; -1: no logprobs
+  bool echo = false;  // the prompt's tokens come first in the output (with logprobs if asked)
   std::atomic<bool> cancelled{false};
 
   /// Waits up to `wait_ms` for output; moves it into `out`. Returns true once the job has finished
   /// and everything was taken (finish_reason and error are then set).
   bool take(std::vector<Piece>& out, int wait_ms);
+  /// Waits up to `wait_ms` until there is output to take or the job has finished.
+  void wait_for_output(int wait_ms);
   /// Blocks until the job has finished (its session is no longer used by the engine).
   void wait_finished();
 
@@ -166,7 +183,8 @@ struct Job {
  private:
   friend class Engine;
   enum class Phase { kPrefill, kReady, kHeavy, kDone };
-  void emit(int32_t id);
+  void emit(int32_t id, TokenLogprob lp);
+  void emit_prompt(Session& s);
   void finish(const std::string& reason, const std::string& err = "");
 
   std::atomic<Phase> phase_{Phase::kPrefill};  // changed under the Engine's lock (or by finish)
@@ -190,8 +208,9 @@ class Engine {
   Engine(const ServeOptions& opt, Metrics& metrics);
   ~Engine();
 
-  /// Queues a job. Throws HttpError 503 when the queue is full or the server is stopping.
-  void submit(const std::shared_ptr<Job>& job);
+  /// Queues the jobs (all or none). Throws HttpError 503 when the queue has no room for all of
+  /// them or the server is stopping.
+  void submit(const std::vector<std::shared_ptr<Job>>& jobs);
   /// Ends every job (in-flight ones with finish_reason "shutdown") and stops the threads.
   void shutdown();
 
@@ -223,7 +242,8 @@ class Engine {
 struct ServerContext {
   ServeOptions opt;
   std::shared_ptr<const Model> model;
-  std::string model_name;
+  std::string model_name;  // the id clients see: --alias, or the model file's name
+  int64_t started = 0;     // Unix time the server started
   std::unique_ptr<tconst::Tokenizer> tokenizer;  // null when the model names none
   Metrics metrics;
   std::unique_ptr<SessionStore> store;
