@@ -105,6 +105,7 @@ ServeOptions options_from(const Args& args) {
   ServeOptions o;
   o.host = args.str("host", "127.0.0.1");
   o.port = static_cast<int>(args.integer("port", 8080, 0, 65535));
+  o.backlog = static_cast<int>(args.integer("backlog", 512, 1, 65535));
   o.threads = static_cast<int>(args.integer("threads", default_threads(), 1, 1024));
   o.side_threads = static_cast<int>(args.integer("side-threads", o.threads, 1, 1024));
   o.max_active = static_cast<int>(args.integer("max-active", 64, 1, 4096));
@@ -170,6 +171,9 @@ std::vector<Flag> serve_flags() {
       {"alias", "NAME", "the model's id in replies and /v1/models (default: the file's name)"},
       {"host", "H", "address to listen on (default 127.0.0.1)"},
       {"port", "P", "port to listen on; 0 picks a free one (default 8080)"},
+      {"backlog", "N",
+       "connections the kernel queues before the server accepts them (default\n512; the "
+       "system's net.core.somaxconn caps it)"},
       {"side-threads", "N", "OpenMP threads of prefills and resyncs (default: --threads)"},
       {"max-active", "N", "generations stepped together (default 64)"},
       {"max-queue", "N", "generations waiting beyond those; then 503 (default 64)"},

@@ -35,6 +35,7 @@ using Session = tconst::Session<float>;
 struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8080;          // 0: any free port (printed on standard output)
+  int backlog = 512;        // connections the kernel holds before they are accepted
   int threads = 1;          // OpenMP threads of the worker's joint steps
   int side_threads = 1;     // OpenMP threads of the prefills and resyncs beside it
   int max_active = 64;      // generations stepped together
@@ -75,8 +76,8 @@ struct HttpError {
   std::string type = "invalid_request_error";
 };
 
-/// Bytes a session holds in memory: its cache, its token log and its resync buffers (the buffers
-/// of a step's window pass, fixed per session, are not counted).
+/// Bytes a session holds in memory: its cache, its token log, its window pass's buffers and its
+/// resync buffers.
 int64_t session_bytes(const Session& s);
 
 // ---- SessionStore: named sessions, resident or parked on disk. ----------------------------------

@@ -11,7 +11,14 @@
 // already generating, 413 a body over the limit, 503 (with Retry-After) when the server is full or
 // stopping, 500 a session whose snapshot cannot be restored.
 
+#include <dirent.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <limits>
 
@@ -388,12 +395,57 @@ struct Running {
   }
 };
 
-void reply_whole(Running& run, httplib::Response& res) {
+// The socket of the connection that carries `req`: the one whose local and peer addresses are the
+// request's. cpp-httplib does not hand it to a handler; -1 when it is not found.
+int connection_socket(const httplib::Request& req) {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (const dirent* ent = ::readdir(dir)) {
+    const int fd = std::atoi(ent->d_name);
+    if (fd <= 2 || fd == ::dirfd(dir)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t ll = sizeof local, pl = sizeof peer;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+      continue;
+    }
+    char host[NI_MAXHOST], port[NI_MAXSERV], lport[NI_MAXSERV];
+    if (::getnameinfo(reinterpret_cast<sockaddr*>(&peer), pl, host, sizeof host, port, sizeof port,
+                      NI_NUMERICHOST | NI_NUMERICSERV) != 0 ||
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&local), ll, nullptr, 0, lport, sizeof lport,
+                      NI_NUMERICSERV) != 0) {
+      continue;
+    }
+    if (req.remote_addr == host && req.remote_port == std::atoi(port) &&
+        req.local_port == std::atoi(lport)) {
+      found = fd;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+
+// Whether the client has closed its end of the connection (or it broke).
+bool client_gone(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+// Waits for every choice and sends one JSON reply. A client that closes its connection meanwhile
+// cancels the generations (checked every 100 ms), as a streaming client's does.
+void reply_whole(Running& run, const httplib::Request& req, httplib::Response& res) {
+  const int fd = connection_socket(req);
   json choices = json::array();
   for (size_t i = 0; i < run.jobs.size(); ++i) {
     Job& job = *run.jobs[i];
     std::vector<Piece> pieces;
-    while (!job.take(pieces, 1000)) {
+    while (!job.take(pieces, 100)) {
+      if (client_gone(fd)) {
+        for (const auto& j : run.jobs) j->cancelled = true;
+      }
     }
     for (const Piece& p : pieces) run.add(i, p);
     if (job.finish_reason == "error") {
@@ -491,7 +543,7 @@ std::string next_completion_id() {
 // Runs a completion on `run`, one job per session of `sessions` (prompt i on session i): submits
 // the jobs and replies.
 void complete(const std::shared_ptr<Running>& run, const std::vector<Session*>& sessions,
-              CompletionRequest& r, httplib::Response& res) {
+              CompletionRequest& r, const httplib::Request& req, httplib::Response& res) {
   ServerContext& ctx = *run->ctx;
   for (size_t i = 0; i < sessions.size(); ++i) check_prompt(r.prompts[i], *sessions[i]);
   std::vector<std::shared_ptr<Job>> jobs;
@@ -522,7 +574,7 @@ void complete(const std::shared_ptr<Running>& run, const std::vector<Session*>& 
   if (r.stream) {
     reply_stream(run, res);
   } else {
-    reply_whole(*run, res);
+    reply_whole(*run, req, res);
   }
 }
 
@@ -577,7 +629,7 @@ void add_routes(httplib::Server& svr, ServerContext& ctx) {
                ctx.metrics.ephemeral_bytes += bytes;
                sessions.push_back(run->own.back().get());
              }
-             complete(run, sessions, r, res);
+             complete(run, sessions, r, req, res);
            }));
   svr.Get("/v1/models", guarded(ctx, [&ctx](const httplib::Request&, httplib::Response& res) {
             const json model = {{"id", ctx.model_name},
@@ -665,7 +717,7 @@ void add_routes(httplib::Server& svr, ServerContext& ctx) {
              run->ctx = &ctx;
              Session* session = ctx.store->acquire(id);
              run->session_id = id;  // released when `run` goes
-             complete(run, {session}, r, res);
+             complete(run, {session}, r, req, res);
            }));
 }
 
@@ -677,6 +729,14 @@ bool run_http(ServerContext& ctx, const std::function<void(int port)>& on_bound)
   svr.new_task_queue = [pool] { return new httplib::ThreadPool(pool); };
   svr.set_payload_max_length(ctx.opt.max_body_bytes);
   svr.set_tcp_nodelay(true);
+  // cpp-httplib listens with a backlog of 5, which drops connections when many clients arrive at
+  // once; the listening socket is caught here and listened on again with --backlog (Linux takes a
+  // second listen() as a new backlog).
+  int listen_fd = -1;
+  svr.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   add_routes(svr, ctx);
   svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
@@ -699,6 +759,10 @@ bool run_http(ServerContext& ctx, const std::function<void(int port)>& on_bound)
     port = svr.bind_to_any_port(ctx.opt.host);
     if (port < 0) return false;
   } else if (!svr.bind_to_port(ctx.opt.host, port)) {
+    return false;
+  }
+  if (listen_fd < 0 || ::listen(listen_fd, ctx.opt.backlog) != 0) {
+    log_line("cannot set the listen backlog to " + std::to_string(ctx.opt.backlog));
     return false;
   }
   g_server = &svr;

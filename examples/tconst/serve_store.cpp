@@ -62,9 +62,10 @@ bool write_all(int fd, const char* p, size_t n) {
 
 int64_t session_bytes(const Session& s) {
   size_t bytes = s.cache_bytes() + s.tokens().capacity() * sizeof(int32_t);
-  // A TConstFormer session keeps its resync buffers from its first resync on.
+  // A TConstFormer session keeps its window pass's buffers for its life, and its resync buffers
+  // from its first resync on.
   if (const auto* t = dynamic_cast<const tconst::TConstSession<float>*>(&s)) {
-    bytes += t->resync_buffer_bytes();
+    bytes += t->window_buffer_bytes() + t->resync_buffer_bytes();
   }
   return static_cast<int64_t>(bytes);
 }
