@@ -114,13 +114,18 @@ class SessionStore {
     int64_t bytes = 0;     // counted in resident bytes while live
     int64_t position = 0;  // tokens, kept up to date at release (and read from the file)
     bool dirty = true;     // live state differs from its snapshot (or it has none)
+    bool moving = false;   // being parked: its snapshot is written with the lock released
     std::string error;     // why the snapshot could not be restored
   };
 
   std::string path_of(const std::string& id) const;
   void fit_budget(std::unique_lock<std::mutex>& lock, int64_t incoming);
-  bool park(const std::string& id, Entry& e);
-  void restore(const std::string& id, Entry& e);
+  bool park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
+  void restore(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
+               int64_t expected_bytes);
+  /// The entry for `id` once no park of it is in flight; 404 when there is none.
+  std::map<std::string, Entry>::iterator settled(std::unique_lock<std::mutex>& lock,
+                                                 const std::string& id);
   void write_atomically(const std::string& path, const std::string& bytes);
   std::string new_id();
   void account(const Entry& e, int sign);
@@ -130,7 +135,10 @@ class SessionStore {
   Metrics& metrics_;
   tconst::SessionOptions session_options_;
   std::mutex mu_;
+  std::condition_variable moved_;  // a park has ended
   std::map<std::string, Entry> sessions_;
+  int64_t parking_bytes_ = 0;    // resident bytes of the sessions being parked
+  int64_t restoring_bytes_ = 0;  // expected bytes of the sessions being restored
   uint64_t tick_ = 0;
   uint64_t id_counter_ = 0;
   uint64_t id_salt_ = 0;

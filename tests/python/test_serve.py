@@ -260,6 +260,46 @@ class TestServe(unittest.TestCase):
         want = ref.complete(dict(SAMPLING, max_tokens=20, seed=4), session=rsids[1])
         self.assertEqual(again["choices"][0]["token_ids"], want["choices"][0]["token_ids"])
 
+    def test_concurrent_turns_while_sessions_park_and_restore(self):
+        # 8 conversations of 4 turns, all at once, with room for 2 resident sessions: parks and
+        # restores run while other requests acquire and release. Each conversation must end with
+        # the tokens of the same turns on a server that never parks.
+        def conversations(server, turns=4):
+            sids = [server.new_session() for _ in range(8)]
+            out = [None] * 8
+
+            def talk(k):
+                ids = []
+                for t in range(turns):
+                    body = dict(SAMPLING, max_tokens=12, seed=100 * k + t)
+                    if t == 0:
+                        body["prompt"] = PROMPT + " " * k
+                    ids += server.complete(body, session=sids[k])["choices"][0]["token_ids"]
+                out[k] = ids
+
+            threads = [threading.Thread(target=talk, args=(k,)) for k in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            return out
+
+        per = None
+        probe = self.start()
+        per = probe.request("GET", f"/v1/sessions/{probe.new_session()}")[1]["resident_bytes"]
+        want = conversations(probe)
+        probe.stop()
+        s = self.start("--session-dir", self.session_dir(), "--max-resident-bytes",
+                       2 * per + 4096)
+        got = conversations(s)
+        self.assertEqual(got, want)
+        m = s.metrics()
+        self.assertGreater(m["tconst_session_parks_total"], 8)
+        self.assertGreater(m["tconst_session_restores_total"], 8)
+        self.assertEqual(m["tconst_snapshot_write_failures_total"], 0)
+        self.assertEqual(m["tconst_snapshot_restore_failures_total"], 0)
+        self.assertLessEqual(m["tconst_resident_cache_bytes"], 2 * per + 4096)
+
     def test_shutdown_ends_streams_and_parks_their_sessions(self):
         sdir = self.session_dir()
         s = self.start("--session-dir", sdir)
