@@ -1,10 +1,12 @@
 // The HTTP side of tconst serve: routes, request checking, JSON replies and server-sent events.
 //
 // The completions API is a compatible subset of the one common clients speak: a request is a JSON
-// object with `prompt` (text, or an array of token ids) and the sampling settings; the reply is one
-// JSON object, or with "stream": true a stream of `data: {...}` events (one per token, whose text
-// holds whole UTF-8 characters only) ended by `data: [DONE]`. Each choice also carries the token
-// ids it holds (`token_ids`), which clients that do not know it ignore.
+// object with `prompt` (text, token ids, or a list of either: one choice each) and the sampling
+// settings, `logprobs` and `echo`; the reply is one JSON object, or with "stream": true a stream of
+// `data: {...}` events (one per token, whose text holds whole UTF-8 characters only) ended by
+// `data: [DONE]`. Each choice also carries the token ids it holds (`token_ids`), which clients
+// that do not know it ignore. Beside it: /v1/models, and the tokenizer endpoints of llama-server
+// and vLLM (/tokenize, /detokenize, /tokenizer_info).
 //
 // Every mistake in a request gets a JSON error body, {"error": {"message", "type", "code"}}, with
 // its status: 400 malformed or out-of-range input, 404 unknown session or route, 409 a session
