@@ -43,10 +43,16 @@ json error_body(int status, const std::string& message, const std::string& type)
   return {{"error", {{"message", message}, {"type", type}, {"code", status}}}};
 }
 
+// JSON is UTF-8: text cut short (a message quoting part of a request, a token that is part of a
+// character) is written with replacement characters, never an exception.
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 void send_error(httplib::Response& res, const HttpError& e) {
   res.status = e.status;
   if (e.status == 503) res.set_header("Retry-After", "1");
-  res.set_content(error_body(e.status, e.message, e.type).dump(), "application/json");
+  res.set_content(dump(error_body(e.status, e.message, e.type)), "application/json");
 }
 
 // ---- Reading a completion request ---------------------------------------------------------------
@@ -236,11 +242,6 @@ struct Reply {
   int64_t created = 0;
   int64_t prompt_tokens = 0;  // over every prompt
 };
-
-// JSON is UTF-8: text the decoder could not complete is replaced, never an exception.
-std::string dump(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
 
 // Whether `s` is whole, valid UTF-8 (a byte-level token may hold part of a character).
 bool valid_utf8(const std::string& s) {

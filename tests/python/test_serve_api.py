@@ -264,6 +264,8 @@ class TestServeApi(unittest.TestCase):
             ("/v1/completions", {"prompt": "a", "echo": "yes"}, "echo"),
             ("/v1/completions", {"prompt": [[]]}, "empty"),
             ("/v1/completions", {"prompt": ["a", 3]}, "list of prompts"),
+            # The message quotes the start of the bad element, cut inside a character.
+            ("/v1/completions", {"prompt": ["a", {"kk": "\u00e9" * 40}]}, "list of prompts"),
             ("/v1/completions", {"prompt": [[1, 2], [3, "x"]]}, "prompt"),
             ("/v1/completions", {"prompt": [[1, 256]]}, "outside"),
             ("/v1/completions", {"prompt": ["a"] * 200}, "at most"),
