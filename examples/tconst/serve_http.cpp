@@ -610,7 +610,7 @@ void add_routes(httplib::Server& svr, ServerContext& ctx) {
   svr.Get("/health", guarded(ctx, [&ctx](const httplib::Request&, httplib::Response& res) {
             json j = {{"status", ctx.stopping ? "stopping" : "ok"}, {"model", ctx.model_name}};
             res.status = ctx.stopping ? 503 : 200;
-            res.set_content(j.dump(), "application/json");
+            res.set_content(dump(j), "application/json");
           }));
   svr.Get("/metrics", guarded(ctx, [&ctx](const httplib::Request&, httplib::Response& res) {
             res.set_content(ctx.metrics.prometheus(), "text/plain; version=0.0.4");
@@ -698,17 +698,17 @@ void add_routes(httplib::Server& svr, ServerContext& ctx) {
              parse_body(req, true);
              const std::string id = ctx.store->create();
              res.status = 201;
-             res.set_content(ctx.store->describe(id).dump(), "application/json");
+             res.set_content(dump(ctx.store->describe(id)), "application/json");
            }));
   svr.Get(R"(/v1/sessions/([^/]+))",
           guarded(ctx, [&ctx](const httplib::Request& req, httplib::Response& res) {
-            res.set_content(ctx.store->describe(req.matches[1]).dump(), "application/json");
+            res.set_content(dump(ctx.store->describe(req.matches[1])), "application/json");
           }));
   svr.Delete(R"(/v1/sessions/([^/]+))",
              guarded(ctx, [&ctx](const httplib::Request& req, httplib::Response& res) {
                const std::string id = req.matches[1];
                ctx.store->remove(id);
-               res.set_content(json({{"id", id}, {"deleted", true}}).dump(), "application/json");
+               res.set_content(dump(json({{"id", id}, {"deleted", true}})), "application/json");
              }));
   svr.Post(R"(/v1/sessions/([^/]+)/completions)",
            guarded(ctx, [&ctx](const httplib::Request& req, httplib::Response& res) {
@@ -747,10 +747,9 @@ bool run_http(ServerContext& ctx, const std::function<void(int port)>& on_bound)
         res.status == 404   ? "no route " + req.method + " " + req.path
         : res.status == 413 ? "the request body is too large"
                             : "malformed HTTP request (a POST needs a body, or Content-Length: 0)";
-    res.set_content(
-        error_body(res.status, msg, res.status >= 500 ? "server_error" : "invalid_request_error")
-            .dump(),
-        "application/json");
+    res.set_content(dump(error_body(res.status, msg,
+                                    res.status >= 500 ? "server_error" : "invalid_request_error")),
+                    "application/json");
   });
   if (!ctx.opt.quiet) {
     svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {

@@ -279,6 +279,10 @@ class TestServeApi(unittest.TestCase):
             status, reply, _ = self.post(path, body)
             self.assertEqual(status, 400, (body, reply))
             self.assertIn(words, reply["error"]["message"], body)
+        # A path that is not UTF-8 once decoded: 404 naming it, and the server lives on.
+        status, reply, _ = self.server.request("GET", "/%FFx")
+        self.assertEqual(status, 404, reply)
+        self.assertIn("no route", reply["error"]["message"])
         status, health, _ = self.server.request("GET", "/health")
         self.assertEqual(status, 200)
 
