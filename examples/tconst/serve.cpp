@@ -111,6 +111,8 @@ ServeOptions options_from(const Args& args) {
   o.max_active = static_cast<int>(args.integer("max-active", 64, 1, 4096));
   o.max_queue = static_cast<int>(args.integer("max-queue", 64, 0, 4096));
   o.session_dir = args.str("session-dir");
+  o.durable = args.flag("durable");
+  if (o.durable && o.session_dir.empty()) throw UsageError("--durable needs --session-dir");
   o.max_resident_bytes = args.integer("max-resident-bytes", int64_t{1} << 32, 0, int64_t{1} << 50);
   o.max_context = args.integer("max-context", int64_t{1} << 20, 1, int64_t{1} << 30);
   o.max_sessions = args.integer("max-sessions", 100000, 1, int64_t{1} << 30);
@@ -178,6 +180,9 @@ std::vector<Flag> serve_flags() {
       {"max-active", "N", "generations stepped together (default 64)"},
       {"max-queue", "N", "generations waiting beyond those; then 503 (default 64)"},
       {"session-dir", "DIR", "where idle sessions are parked (default none: never parked)"},
+      {"durable", "",
+       "write a session's snapshot after each of its requests, before the reply\n"
+       "ends, so that a crash loses no completed turn (default: at park)"},
       {"max-resident-bytes", "B",
        "bytes of named sessions held in memory; beyond, the least recently\n"
        "used idle ones are parked (default 4294967296)"},

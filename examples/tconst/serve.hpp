@@ -41,6 +41,7 @@ struct ServeOptions {
   int max_active = 64;      // generations stepped together
   int max_queue = 64;       // generations waiting for a place; beyond: 503
   std::string session_dir;  // where idle sessions are parked ("" = never parked)
+  bool durable = false;     // a session's snapshot is written after each of its requests
   int64_t max_resident_bytes = int64_t{1} << 32;  // named sessions' caches and logs in memory
   int64_t max_context = int64_t{1} << 20;         // tokens a session may hold
   int64_t max_sessions = 100000;                  // named sessions, resident or parked
@@ -99,8 +100,9 @@ class SessionStore {
   /// session (parking others to keep within the budget). Throws HttpError 404 (unknown), 409
   /// (busy) or 500 (its snapshot cannot be restored; the session reports that error).
   Session* acquire(const std::string& id);
-  /// Ends a generation: the session becomes idle (the most recently used); parks the least recently
-  /// used idle sessions while resident bytes exceed the budget.
+  /// Ends a generation: the session becomes idle (the most recently used); with --durable its
+  /// snapshot is written first; parks the least recently used idle sessions while resident bytes
+  /// exceed the budget.
   void release(const std::string& id);
   /// Parks every resident session (graceful shutdown). Returns how many could not be written.
   int park_all();
@@ -121,6 +123,9 @@ class SessionStore {
   std::string path_of(const std::string& id) const;
   void fit_budget(std::unique_lock<std::mutex>& lock, int64_t incoming);
   bool park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
+  /// Writes the snapshot of a resident session with the lock released; false on failure (logged
+  /// and counted).
+  bool save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
   void restore(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
                int64_t expected_bytes);
   /// The entry for `id` once no park of it is in flight; 404 when there is none.

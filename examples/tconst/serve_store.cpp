@@ -242,6 +242,9 @@ void SessionStore::release(const std::string& id) {
   e.bytes = session_bytes(*e.live);
   e.position = e.live->position();
   account(e, +1);
+  // --durable: the turn is on disk before its client sees the end of the reply (release runs
+  // before the last event or the whole reply is sent), so a crash loses no completed turn.
+  if (opt_.durable && !opt_.session_dir.empty()) save(lock, id, e);
   fit_budget(lock, 0);
 }
 
@@ -301,31 +304,37 @@ void SessionStore::write_atomically(const std::string& path, const std::string& 
   }
 }
 
-// Writes the session's snapshot (unless the file already holds its state) and frees it. On a
-// failed write the session stays resident and unchanged; returns false. The lock is released
-// while the snapshot is taken and written: the entry, marked moving, is neither used nor removed
-// meanwhile (std::map keeps its address).
-bool SessionStore::park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e) {
+// The lock is released while the snapshot is taken and written: the entry, marked moving, is
+// neither used, parked nor removed meanwhile (std::map keeps its address).
+bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e) {
+  if (!e.dirty) return true;
   e.moving = true;
-  parking_bytes_ += e.bytes;
   std::string failure;
-  if (e.dirty) {
-    lock.unlock();
-    try {
-      write_atomically(path_of(id), tconst::snapshot_bytes(*e.live));
-    } catch (const std::exception& ex) {
-      failure = ex.what();
-    }
-    lock.lock();
+  lock.unlock();
+  try {
+    write_atomically(path_of(id), tconst::snapshot_bytes(*e.live));
+  } catch (const std::exception& ex) {
+    failure = ex.what();
   }
+  lock.lock();
   e.moving = false;
-  parking_bytes_ -= e.bytes;
   moved_.notify_all();
   if (!failure.empty()) {
     ++metrics_.park_failures;
-    log_line("park of session " + id + " failed, kept resident: " + failure);
+    log_line("snapshot of session " + id + " failed, kept resident: " + failure);
     return false;
   }
+  e.dirty = false;
+  return true;
+}
+
+// Writes the session's snapshot (unless the file already holds its state) and frees it. On a
+// failed write the session stays resident and unchanged; returns false.
+bool SessionStore::park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e) {
+  parking_bytes_ += e.bytes;
+  const bool saved = save(lock, id, e);
+  parking_bytes_ -= e.bytes;
+  if (!saved) return false;
   account(e, -1);
   e.live.reset();
   e.bytes = 0;

@@ -300,6 +300,38 @@ class TestServe(unittest.TestCase):
         self.assertEqual(m["tconst_snapshot_restore_failures_total"], 0)
         self.assertLessEqual(m["tconst_resident_cache_bytes"], 2 * per + 4096)
 
+    def test_durable_sessions_survive_sigkill(self):
+        # With --durable every completed turn is on disk when its reply ends: a SIGKILL loses none.
+        sdir = self.session_dir()
+        s = self.start("--session-dir", sdir, "--durable")
+        sids = [s.new_session() for _ in range(3)]
+        self.run_sessions(s, sids, 20)
+        for sid in sids:  # and a streamed turn each
+            s.stream(dict(SAMPLING, max_tokens=10, seed=5), session=sid)
+        s.proc.kill()
+        s.proc.wait()
+        s.stop()
+        s2 = self.start("--session-dir", sdir)
+        got = [s2.complete(dict(SAMPLING, max_tokens=20, seed=4), session=sid)["choices"][0]
+               ["token_ids"] for sid in sids]
+        ref = self.start()
+        rsids = [ref.new_session() for _ in range(3)]
+        self.run_sessions(ref, rsids, 20)
+        for sid in rsids:
+            ref.stream(dict(SAMPLING, max_tokens=10, seed=5), session=sid)
+        want = [ref.complete(dict(SAMPLING, max_tokens=20, seed=4), session=sid)["choices"][0]
+                ["token_ids"] for sid in rsids]
+        self.assertEqual(got, want)
+        # Without --durable the same kill loses them (they were resident, never parked).
+        s3 = self.start("--session-dir", self.session_dir("plain"))
+        sid = s3.new_session()
+        s3.complete(dict(SAMPLING, prompt=PROMPT, max_tokens=5), session=sid)
+        s3.proc.kill()
+        s3.proc.wait()
+        s3.stop()
+        s4 = self.start("--session-dir", self.session_dir("plain"))
+        self.assertEqual(s4.request("GET", f"/v1/sessions/{sid}")[0], 404)
+
     def test_shutdown_ends_streams_and_parks_their_sessions(self):
         sdir = self.session_dir()
         s = self.start("--session-dir", sdir)
