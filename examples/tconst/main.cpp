@@ -39,7 +39,7 @@ const char* const kUsage =
     "              [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
     "              [--seed S] [--stop TEXT]... [--stop-id ID]... [--print-ids] [--quiet]\n"
     "              [--save-session FILE] [--load-session FILE]\n"
-    "  perplexity  --model FILE (--text FILE | --ids FILE) [--segment L] [--quiet]\n"
+    "  perplexity  --model FILE (--text FILE | --ids FILE) [--segment L] [--per-token]\n"
     "  tokenize    (--model FILE | --tokenizer PATH)       UTF-8 text on stdin -> ids\n"
     "  detokenize  (--model FILE | --tokenizer PATH)       ids on stdin -> text\n"
     "  bench       [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST] ...\n"
