@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -193,6 +194,88 @@ TEST(Cli, PerplexityOfIds) {
       run("perplexity --model " + kModel + " --ids " + kGolden + "tconst_D4_W8_H8/ids.txt");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("perplexity"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// --help and -h: every command lists each flag with its meaning, and each optional valued flag its
+// default, on standard output with status 0.
+
+// The entries of a --help text: "--name" -> the rest of its line and its continuation lines.
+std::map<std::string, std::string> help_entries(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::string current;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind("  --", 0) == 0) {
+      const size_t space = line.find(' ', 4);
+      current = line.substr(2, space == std::string::npos ? std::string::npos : space - 2);
+      out[current] = space == std::string::npos ? "" : line.substr(space);
+    } else if (!current.empty() && line.rfind("      ", 0) == 0) {
+      out[current] += line;
+    } else {
+      current.clear();
+    }
+  }
+  return out;
+}
+
+TEST(CliHelp, EveryCommandListsItsFlagsAndDefaults) {
+  const Outcome top = run("--help");
+  ASSERT_EQ(top.status, 0);
+  EXPECT_THAT(top.out, HasSubstr("--help"));
+  std::vector<std::string> commands = {"info",     "logits",     "generate", "perplexity",
+                                       "tokenize", "detokenize", "quantize", "bench"};
+  if (top.out.find("  serve ") != std::string::npos) commands.push_back("serve");
+  for (const std::string& cmd : commands) {
+    SCOPED_TRACE(cmd);
+    const Outcome r = run(cmd + " --help");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_TRUE(r.err.empty()) << r.err;
+    EXPECT_EQ(r.out.rfind("usage: tconst " + cmd, 0), 0u) << r.out;
+    const Outcome h = run(cmd + " -h");
+    EXPECT_EQ(h.status, 0);
+    EXPECT_EQ(h.out, r.out);
+    // --help wins over the flags around it, even a missing required one.
+    EXPECT_EQ(run(cmd + " --threads 1 --help").out, r.out);
+    const auto entries = help_entries(r.out);
+    EXPECT_GE(entries.size(), 3u) << r.out;
+    for (const auto& [flag, text] : entries) {
+      SCOPED_TRACE(flag);
+      // "--name VALUE   meaning": a valued flag says its default or that it is required; a switch
+      // says what it does.
+      EXPECT_GT(text.size(), 10u);
+      const bool valued = text.size() > 1 && text[0] == ' ' && text[1] != ' ';
+      if (valued && flag != "--help") {
+        const bool says =
+            text.find("default") != std::string::npos || text.find("required") != std::string::npos;
+        EXPECT_TRUE(says) << flag << text;
+      }
+    }
+  }
+  // The defaults that differ between commands are spelled out.
+  const auto gen = help_entries(run("generate --help").out);
+  EXPECT_THAT(gen.at("--top-p"), HasSubstr("default 0.95"));
+  EXPECT_THAT(gen.at("--top-p"), HasSubstr("serve"));
+  EXPECT_THAT(gen.at("--temperature"), HasSubstr("default 0.8"));
+  EXPECT_THAT(gen.at("--max-new"), HasSubstr("default 128"));
+  EXPECT_THAT(help_entries(run("quantize --help").out).at("--block"), HasSubstr("default 32"));
+  EXPECT_THAT(help_entries(run("bench --help").out).at("--n-gen"), HasSubstr("default 64"));
+  if (top.out.find("  serve ") != std::string::npos) {
+    const Outcome serve = run("serve --help");
+    EXPECT_THAT(serve.out, HasSubstr("top_p 1.0"));
+    EXPECT_THAT(help_entries(serve.out).at("--max-active"), HasSubstr("default 64"));
+  }
+}
+
+TEST(CliHelp, HelpAsAFlagsValueIsAValue) {
+  // "-h" after a valued flag is that flag's value (here a tokenizer path that does not exist).
+  const Outcome r = run("tokenize --tokenizer -h");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("usage")));
 }
 
 // ---------------------------------------------------------------------------------------------

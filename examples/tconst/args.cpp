@@ -4,6 +4,56 @@
 #include <cstdlib>
 
 namespace tconst_cli {
+namespace {
+
+std::set<std::string> names_of(const std::vector<Flag>& flags, bool valued) {
+  std::set<std::string> out;
+  for (const Flag& f : flags) {
+    if (f.value.empty() != valued) out.insert(f.name);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string usage_text(const std::string& synopsis, const std::vector<Flag>& flags,
+                       const std::string& notes) {
+  std::string out = synopsis + "\nflags:\n";
+  for (const Flag& f : flags) {
+    std::string head = "  --" + f.name + (f.value.empty() ? "" : " " + f.value);
+    // Meanings start in one column; a long flag puts its meaning on the next line.
+    const size_t column = 26;
+    head += head.size() + 2 <= column ? std::string(column - head.size(), ' ')
+                                      : "\n" + std::string(column, ' ');
+    // Continuation lines of a meaning (after '\n' in `help`) are indented to the same column.
+    std::string help;
+    for (char ch : f.help) {
+      help += ch;
+      if (ch == '\n') help += std::string(column, ' ');
+    }
+    out += head + help + "\n";
+  }
+  out += "  -h, --help              this text\n";
+  if (!notes.empty()) out += notes;
+  return out;
+}
+
+bool asks_for_help(int argc, char** argv, const std::vector<Flag>& flags) {
+  const std::set<std::string> valued = names_of(flags, true);
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") return true;
+    // A valued flag without "=" takes the next argument as its value, whatever it reads.
+    if (a.size() > 2 && a.compare(0, 2, "--") == 0 && a.find('=') == std::string::npos &&
+        valued.count(a.substr(2))) {
+      ++i;
+    }
+  }
+  return false;
+}
+
+Args::Args(const std::string& command, int argc, char** argv, const std::vector<Flag>& flags)
+    : Args(command, argc, argv, names_of(flags, true), names_of(flags, false)) {}
 
 Args::Args(const std::string& command, int argc, char** argv, const std::set<std::string>& valued,
            const std::set<std::string>& switches) {

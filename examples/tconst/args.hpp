@@ -18,12 +18,29 @@ class UsageError : public tconst::Error {
   using tconst::Error::Error;
 };
 
+/// One flag a command takes: what the parser accepts and what --help shows.
+struct Flag {
+  std::string name;   // without the leading "--"
+  std::string value;  // its value's placeholder ("N", "FILE"); empty for a switch
+  std::string help;   // what it does, and its default
+};
+
+/// The --help text of a command: `synopsis` (its usage lines), then one entry per flag, then
+/// `notes` (may be empty).
+std::string usage_text(const std::string& synopsis, const std::vector<Flag>& flags,
+                       const std::string& notes = "");
+
+/// Whether --help or -h stands among argv[0, argc) as a flag (not as another flag's value).
+bool asks_for_help(int argc, char** argv, const std::vector<Flag>& flags);
+
 class Args {
  public:
   /// `valued`: flags that take a value; `switches`: flags that do not. Repeatable valued flags
   /// (such as --stop) keep every value.
   Args(const std::string& command, int argc, char** argv, const std::set<std::string>& valued,
        const std::set<std::string>& switches);
+  /// The same with the flags as --help lists them.
+  Args(const std::string& command, int argc, char** argv, const std::vector<Flag>& flags);
 
   bool has(const std::string& name) const { return values_.count(name) || switches_.count(name); }
   bool flag(const std::string& name) const { return switches_.count(name) > 0; }

@@ -75,11 +75,9 @@ void note_kernels() {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  for (int i = 0; i < argc; ++i) {
-    if (std::string(argv[i]) == "--help") {
-      std::fputs(kBenchUsage, stdout);
-      return 0;
-    }
+  if (asks_for_help(argc, argv, bench_flags())) {
+    std::fputs(bench_usage().c_str(), stdout);
+    return 0;
   }
   const BenchOptions o = parse_bench_options(argc, argv);
   const int status = o.streams > 0  ? run_streams(o)

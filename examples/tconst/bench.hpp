@@ -8,11 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "tconst/model.hpp"
 
 namespace tconst_cli {
 
-extern const char* const kBenchUsage;
+/// The flags of `tconst bench` and its --help text.
+const std::vector<Flag>& bench_flags();
+std::string bench_usage();
 
 /// The command line of `tconst bench`, checked.
 struct BenchOptions {

@@ -15,22 +15,46 @@
 
 namespace tconst_cli {
 
-const char* const kBenchUsage =
-    "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
-    "                    [--n-gen N] [--threads T] [--seed N] [--weights LIST] [--json]\n"
-    "                    [--trace-steps N --trace-out FILE] [--streams S | --interleave]\n"
-    "  --arch    comma-separated: tconstformer,tlinformer,transformer (preset only)\n"
-    "  --depths  comma-separated context lengths to prefill before timing (default\n"
-    "            1024,4096,16384,65536)\n"
-    "  --n-gen   steps timed after the prefill (at least W for the windowed architectures)\n"
-    "  --seed    seed of the preset's random weights (default 1)\n"
-    "  --weights comma-separated f32,bf16,q8: the weight matrices re-written in memory in each\n"
-    "            format (SPEC 6.1), each measured in turn in one report (default f32)\n"
-    "  --trace-out FILE  per-step times (CSV: arch,depth,step,ms,resync) of the first N steps\n"
-    "  --streams S  instead: total tokens/s of S streams stepped together (weights read once per\n"
-    "            step) against the same streams stepped one at a time, over cache-hit steps\n"
-    "  --interleave  instead: one session per depth in one process, stepped in turn for n-gen\n"
-    "            rounds; each depth's median cache-hit step and its ratio to the first depth's\n";
+const std::vector<Flag>& bench_flags() {
+  static const std::vector<Flag> flags = {
+      {"model", "FILE", "measure this model file (this or --preset is required)"},
+      {"preset", "paper-41m",
+       "or random weights of the paper's 41M shape (this or --model is\nrequired)"},
+      {"arch", "LIST",
+       "comma-separated tconstformer,tlinformer,transformer (preset only;\n"
+       "default all three)"},
+      {"depths", "LIST",
+       "comma-separated context lengths prefilled before timing\n"
+       "(default 1024,4096,16384,65536)"},
+      {"n-gen", "N", "steps timed after the prefill, at least W for windowed models (default 64)"},
+      {"threads", "T", "OpenMP threads (default: the processors this process may run on)"},
+      {"seed", "N", "seed of the preset's random weights (default 1)"},
+      {"weights", "LIST",
+       "comma-separated f32,bf16,q8: the weight matrices re-written in memory\n"
+       "in each format (SPEC 6.1), each measured in turn (default f32)"},
+      {"precision", "float", "bench runs in float only (default float)"},
+      {"json", "", "one JSON report instead of tables"},
+      {"trace-steps", "N", "record the first N steps' times (default 0: none)"},
+      {"trace-out", "FILE",
+       "write the traced steps there, CSV arch,depth,step,ms,resync (default:\nno file)"},
+      {"streams", "S",
+       "instead: total tokens/s of S streams stepped together (weights read\n"
+       "once per step) against the same streams one at a time (default: off)"},
+      {"interleave", "",
+       "instead: one session per depth in one process, stepped in turn for\n"
+       "n-gen rounds; each depth's median hit step and its ratio to the first's"},
+  };
+  return flags;
+}
+
+std::string bench_usage() {
+  return usage_text(
+      "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
+      "                    [--n-gen N] [--threads T] [--seed N] [--weights LIST] [--json]\n"
+      "                    [--trace-steps N --trace-out FILE] [--streams S | --interleave]\n"
+      "per-token cost at each depth: cache-hit steps and the amortised resync",
+      bench_flags());
+}
 
 namespace {
 
@@ -87,10 +111,7 @@ std::vector<std::string> weight_list(const std::string& list) {
 }  // namespace
 
 BenchOptions parse_bench_options(int argc, char** argv) {
-  const Args a("bench", argc, argv,
-               {"model", "preset", "arch", "depths", "n-gen", "threads", "trace-steps", "trace-out",
-                "precision", "seed", "streams", "weights"},
-               {"json", "interleave"});
+  const Args a("bench", argc, argv, bench_flags());
   check_source(a);
   BenchOptions o;
   o.model_path = a.str("model");

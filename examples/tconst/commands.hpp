@@ -25,6 +25,10 @@ int cmd_quantize(const Args& args);    // quantize.cpp
 /// Parses its own flags (it has its own --help): bench.cpp.
 int cmd_bench(int argc, char** argv);
 
+/// The flags of `tconst serve` and the notes its --help ends with (serve.cpp).
+std::vector<Flag> serve_flags();
+extern const char* const kServeNotes;
+
 /// OpenMP threads for what follows (a no-op in a build without OpenMP).
 /// Threads when --threads is not given: the processors this process may run on (1 without
 /// OpenMP).

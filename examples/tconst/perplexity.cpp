@@ -69,7 +69,7 @@ struct Totals {
 // evaluates; the cost of a whole-text pass grows with the square of its length.
 template <typename Scalar>
 Totals score_all(tconst::Session<Scalar>& session, const std::vector<int32_t>& ids, size_t segment,
-                 const tconst::Tokenizer* tok, bool progress) {
+                 const tconst::Tokenizer* tok, bool progress, bool per_token) {
   const size_t n = ids.size();
   // Long pieces go in chunks so that the progress bar moves.
   const tconst::ModelConfig& c = session.model().config();
@@ -83,7 +83,12 @@ Totals score_all(tconst::Session<Scalar>& session, const std::vector<int32_t>& i
       session.score(ids.data() + a, len, [&](size_t i, const tconst::Vector<Scalar>& logits) {
         const size_t p = a + i;  // logits after token p predict token p + 1
         if (p + 1 >= end) return;
-        t.nll += nll_of(logits, ids[p + 1]);
+        const double nll = nll_of(logits, ids[p + 1]);
+        t.nll += nll;
+        // --per-token: position, id, its log-probability, the most likely id there.
+        if (per_token) {
+          std::printf("%zu %d %.17g %d\n", p + 1, ids[p + 1], -nll, tconst::greedy_token(logits));
+        }
         t.bytes += tok ? static_cast<int64_t>(tok->token_bytes(ids[p + 1]).size()) : 0;
       });
       if (progress) draw_progress(static_cast<double>(a + len) / n);
@@ -115,10 +120,10 @@ int perplexity(const Args& args) {
   const int64_t segment = args.integer("segment", 0, 0, int64_t{1} << 40);
   const auto t0 = std::chrono::steady_clock::now();
   const Totals t = score_all(*session, ids, segment > 0 ? static_cast<size_t>(segment) : ids.size(),
-                             tok.get(), progress);
+                             tok.get(), progress, args.flag("per-token"));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  print_report(ids.size(), t, seconds);
+  if (!args.flag("per-token")) print_report(ids.size(), t, seconds);
   return 0;
 }
 

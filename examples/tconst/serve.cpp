@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -66,7 +67,8 @@ std::string Metrics::prometheus() const {
   gauge("tconst_tokens_generated_total", "Tokens generated.", tokens_generated, "counter");
   gauge("tconst_prompt_tokens_total", "Prompt tokens consumed.", prompt_tokens, "counter");
   gauge("tconst_resyncs_total", "Resyncs run.", resyncs, "counter");
-  gauge("tconst_requests_total", "Completion requests accepted.", requests, "counter");
+  gauge("tconst_requests_total", "Completions accepted (one per prompt of a list).", requests,
+        "counter");
   gauge("tconst_requests_rejected_total", "Completion requests refused with 503 (queue full).",
         rejected, "counter");
   gauge("tconst_generations_cancelled_total", "Generations cancelled by their client.", cancelled,
@@ -104,11 +106,14 @@ ServeOptions options_from(const Args& args) {
   ServeOptions o;
   o.host = args.str("host", "127.0.0.1");
   o.port = static_cast<int>(args.integer("port", 8080, 0, 65535));
+  o.backlog = static_cast<int>(args.integer("backlog", 512, 1, 65535));
   o.threads = static_cast<int>(args.integer("threads", default_threads(), 1, 1024));
   o.side_threads = static_cast<int>(args.integer("side-threads", o.threads, 1, 1024));
   o.max_active = static_cast<int>(args.integer("max-active", 64, 1, 4096));
   o.max_queue = static_cast<int>(args.integer("max-queue", 64, 0, 4096));
   o.session_dir = args.str("session-dir");
+  o.durable = args.flag("durable");
+  if (o.durable && o.session_dir.empty()) throw UsageError("--durable needs --session-dir");
   o.max_resident_bytes = args.integer("max-resident-bytes", int64_t{1} << 32, 0, int64_t{1} << 50);
   o.max_context = args.integer("max-context", int64_t{1} << 20, 1, int64_t{1} << 30);
   o.max_sessions = args.integer("max-sessions", 100000, 1, int64_t{1} << 30);
@@ -160,6 +165,40 @@ void stop_on_signal(ServerContext& ctx, sigset_t signals) {
 }  // namespace
 }  // namespace serve
 
+std::vector<Flag> serve_flags() {
+  return {
+      {"model", "FILE",
+       "the model file, read into memory at start (this or --preset is\nrequired)"},
+      {"preset", "paper-41m",
+       "or random weights of the paper's 41M shape, for load tests (this or\n--model is required)"},
+      {"alias", "NAME", "the model's id in replies and /v1/models (default: the file's name)"},
+      {"host", "H", "address to listen on (default 127.0.0.1)"},
+      {"port", "P", "port to listen on; 0 picks a free one (default 8080)"},
+      {"backlog", "N",
+       "connections the kernel queues before the server accepts them (default\n512; the "
+       "system's net.core.somaxconn caps it)"},
+      {"side-threads", "N", "OpenMP threads of prefills and resyncs (default: --threads)"},
+      {"max-active", "N", "generations stepped together (default 64)"},
+      {"max-queue", "N", "generations waiting beyond those; then 503 (default 64)"},
+      {"session-dir", "DIR", "where idle sessions are parked (default none: never parked)"},
+      {"durable", "",
+       "write a session's snapshot after each of its requests, before the reply\n"
+       "ends, so that a crash loses no completed turn (default: at park)"},
+      {"max-resident-bytes", "B",
+       "bytes of named sessions held in memory; beyond, the least recently\n"
+       "used idle ones are parked (default 4294967296)"},
+      {"max-context", "N", "tokens a session may hold (default 1048576)"},
+      {"max-sessions", "N", "named sessions, resident or parked (default 100000)"},
+      {"max-body-bytes", "B", "largest request body; beyond, 413 (default 1048576)"},
+      {"quiet", "", "no request log on standard error"},
+  };
+}
+
+const char* const kServeNotes =
+    "request defaults (the completions API): max_tokens 16, temperature 1.0, top_p 1.0,\n"
+    "top_k 0 (off), min_p 0 (off), repeat_penalty 1.0 (off), seed 0. `tconst generate`'s\n"
+    "defaults differ (temperature 0.8, top-p 0.95): pass the same settings to compare.\n";
+
 int cmd_serve(const Args& args) {
   using namespace serve;
   // Sessions come and go (parked, restored, private to one request): with glibc's default, a freed
@@ -172,6 +211,11 @@ int cmd_serve(const Args& args) {
   ServerContext ctx;
   ctx.opt = options_from(args);
   ctx.model = load_model(args, &ctx.model_name);
+  if (args.has("alias")) {
+    ctx.model_name = args.str("alias");
+    if (ctx.model_name.empty()) throw UsageError("--alias must not be empty");
+  }
+  ctx.started = static_cast<int64_t>(std::time(nullptr));
   try {
     ctx.tokenizer = tokenizer_for(&ctx.model->config(), args);
   } catch (const tconst::Error& e) {

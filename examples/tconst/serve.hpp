@@ -36,11 +36,13 @@ using Session = tconst::Session<float>;
 struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8080;          // 0: any free port (printed on standard output)
+  int backlog = 512;        // connections the kernel holds before they are accepted
   int threads = 1;          // OpenMP threads of the worker's joint steps
   int side_threads = 1;     // OpenMP threads of the prefills and resyncs beside it
   int max_active = 64;      // generations stepped together
   int max_queue = 64;       // generations waiting for a place; beyond: 503
   std::string session_dir;  // where idle sessions are parked ("" = never parked)
+  bool durable = false;     // a session's snapshot is written after each of its requests
   int64_t max_resident_bytes = int64_t{1} << 32;  // named sessions' caches and logs in memory
   int64_t max_context = int64_t{1} << 20;         // tokens a session may hold
   int64_t max_sessions = 100000;                  // named sessions, resident or parked
@@ -76,8 +78,8 @@ struct HttpError {
   std::string type = "invalid_request_error";
 };
 
-/// Bytes a session holds in memory: its cache, its token log and its resync buffers (the buffers
-/// of a step's window pass, fixed per session, are not counted).
+/// Bytes a session holds in memory: its cache, its token log, its window pass's buffers and its
+/// resync buffers.
 int64_t session_bytes(const Session& s);
 
 // ---- SessionStore: named sessions, resident or parked on disk. ----------------------------------
@@ -99,8 +101,9 @@ class SessionStore {
   /// session (parking others to keep within the budget). Throws HttpError 404 (unknown), 409
   /// (busy) or 500 (its snapshot cannot be restored; the session reports that error).
   Session* acquire(const std::string& id);
-  /// Ends a generation: the session becomes idle (the most recently used); parks the least recently
-  /// used idle sessions while resident bytes exceed the budget.
+  /// Ends a generation: the session becomes idle (the most recently used); with --durable its
+  /// snapshot is written first; parks the least recently used idle sessions while resident bytes
+  /// exceed the budget.
   void release(const std::string& id);
   /// Parks every resident session (graceful shutdown). Returns how many could not be written.
   int park_all();
@@ -114,13 +117,21 @@ class SessionStore {
     int64_t bytes = 0;     // counted in resident bytes while live
     int64_t position = 0;  // tokens, kept up to date at release (and read from the file)
     bool dirty = true;     // live state differs from its snapshot (or it has none)
+    bool moving = false;   // being parked: its snapshot is written with the lock released
     std::string error;     // why the snapshot could not be restored
   };
 
   std::string path_of(const std::string& id) const;
   void fit_budget(std::unique_lock<std::mutex>& lock, int64_t incoming);
-  bool park(const std::string& id, Entry& e);
-  void restore(const std::string& id, Entry& e);
+  bool park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
+  /// Writes the snapshot of a resident session with the lock released; false on failure (logged
+  /// and counted).
+  bool save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
+  void restore(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
+               int64_t expected_bytes);
+  /// The entry for `id` once no park of it is in flight; 404 when there is none.
+  std::map<std::string, Entry>::iterator settled(std::unique_lock<std::mutex>& lock,
+                                                 const std::string& id);
   void write_atomically(const std::string& path, const std::string& bytes);
   std::string new_id();
   void account(const Entry& e, int sign);
@@ -130,7 +141,10 @@ class SessionStore {
   Metrics& metrics_;
   tconst::SessionOptions session_options_;
   std::mutex mu_;
+  std::condition_variable moved_;  // a park has ended
   std::map<std::string, Entry> sessions_;
+  int64_t parking_bytes_ = 0;    // resident bytes of the sessions being parked
+  int64_t restoring_bytes_ = 0;  // expected bytes of the sessions being restored
   uint64_t tick_ = 0;
   uint64_t id_counter_ = 0;
   uint64_t id_salt_ = 0;
@@ -139,10 +153,23 @@ class SessionStore {
 
 // ---- Engine: the serving loop. ------------------------------------------------------------------
 
+/// A token's log-probability under the raw distribution (the log-softmax of the logits, before
+/// temperature, penalties and filters) and the likeliest tokens there.
+struct TokenLogprob {
+  bool known = false;                           // false where nothing predicts the token
+  double logprob = 0.0;                         // of the token itself
+  std::vector<std::pair<int32_t, double>> top;  // the likeliest (id, logprob), most likely first
+};
+
+/// `id`'s log-probability under `logits` and the `top_n` likeliest tokens (ties: lower id first).
+TokenLogprob token_logprob(const tconst::Vector<float>& logits, int32_t id, int top_n);
+
 /// One piece of a generation's output, as the HTTP side sends it.
 struct Piece {
   std::vector<int32_t> ids;
-  std::string text;  // whole UTF-8 characters only
+  std::string text;                    // whole UTF-8 characters only
+  std::vector<TokenLogprob> logprobs;  // one per id when the job asks for logprobs
+  bool echo = false;                   // the prompt's tokens (echo), not generated ones
 };
 
 /// One generation: a prompt to consume, then tokens to sample until a stop. Made by the HTTP side,
@@ -152,11 +179,15 @@ struct Job {
   std::vector<int32_t> prompt;
   tconst::GenerateOptions opt;                   // max_new_tokens, stop strings, sampler
   const tconst::Tokenizer* tokenizer = nullptr;  // for text and stop strings (may be null)
+  int logprobs = -1;  // alternatives per position in the logprobs; -1: no logprobs
+  bool echo = false;  // the prompt's tokens come first in the output (with logprobs if asked)
   std::atomic<bool> cancelled{false};
 
   /// Waits up to `wait_ms` for output; moves it into `out`. Returns true once the job has finished
   /// and everything was taken (finish_reason and error are then set).
   bool take(std::vector<Piece>& out, int wait_ms);
+  /// Waits up to `wait_ms` until there is output to take or the job has finished.
+  void wait_for_output(int wait_ms);
   /// Blocks until the job has finished (its session is no longer used by the engine).
   void wait_finished();
 
@@ -167,7 +198,8 @@ struct Job {
  private:
   friend class Engine;
   enum class Phase { kPrefill, kReady, kHeavy, kDone };
-  void emit(int32_t id);
+  void emit(int32_t id, TokenLogprob lp);
+  void emit_prompt(Session& s);
   void finish(const std::string& reason, const std::string& err = "");
 
   std::atomic<Phase> phase_{Phase::kPrefill};  // changed under the Engine's lock (or by finish)
@@ -191,8 +223,9 @@ class Engine {
   Engine(const ServeOptions& opt, Metrics& metrics);
   ~Engine();
 
-  /// Queues a job. Throws HttpError 503 when the queue is full or the server is stopping.
-  void submit(const std::shared_ptr<Job>& job);
+  /// Queues the jobs (all or none). Throws HttpError 503 when the queue has no room for all of
+  /// them or the server is stopping.
+  void submit(const std::vector<std::shared_ptr<Job>>& jobs);
   /// Ends every job (in-flight ones with finish_reason "shutdown") and stops the threads.
   void shutdown();
 
@@ -224,7 +257,8 @@ class Engine {
 struct ServerContext {
   ServeOptions opt;
   std::shared_ptr<const Model> model;
-  std::string model_name;
+  std::string model_name;  // the id clients see: --alias, or the model file's name
+  int64_t started = 0;     // Unix time the server started
   std::unique_ptr<tconst::Tokenizer> tokenizer;  // null when the model names none
   Metrics metrics;
   std::unique_ptr<SessionStore> store;

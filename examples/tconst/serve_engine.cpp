@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "commands.hpp"
 #include "serve.hpp"
@@ -39,11 +40,37 @@ bool resync_due(const Session& s) {
 
 }  // namespace
 
+TokenLogprob token_logprob(const tconst::Vector<float>& logits, int32_t id, int top_n) {
+  // In double: the sum of exponentials over a large vocabulary keeps its digits.
+  const Eigen::Index V = logits.size();
+  const double mx = static_cast<double>(logits.maxCoeff());
+  double sum = 0.0;
+  for (Eigen::Index v = 0; v < V; ++v) sum += std::exp(static_cast<double>(logits[v]) - mx);
+  const double lse = mx + std::log(sum);
+  TokenLogprob out;
+  out.known = true;
+  out.logprob = static_cast<double>(logits[id]) - lse;
+  const int n = static_cast<int>(std::min<Eigen::Index>(top_n, V));
+  if (n > 0) {
+    std::vector<int32_t> order(static_cast<size_t>(V));
+    for (Eigen::Index v = 0; v < V; ++v) order[static_cast<size_t>(v)] = static_cast<int32_t>(v);
+    std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int i = 0; i < n; ++i) {
+      const int32_t t = order[static_cast<size_t>(i)];
+      out.top.emplace_back(t, static_cast<double>(logits[t]) - lse);
+    }
+  }
+  return out;
+}
+
 // ---- Job ----------------------------------------------------------------------------------------
 
-void Job::emit(int32_t id) {
+void Job::emit(int32_t id, TokenLogprob lp) {
   Piece piece;
   piece.ids.push_back(id);
+  if (logprobs >= 0) piece.logprobs.push_back(std::move(lp));
   if (decoder_) piece.text = decoder_->push(id);
   std::lock_guard<std::mutex> lock(mu_);
   out_.push_back(std::move(piece));
@@ -63,6 +90,37 @@ void Job::finish(const std::string& reason, const std::string& err) {
   cv_.notify_all();
 }
 
+// Consumes the prompt into `s` and, with echo, hands its tokens to the client first: with logprobs,
+// each from the logits before it (score() gives every position's; the first token of an empty
+// session has none).
+void Job::emit_prompt(Session& s) {
+  if (!echo) {
+    s.prefill(prompt);
+    return;
+  }
+  Piece piece;
+  piece.echo = true;
+  piece.ids = prompt;
+  if (tokenizer) {
+    tconst::StreamDecoder d(*tokenizer);
+    for (int32_t id : prompt) piece.text += d.push(id);
+    piece.text += d.flush();
+  }
+  if (logprobs >= 0) {
+    piece.logprobs.resize(prompt.size());
+    if (s.position() > 0) piece.logprobs[0] = token_logprob(s.logits(), prompt[0], logprobs);
+    s.score(prompt.data(), prompt.size(), [&](size_t i, const tconst::Vector<float>& logits) {
+      if (i + 1 < prompt.size())
+        piece.logprobs[i + 1] = token_logprob(logits, prompt[i + 1], logprobs);
+    });
+  } else {
+    s.prefill(prompt);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  out_.push_back(std::move(piece));
+  cv_.notify_all();
+}
+
 bool Job::take(std::vector<Piece>& out, int wait_ms) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, std::chrono::milliseconds(wait_ms),
@@ -70,6 +128,12 @@ bool Job::take(std::vector<Piece>& out, int wait_ms) {
   for (Piece& p : out_) out.push_back(std::move(p));
   out_.clear();
   return finished_;
+}
+
+void Job::wait_for_output(int wait_ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds(wait_ms),
+               [&] { return !out_.empty() || finished_; });
 }
 
 void Job::wait_finished() {
@@ -88,14 +152,16 @@ Engine::~Engine() {
   shutdown();
 }
 
-void Engine::submit(const std::shared_ptr<Job>& job) {
-  job->sampler_ = std::make_unique<tconst::Sampler<float>>(job->opt.sampler);
-  if (job->tokenizer) job->decoder_ = std::make_unique<tconst::StreamDecoder>(*job->tokenizer);
-  for (const std::string& s : job->opt.stop_strings)
-    job->longest_stop_ = std::max(job->longest_stop_, s.size());
+void Engine::submit(const std::vector<std::shared_ptr<Job>>& jobs) {
+  for (const auto& job : jobs) {
+    job->sampler_ = std::make_unique<tconst::Sampler<float>>(job->opt.sampler);
+    if (job->tokenizer) job->decoder_ = std::make_unique<tconst::StreamDecoder>(*job->tokenizer);
+    for (const std::string& s : job->opt.stop_strings)
+      job->longest_stop_ = std::max(job->longest_stop_, s.size());
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) throw HttpError{503, "the server is shutting down", "server_error"};
-  if (active_.size() + queue_.size() >=
+  if (active_.size() + queue_.size() + jobs.size() >
       static_cast<size_t>(opt_.max_active) + static_cast<size_t>(opt_.max_queue)) {
     ++metrics_.rejected;
     throw HttpError{503,
@@ -103,7 +169,7 @@ void Engine::submit(const std::shared_ptr<Job>& job) {
                         " generations running and " + std::to_string(opt_.max_queue) + " waiting",
                     "server_error"};
   }
-  queue_.push_back(job);
+  for (const auto& job : jobs) queue_.push_back(job);
   metrics_.queued = static_cast<int64_t>(queue_.size());
   cv_.notify_all();
 }
@@ -151,7 +217,7 @@ bool Engine::sample_next(Job& job) {
   if (std::find(job.opt.stop_ids.begin(), job.opt.stop_ids.end(), id) != job.opt.stop_ids.end())
     job.stop_reason_ = "stop";
   ++job.generated;
-  job.emit(id);
+  job.emit(id, job.logprobs >= 0 ? token_logprob(s.logits(), id, job.logprobs) : TokenLogprob{});
   job.pending_ = id;
   return true;
 }
@@ -300,7 +366,7 @@ void Engine::side_worker() {
         if (job->cancelled || stopping_) {
           job->finish(job->cancelled ? "cancelled" : "shutdown");
         } else {
-          s.prefill(job->prompt);
+          job->emit_prompt(s);
           metrics_.prompt_tokens += static_cast<int64_t>(job->prompt.size());
         }
       }

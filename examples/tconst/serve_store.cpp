@@ -7,9 +7,11 @@
 // write fails the session simply stays resident and the failure is counted and logged. Restoring
 // checks the file completely (snapshot.hpp) before the session is touched.
 //
-// The store's lock is held across snapshot reads and writes: they are a few milliseconds for the
-// paper's shape, and only the HTTP threads that create or acquire sessions wait on them. The
-// serving loop never calls into the store.
+// Snapshot reads and writes run with the store's lock released, so a park or a restore (a few
+// milliseconds to tens of them, with fsync) delays only the request that caused it, never the
+// others' acquire and release. While a session is parked it is marked `moving` (a request for it
+// waits for the park to end); while it is restored it is busy (it is being acquired). The serving
+// loop never calls into the store.
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -63,9 +65,10 @@ bool write_all(int fd, const char* p, size_t n) {
 
 int64_t session_bytes(const Session& s) {
   size_t bytes = s.cache_bytes() + s.tokens().capacity() * sizeof(int32_t);
-  // A TConstFormer session keeps its resync buffers from its first resync on.
+  // A TConstFormer session keeps its window pass's buffers for its life, and its resync buffers
+  // from its first resync on.
   if (const auto* t = dynamic_cast<const tconst::TConstSession<float>*>(&s)) {
-    bytes += t->resync_buffer_bytes();
+    bytes += t->window_buffer_bytes() + t->resync_buffer_bytes();
   }
   return static_cast<int64_t>(bytes);
 }
@@ -189,10 +192,19 @@ nlohmann::json SessionStore::describe(const std::string& id) {
   return j;
 }
 
+std::map<std::string, SessionStore::Entry>::iterator SessionStore::settled(
+    std::unique_lock<std::mutex>& lock, const std::string& id) {
+  for (;;) {
+    auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
+    if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
+    if (!it->second.moving) return it;
+    moved_.wait(lock);
+  }
+}
+
 void SessionStore::remove(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
-  if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = settled(lock, id);
   if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating"};
   if (!opt_.session_dir.empty()) ::unlink(path_of(id).c_str());
   account(it->second, -1);
@@ -201,15 +213,15 @@ void SessionStore::remove(const std::string& id) {
 
 Session* SessionStore::acquire(const std::string& id) {
   std::unique_lock<std::mutex> lock(mu_);
-  auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
-  if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
+  auto it = settled(lock, id);
   if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating already"};
   if (!it->second.error.empty()) throw HttpError{500, it->second.error, "server_error"};
   it->second.busy = true;  // nobody parks or removes it while the lock is dropped below
   if (!it->second.live) {
     try {
-      fit_budget(lock, fresh_bytes_ + it->second.position * int64_t{sizeof(int32_t)});
-      restore(id, it->second);
+      const int64_t expected = fresh_bytes_ + it->second.position * int64_t{sizeof(int32_t)};
+      fit_budget(lock, expected);
+      restore(lock, id, it->second, expected);  // busy: nobody else touches the entry meanwhile
     } catch (...) {
       it->second.busy = false;
       throw;
@@ -231,6 +243,9 @@ void SessionStore::release(const std::string& id) {
   e.bytes = session_bytes(*e.live);
   e.position = e.live->position();
   account(e, +1);
+  // --durable: the turn is on disk before its client sees the end of the reply (release runs
+  // before the last event or the whole reply is sent), so a crash loses no completed turn.
+  if (opt_.durable && !opt_.session_dir.empty()) save(lock, id, e);
   fit_budget(lock, 0);
 }
 
@@ -238,19 +253,23 @@ void SessionStore::release(const std::string& id) {
 // that are generating are never parked, so while they alone exceed the budget it is exceeded (size
 // the budget for --max-active sessions). Throws HttpError 503 when idle sessions would have to go
 // but cannot (no session dir, or their snapshot writes fail).
+//
+// The lock is released while a snapshot is written or read: other threads may fit the budget
+// meanwhile. Sessions being parked count as gone already and sessions being restored as present,
+// so that they neither park too many nor overfill the budget together.
 void SessionStore::fit_budget(std::unique_lock<std::mutex>& lock, int64_t incoming) {
-  (void)lock;  // held by the caller throughout
-  while (metrics_.resident_bytes + incoming > opt_.max_resident_bytes) {
+  while (metrics_.resident_bytes - parking_bytes_ + restoring_bytes_ + incoming >
+         opt_.max_resident_bytes) {
     std::string victim;
     uint64_t oldest = UINT64_MAX;
     for (auto& [id, e] : sessions_) {
-      if (e.live && !e.busy && e.last_used < oldest) {
+      if (e.live && !e.busy && !e.moving && e.last_used < oldest) {
         oldest = e.last_used;
         victim = id;
       }
     }
     if (victim.empty()) return;
-    if (opt_.session_dir.empty() || !park(victim, sessions_[victim])) {
+    if (opt_.session_dir.empty() || !park(lock, victim, sessions_[victim])) {
       if (incoming == 0) return;  // a release: stay over budget until something can be parked
       throw HttpError{503,
                       "resident session memory is full (--max-resident-bytes " +
@@ -286,16 +305,37 @@ void SessionStore::write_atomically(const std::string& path, const std::string& 
   }
 }
 
-// Writes the session's snapshot (unless the file already holds its state) and frees it. On a
-// failed write the session stays resident and unchanged; returns false.
-bool SessionStore::park(const std::string& id, Entry& e) {
+// The lock is released while the snapshot is taken and written: the entry, marked moving, is
+// neither used, parked nor removed meanwhile (std::map keeps its address).
+bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e) {
+  if (!e.dirty) return true;
+  e.moving = true;
+  std::string failure;
+  lock.unlock();
   try {
-    if (e.dirty) write_atomically(path_of(id), tconst::snapshot_bytes(*e.live));
+    write_atomically(path_of(id), tconst::snapshot_bytes(*e.live));
   } catch (const std::exception& ex) {
+    failure = ex.what();
+  }
+  lock.lock();
+  e.moving = false;
+  moved_.notify_all();
+  if (!failure.empty()) {
     ++metrics_.park_failures;
-    log_line("park of session " + id + " failed, kept resident: " + ex.what());
+    log_line("snapshot of session " + id + " failed, kept resident: " + failure);
     return false;
   }
+  e.dirty = false;
+  return true;
+}
+
+// Writes the session's snapshot (unless the file already holds its state) and frees it. On a
+// failed write the session stays resident and unchanged; returns false.
+bool SessionStore::park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e) {
+  parking_bytes_ += e.bytes;
+  const bool saved = save(lock, id, e);
+  parking_bytes_ -= e.bytes;
+  if (!saved) return false;
   account(e, -1);
   e.live.reset();
   e.bytes = 0;
@@ -305,18 +345,31 @@ bool SessionStore::park(const std::string& id, Entry& e) {
   return true;
 }
 
-void SessionStore::restore(const std::string& id, Entry& e) {
+// Reads the snapshot into a new session with the lock released (the caller has marked the entry
+// busy, so nobody else uses, parks or removes it meanwhile).
+void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
+                           int64_t expected_bytes) {
   const std::string path = path_of(id);
-  std::ifstream in(path, std::ios::binary);
-  std::vector<uint8_t> bytes;
-  if (in) bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  auto session = tconst::make_session(model_, session_options_);
+  std::unique_ptr<Session> session;
+  std::string failure;
+  restoring_bytes_ += expected_bytes;  // so that other restores meanwhile leave room for it
+  lock.unlock();
   try {
+    std::ifstream in(path, std::ios::binary);
     if (!in) throw tconst::Error("cannot open snapshot '" + path + "'");
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
+    session = tconst::make_session(model_, session_options_);
     tconst::restore_snapshot(*session, bytes.data(), bytes.size(), path);
   } catch (const std::exception& ex) {
+    failure = ex.what();
+    if (failure.empty()) failure = "cannot restore snapshot '" + path + "'";
+  }
+  lock.lock();
+  restoring_bytes_ -= expected_bytes;
+  if (!failure.empty()) {
     ++metrics_.restore_failures;
-    e.error = ex.what();
+    e.error = failure;
     log_line("restore of session " + id + " failed: " + e.error);
     throw HttpError{500, e.error, "server_error"};
   }
@@ -330,11 +383,13 @@ void SessionStore::restore(const std::string& id, Entry& e) {
 }
 
 int SessionStore::park_all() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   int failed = 0;
   if (opt_.session_dir.empty()) return 0;
+  // Parks in flight end first (they were started by requests still finishing).
+  moved_.wait(lock, [&] { return parking_bytes_ == 0; });
   for (auto& [id, e] : sessions_) {
-    if (e.live && !park(id, e)) ++failed;
+    if (e.live && !park(lock, id, e)) ++failed;
   }
   return failed;
 }

@@ -260,6 +260,78 @@ class TestServe(unittest.TestCase):
         want = ref.complete(dict(SAMPLING, max_tokens=20, seed=4), session=rsids[1])
         self.assertEqual(again["choices"][0]["token_ids"], want["choices"][0]["token_ids"])
 
+    def test_concurrent_turns_while_sessions_park_and_restore(self):
+        # 8 conversations of 4 turns, all at once, with room for 2 resident sessions: parks and
+        # restores run while other requests acquire and release. Each conversation must end with
+        # the tokens of the same turns on a server that never parks.
+        def conversations(server, turns=4):
+            sids = [server.new_session() for _ in range(8)]
+            out = [None] * 8
+
+            def talk(k):
+                ids = []
+                for t in range(turns):
+                    body = dict(SAMPLING, max_tokens=12, seed=100 * k + t)
+                    if t == 0:
+                        body["prompt"] = PROMPT + " " * k
+                    ids += server.complete(body, session=sids[k])["choices"][0]["token_ids"]
+                out[k] = ids
+
+            threads = [threading.Thread(target=talk, args=(k,)) for k in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            return out
+
+        per = None
+        probe = self.start()
+        per = probe.request("GET", f"/v1/sessions/{probe.new_session()}")[1]["resident_bytes"]
+        want = conversations(probe)
+        probe.stop()
+        s = self.start("--session-dir", self.session_dir(), "--max-resident-bytes",
+                       2 * per + 4096)
+        got = conversations(s)
+        self.assertEqual(got, want)
+        m = s.metrics()
+        self.assertGreater(m["tconst_session_parks_total"], 8)
+        self.assertGreater(m["tconst_session_restores_total"], 8)
+        self.assertEqual(m["tconst_snapshot_write_failures_total"], 0)
+        self.assertEqual(m["tconst_snapshot_restore_failures_total"], 0)
+        self.assertLessEqual(m["tconst_resident_cache_bytes"], 2 * per + 4096)
+
+    def test_durable_sessions_survive_sigkill(self):
+        # With --durable every completed turn is on disk when its reply ends: a SIGKILL loses none.
+        sdir = self.session_dir()
+        s = self.start("--session-dir", sdir, "--durable")
+        sids = [s.new_session() for _ in range(3)]
+        self.run_sessions(s, sids, 20)
+        for sid in sids:  # and a streamed turn each
+            s.stream(dict(SAMPLING, max_tokens=10, seed=5), session=sid)
+        s.proc.kill()
+        s.proc.wait()
+        s.stop()
+        s2 = self.start("--session-dir", sdir)
+        got = [s2.complete(dict(SAMPLING, max_tokens=20, seed=4), session=sid)["choices"][0]
+               ["token_ids"] for sid in sids]
+        ref = self.start()
+        rsids = [ref.new_session() for _ in range(3)]
+        self.run_sessions(ref, rsids, 20)
+        for sid in rsids:
+            ref.stream(dict(SAMPLING, max_tokens=10, seed=5), session=sid)
+        want = [ref.complete(dict(SAMPLING, max_tokens=20, seed=4), session=sid)["choices"][0]
+                ["token_ids"] for sid in rsids]
+        self.assertEqual(got, want)
+        # Without --durable the same kill loses them (they were resident, never parked).
+        s3 = self.start("--session-dir", self.session_dir("plain"))
+        sid = s3.new_session()
+        s3.complete(dict(SAMPLING, prompt=PROMPT, max_tokens=5), session=sid)
+        s3.proc.kill()
+        s3.proc.wait()
+        s3.stop()
+        s4 = self.start("--session-dir", self.session_dir("plain"))
+        self.assertEqual(s4.request("GET", f"/v1/sessions/{sid}")[0], 404)
+
     def test_shutdown_ends_streams_and_parks_their_sessions(self):
         sdir = self.session_dir()
         s = self.start("--session-dir", sdir)
@@ -311,6 +383,96 @@ class TestServe(unittest.TestCase):
         # The session holds what was generated and still works.
         self.assertEqual(len(s.complete({"max_tokens": 3}, session=sid)["choices"][0]
                              ["token_ids"]), 3)
+
+    def test_non_streaming_disconnect_cancels_generation(self):
+        s = self.start()
+        for path in ("/v1/completions", None):  # a private session, then a named one
+            sid = None if path else s.new_session()
+            path = path or f"/v1/sessions/{sid}/completions"
+            before = s.metrics()
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            body = json.dumps({"prompt": PROMPT, "max_tokens": 100000})
+            sock.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                          + body).encode())
+            # Wait until it generates, then hang up without reading a byte.
+            deadline = time.time() + 20
+            while time.time() < deadline and (s.metrics()["tconst_tokens_generated_total"]
+                                              < before["tconst_tokens_generated_total"] + 20):
+                time.sleep(0.02)
+            sock.close()
+            deadline = time.time() + 5
+            while time.time() < deadline:
+                m = s.metrics()
+                if m["tconst_generations_active"] == 0:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(m["tconst_generations_active"], 0)
+            self.assertEqual(m["tconst_generations_cancelled_total"],
+                             before["tconst_generations_cancelled_total"] + 1)
+            self.assertLess(m["tconst_tokens_generated_total"] - before["tconst_tokens_generated_total"],
+                            100000)
+            if sid:  # the session is free again and holds what was generated
+                info = s.request("GET", f"/v1/sessions/{sid}")[1]
+                self.assertEqual(info["state"], "resident")
+                self.assertEqual(len(s.complete({"max_tokens": 3}, session=sid)["choices"][0]
+                                     ["token_ids"]), 3)
+
+    def test_listen_backlog_holds_many_waiting_connections(self):
+        # While the server is stopped, the kernel completes connections into the listen queue up to
+        # the backlog; beyond it, connections wait (their SYNs dropped).
+        def waiting_connections(*extra):
+            s = self.start(*extra)
+            s.proc.send_signal(signal.SIGSTOP)
+            socks, ok = [], 0
+            try:
+                for _ in range(40):
+                    c = socket.socket()
+                    c.settimeout(0.3)
+                    try:
+                        c.connect(("127.0.0.1", s.port))
+                        ok += 1
+                    except (socket.timeout, OSError):
+                        pass
+                    socks.append(c)
+            finally:
+                s.proc.send_signal(signal.SIGCONT)
+            served = 0
+            for c in socks[:ok]:  # each connected client is served once the server runs
+                c.settimeout(30)
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                served += c.recv(64).startswith(b"HTTP/1.1 200")
+            for c in socks:
+                c.close()
+            s.stop()
+            return ok, served
+        self.assertEqual(waiting_connections(), (40, 40))  # the default backlog, 512
+        ok, served = waiting_connections("--backlog", 4)
+        self.assertLess(ok, 10)
+        self.assertEqual(served, ok)
+
+    def test_budget_counts_window_buffers(self):
+        info = json.loads(subprocess.run([TCONST_BIN, "info", "--model", MODEL, "--json"],
+                                         capture_output=True, text=True, check=True).stdout)
+        W, d, f = info["generate_window"], info["n_embd"], info["ffn_hidden"]
+        window = W * (6 * d + 2 * f) * 4  # at least x, xn, qkv, att, h1, h3 of a window, float
+        s = self.start("--session-dir", self.session_dir())
+        first = s.request("GET", f"/v1/sessions/{s.new_session()}")[1]
+        per = first["resident_bytes"]
+        self.assertEqual(first["cache_bytes"], info["fixed_cache_bytes"])
+        self.assertGreaterEqual(per, first["cache_bytes"] + window)
+        s.stop()
+        # A budget for 3 such sessions holds 3: the fourth parks the least recently used.
+        s = self.start("--session-dir", self.session_dir("b"), "--max-resident-bytes",
+                       3 * per + 4096)
+        ids = [s.new_session() for _ in range(4)]
+        states = [s.request("GET", f"/v1/sessions/{i}")[1] for i in ids]
+        self.assertEqual([st["state"] for st in states], ["parked", "resident", "resident",
+                                                          "resident"])
+        m = s.metrics()
+        self.assertEqual(m["tconst_resident_cache_bytes"],
+                         sum(st["resident_bytes"] for st in states))
+        self.assertEqual(m["tconst_resident_cache_bytes"], 3 * per)
 
     # ---- bad input and faults ------------------------------------------------------------------
 

@@ -54,6 +54,14 @@ struct WindowScratch {
     const Index need = std::max(lanes * heads * keys, std::min(rows * keys, kScoreBudget));
     if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
   }
+
+  /// Bytes allocated for the pass (rows, scores and the GEMM's panels).
+  size_t bytes() const {
+    return (x.capacity() + xn.capacity() + qkv.capacity() + att.capacity() + h1.capacity() +
+            h3.capacity() + scores.capacity()) *
+               sizeof(S) +
+           gemm.packed.capacity() * sizeof(float);
+  }
 };
 
 /// Where a layer's new rows go: rows [rows_before, rows_before + n) of K and V ([*, d], stride ld).

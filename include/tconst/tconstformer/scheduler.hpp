@@ -186,6 +186,8 @@ class Scheduler {
   }
   /// Bytes held now by the resync's buffers (0 between resyncs unless keep_resync_buffers).
   size_t resync_buffer_bytes() const { return cs_.bytes(); }
+  /// Bytes of the window pass's buffers (allocated at construction; a prefill may grow them).
+  size_t window_buffer_bytes() const { return ws_.bytes(); }
 
  private:
   template <typename F>

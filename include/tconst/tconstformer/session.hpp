@@ -81,6 +81,8 @@ class TConstSession final : public SessionBase<Scalar> {
   const FixedKVCache<Scalar>& cache() const { return cache_; }
   /// Bytes held now by the resync's buffers (0 between resyncs unless keep_resync_buffers).
   size_t resync_buffer_bytes() const { return scheduler_.resync_buffer_bytes(); }
+  /// Bytes of the buffers a step's (and a prefill's) window pass uses, held for the session's life.
+  size_t window_buffer_bytes() const { return scheduler_.window_buffer_bytes(); }
 
  protected:
   void write_caches(detail::ByteWriter& w) const override {
