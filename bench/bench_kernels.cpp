@@ -580,13 +580,13 @@ void BM_OnlineAttentionAdd(benchmark::State& state) {
   const std::vector<float> qkv = random_floats(static_cast<size_t>(nk * 3 * kD), 32);
   // One head's scores per thread, and the per-thread GEMM buffers, as the resync has them.
   std::vector<float> scores(static_cast<size_t>(state.range(1) * nq * nk));
-  td::AttentionLanes<float> lanes;
-  lanes.lanes.resize(static_cast<size_t>(state.range(1)));
+  td::AttentionWorkers<float> workers;
+  workers.workers.resize(static_cast<size_t>(state.range(1)));
   td::OnlineAttention<float> online;
   online.reset(Q.data(), kD, nq, kHeads, kDh);
   for (auto _ : state) {
     online.add(qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk, scores.data(),
-               static_cast<Index>(scores.size()), &lanes);
+               static_cast<Index>(scores.size()), &workers);
     benchmark::DoNotOptimize(scores.data());
     benchmark::ClobberMemory();
   }
@@ -607,13 +607,13 @@ void BM_AttendRows(benchmark::State& state) {
   set_threads(state.range(1));
   const std::vector<float> qkv = random_floats(static_cast<size_t>(std::max(nq, nk) * 3 * kD), 41);
   std::vector<float> scores(static_cast<size_t>(state.range(1) * nq * nk));
-  td::AttentionLanes<float> lanes;
-  lanes.lanes.resize(static_cast<size_t>(state.range(1)));
+  td::AttentionWorkers<float> workers;
+  workers.workers.resize(static_cast<size_t>(state.range(1)));
   std::vector<float> out(static_cast<size_t>(nq * kD));
   for (auto _ : state) {
     td::attend_rows(qkv.data(), 3 * kD, nq, qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk,
                     kHeads, kDh, Index{-1}, out.data(), kD, false, scores.data(),
-                    static_cast<Index>(scores.size()), &lanes);
+                    static_cast<Index>(scores.size()), &workers);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }

@@ -163,9 +163,9 @@ void expect_split_row_attention_identical(bool through_gemm) {
   ASSERT_GE(heads * 2 * nq * nk * dh, tconst::detail::kMinSplitWork) << "large enough to split";
   std::vector<S> scores(static_cast<size_t>(3 * nq * nk));
   const Eigen::Index len = static_cast<Eigen::Index>(scores.size());
-  tconst::detail::AttentionLanes<S> lanes;
-  lanes.lanes.resize(3);
-  tconst::detail::AttentionLanes<S>* al = through_gemm ? &lanes : nullptr;
+  tconst::detail::AttentionWorkers<S> workers;
+  workers.workers.resize(3);
+  tconst::detail::AttentionWorkers<S>* al = through_gemm ? &workers : nullptr;
   // Causal (the window's) and not (the resync's, which in float takes the panel kernels).
   for (Eigen::Index causal : {Eigen::Index{7}, Eigen::Index{-1}}) {
     std::vector<S> want(nq * d, S(0.5)), got(nq * d, S(0.5));

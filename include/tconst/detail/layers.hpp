@@ -50,8 +50,8 @@ struct WindowScratch {
     keys = std::max(keys, n_keys);
     // One query row needs heads * keys (all heads at once); a block of rows, one head at a time;
     // several streams stepped together, heads * keys for each thread attending at once.
-    const Index lanes = std::min<Index>(rows, max_workers());
-    const Index need = std::max(lanes * heads * keys, std::min(rows * keys, kScoreBudget));
+    const Index workers = std::min<Index>(rows, max_workers());
+    const Index need = std::max(workers * heads * keys, std::min(rows * keys, kScoreBudget));
     if (static_cast<Index>(scores.size()) < need) scores.resize(static_cast<size_t>(need));
   }
 

@@ -263,8 +263,8 @@ void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index
 /// panel of their scores (gemm.inl's attend_panels). Otherwise (double, Isa::none): one head's keys
 /// gathered, its values transposed, and the product's panels. Sized at first use, then reused.
 template <typename S>
-struct AttentionLanes {
-  struct Lane {
+struct AttentionWorkers {
+  struct Worker {
     std::vector<S> k;   // [nk, dh] one head's keys, contiguous
     std::vector<S> v;   // [nk, dh] one head's values, contiguous (panel kernels)
     std::vector<S> vt;  // [dh, nk] one head's values, transposed (the other path)
@@ -272,11 +272,11 @@ struct AttentionLanes {
     LineVector<float> qp;  // [nq rounded up to vectors, dh] one head's queries, packed
     LineVector<float> pp;  // [panel rows, nk] one panel's scores, then probabilities
   };
-  std::vector<Lane> lanes;
+  std::vector<Worker> workers;
 
   size_t bytes() const {
     size_t b = 0;
-    for (const Lane& l : lanes) {
+    for (const Worker& l : workers) {
       b += sizeof(S) * (l.k.capacity() + l.v.capacity() + l.vt.capacity()) +
            sizeof(float) * (l.gemm.packed.capacity() + l.qp.capacity() + l.pp.capacity());
     }
@@ -285,67 +285,67 @@ struct AttentionLanes {
 };
 
 /// The kernels that run one head's attention of many rows a panel of query rows at a time, or
-/// nullptr where that cannot run (float only: a CPU with the kernels, a lane's buffers, a key).
-inline const KernelTable* panel_kernels(const AttentionLanes<float>::Lane* lane, Index nk) {
-  if (lane == nullptr || nk <= 0) return nullptr;
+/// nullptr where that cannot run (float only: a CPU with the kernels, a worker's buffers, a key).
+inline const KernelTable* panel_kernels(const AttentionWorkers<float>::Worker* worker, Index nk) {
+  if (worker == nullptr || nk <= 0) return nullptr;
   const KernelTable& kern = active_kernels();
   return kern.attend != nullptr ? &kern : nullptr;
 }
 
-/// One head through kern.attend: the nq queries Qh (rows ld_q apart) packed into lane.qp, the nk
+/// One head through kern.attend: the nq queries Qh (rows ld_q apart) packed into worker.qp, the nk
 /// keys Kh and values Vh (rows ld_kv apart) gathered, then out (+)= softmax(scale * Qh Kh^T) Vh
 /// (normalised when mx is nullptr, else one online step with the rows' running maximum mx and sum;
 /// see gemm.inl).
 inline void attend_head_panels(const KernelTable& kern, const float* Qh, Index ld_q, Index nq,
                                const float* Kh, const float* Vh, Index ld_kv, Index nk, Index dh,
-                               float scale, AttentionLanes<float>::Lane& lane, float* mx,
+                               float scale, AttentionWorkers<float>::Worker& worker, float* mx,
                                float* sum, float* out, Index ld_out, bool accumulate) {
   const Index padded = (nq + kern.lanes - 1) / kern.lanes * kern.lanes;
-  if (static_cast<Index>(lane.qp.size()) < padded * dh) {
-    lane.qp.resize(static_cast<size_t>(padded * dh));
+  if (static_cast<Index>(worker.qp.size()) < padded * dh) {
+    worker.qp.resize(static_cast<size_t>(padded * dh));
   }
-  if (static_cast<Index>(lane.pp.size()) < kern.nr * nk) {
-    lane.pp.resize(static_cast<size_t>(kern.nr * nk));
+  if (static_cast<Index>(worker.pp.size()) < kern.nr * nk) {
+    worker.pp.resize(static_cast<size_t>(kern.nr * nk));
   }
   for (Index j0 = 0; j0 < nq; j0 += kern.nr) {
-    kern.pack(Qh + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, lane.qp.data() + j0 * dh);
+    kern.pack(Qh + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, worker.qp.data() + j0 * dh);
   }
   // The head's keys and values gathered into rows of dh: the tiles then read them from a few
   // contiguous kilobytes instead of one slice of each long row (BM_OnlineAttentionAdd,
   // BM_AttendRows; docs/benchmarks.md, "Choices measured").
-  if (static_cast<Index>(lane.k.size()) < nk * dh) lane.k.resize(static_cast<size_t>(nk * dh));
-  if (static_cast<Index>(lane.v.size()) < nk * dh) lane.v.resize(static_cast<size_t>(nk * dh));
+  if (static_cast<Index>(worker.k.size()) < nk * dh) worker.k.resize(static_cast<size_t>(nk * dh));
+  if (static_cast<Index>(worker.v.size()) < nk * dh) worker.v.resize(static_cast<size_t>(nk * dh));
   for (Index j = 0; j < nk; ++j) {
-    std::memcpy(lane.k.data() + j * dh, Kh + j * ld_kv, sizeof(float) * static_cast<size_t>(dh));
-    std::memcpy(lane.v.data() + j * dh, Vh + j * ld_kv, sizeof(float) * static_cast<size_t>(dh));
+    std::memcpy(worker.k.data() + j * dh, Kh + j * ld_kv, sizeof(float) * static_cast<size_t>(dh));
+    std::memcpy(worker.v.data() + j * dh, Vh + j * ld_kv, sizeof(float) * static_cast<size_t>(dh));
   }
-  kern.attend(lane.k.data(), lane.v.data(), dh, nk, lane.qp.data(), nq, dh, scale, lane.pp.data(),
+  kern.attend(worker.k.data(), worker.v.data(), dh, nk, worker.qp.data(), nq, dh, scale, worker.pp.data(),
               mx, sum, out, ld_out, accumulate);
 }
 
 /// P[nq, nk] = Qh Kh^T for one head (dh columns of rows ld_q and ld_k apart): through the packed
-/// GEMM with `lane`, else Eigen's product.
+/// GEMM with `worker`, else Eigen's product.
 template <typename S>
 void head_scores(const S* Qh, Index ld_q, Index nq, const S* Kh, Index ld_k, Index nk, Index dh,
-                 S* P, typename AttentionLanes<S>::Lane* lane) {
-  if (lane == nullptr) {
+                 S* P, typename AttentionWorkers<S>::Worker* worker) {
+  if (worker == nullptr) {
     RowsMap<S>(P, nq, nk, Eigen::OuterStride<>(nk)).noalias() =
         ConstRowsMap<S>(Qh, nq, dh, Eigen::OuterStride<>(ld_q)) *
         ConstRowsMap<S>(Kh, nk, dh, Eigen::OuterStride<>(ld_k)).transpose();
     return;
   }
-  if (static_cast<Index>(lane->k.size()) < nk * dh) lane->k.resize(static_cast<size_t>(nk * dh));
+  if (static_cast<Index>(worker->k.size()) < nk * dh) worker->k.resize(static_cast<size_t>(nk * dh));
   for (Index j = 0; j < nk; ++j)
-    std::memcpy(lane->k.data() + j * dh, Kh + j * ld_k, sizeof(S) * dh);
-  gemm(lane->k.data(), dh, nk, Qh, ld_q, nq, nullptr, P, nk, false, lane->gemm);
+    std::memcpy(worker->k.data() + j * dh, Kh + j * ld_k, sizeof(S) * dh);
+  gemm(worker->k.data(), dh, nk, Qh, ld_q, nq, nullptr, P, nk, false, worker->gemm);
 }
 
 /// out[nq, dh] (+)= P[nq, nk] Vh[nk, dh] for one head (Vh's rows ld_v apart, out's ld_out apart):
-/// through the packed GEMM with `lane`, else Eigen's product.
+/// through the packed GEMM with `worker`, else Eigen's product.
 template <typename S>
 void head_values(const S* P, Index nq, Index nk, const S* Vh, Index ld_v, Index dh, S* out,
-                 Index ld_out, bool accumulate, typename AttentionLanes<S>::Lane* lane) {
-  if (lane == nullptr) {
+                 Index ld_out, bool accumulate, typename AttentionWorkers<S>::Worker* worker) {
+  if (worker == nullptr) {
     RowsMap<S> O(out, nq, dh, Eigen::OuterStride<>(ld_out));
     const auto product = ConstRowsMap<S>(P, nq, nk, Eigen::OuterStride<>(nk)) *
                          ConstRowsMap<S>(Vh, nk, dh, Eigen::OuterStride<>(ld_v));
@@ -356,17 +356,17 @@ void head_values(const S* P, Index nq, Index nk, const S* Vh, Index ld_v, Index 
     }
     return;
   }
-  if (static_cast<Index>(lane->vt.size()) < nk * dh) lane->vt.resize(static_cast<size_t>(nk * dh));
-  RowsMap<S>(lane->vt.data(), dh, nk, Eigen::OuterStride<>(nk)) =
+  if (static_cast<Index>(worker->vt.size()) < nk * dh) worker->vt.resize(static_cast<size_t>(nk * dh));
+  RowsMap<S>(worker->vt.data(), dh, nk, Eigen::OuterStride<>(nk)) =
       ConstRowsMap<S>(Vh, nk, dh, Eigen::OuterStride<>(ld_v)).transpose();
-  gemm(lane->vt.data(), nk, dh, P, nk, nq, nullptr, out, ld_out, accumulate, lane->gemm);
+  gemm(worker->vt.data(), nk, dh, P, nk, nq, nullptr, out, ld_out, accumulate, worker->gemm);
 }
 
-/// The lane buffers of thread `lane`, or nullptr without any.
+/// The worker buffers of thread `worker`, or nullptr without any.
 template <typename S>
-typename AttentionLanes<S>::Lane* lane_of(AttentionLanes<S>* al, Index lane) {
-  return al != nullptr && lane < static_cast<Index>(al->lanes.size())
-             ? &al->lanes[static_cast<size_t>(lane)]
+typename AttentionWorkers<S>::Worker* worker_of(AttentionWorkers<S>* al, Index worker) {
+  return al != nullptr && worker < static_cast<Index>(al->workers.size())
+             ? &al->workers[static_cast<size_t>(worker)]
              : nullptr;
 }
 
@@ -379,26 +379,26 @@ typename AttentionLanes<S>::Lane* lane_of(AttentionLanes<S>* al, Index lane) {
 template <typename S>
 void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
                  Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
-                 S* scores, Index scores_len = 0, AttentionLanes<S>* al = nullptr) {
+                 S* scores, Index scores_len = 0, AttentionWorkers<S>* al = nullptr) {
   if (nq == 1) {
     const Index visible = causal_base >= 0 ? std::min(nk, causal_base + 1) : nk;
     attend_one(Q, K, V, ld_kv, visible, heads, dh, scores, out, accumulate);
     return;
   }
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
-  const Index lanes = workers_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
-  parallel_for(heads, lanes, [&](Index h, Index lane) {
+  const Index workers = workers_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
+  parallel_for(heads, workers, [&](Index h, Index worker) {
     if constexpr (std::is_same_v<S, float>) {
-      const KernelTable* kern = causal_base < 0 ? panel_kernels(lane_of(al, lane), nk) : nullptr;
+      const KernelTable* kern = causal_base < 0 ? panel_kernels(worker_of(al, worker), nk) : nullptr;
       if (kern != nullptr) {
         attend_head_panels(*kern, Q + h * dh, ld_q, nq, K + h * dh, V + h * dh, ld_kv, nk, dh,
-                           scale, *lane_of(al, lane), nullptr, nullptr, out + h * dh, ld_out,
+                           scale, *worker_of(al, worker), nullptr, nullptr, out + h * dh, ld_out,
                            accumulate);
         return;
       }
     }
-    S* p = scores + lane * nq * nk;
-    head_scores(Q + h * dh, ld_q, nq, K + h * dh, ld_kv, nk, dh, p, lane_of(al, lane));
+    S* p = scores + worker * nq * nk;
+    head_scores(Q + h * dh, ld_q, nq, K + h * dh, ld_kv, nk, dh, p, worker_of(al, worker));
     RowsMap<S> P(p, nq, nk, Eigen::OuterStride<>(nk));
     for (Index r = 0; r < nq; ++r) {
       const Index visible = causal_base >= 0 ? std::min(nk, causal_base + r + 1) : nk;
@@ -408,7 +408,7 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
       row.tail(nk - visible).setZero();
     }
     head_values(p, nq, nk, V + h * dh, ld_kv, dh, out + h * dh, ld_out, accumulate,
-                lane_of(al, lane));
+                worker_of(al, worker));
   });
 }
 
@@ -440,22 +440,22 @@ class OnlineAttention {
   /// and adds its own terms taken against m'. finish() divides acc by l: the softmax over every key
   /// seen, whatever the chunking.
   void add(const S* K, const S* V, Index ld_kv, Index nk, S* scores, Index scores_len = 0,
-           AttentionLanes<S>* al = nullptr) {
+           AttentionWorkers<S>* al = nullptr) {
     const S scale = S(1) / std::sqrt(static_cast<S>(dh_));
-    const Index lanes = workers_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
-    parallel_for(heads_, lanes, [&](Index h, Index lane) {
+    const Index workers = workers_for(heads_, 2 * nq_ * nk * dh_, nq_ * nk, scores_len);
+    parallel_for(heads_, workers, [&](Index h, Index worker) {
       S* mx = max_.data() + h * stride_;
       S* sum = sum_.data() + h * stride_;
       if constexpr (std::is_same_v<S, float>) {
-        if (const KernelTable* kern = panel_kernels(lane_of(al, lane), nk)) {
+        if (const KernelTable* kern = panel_kernels(worker_of(al, worker), nk)) {
           attend_head_panels(*kern, Q_ + h * dh_, ld_q_, nq_, K + h * dh_, V + h * dh_, ld_kv, nk,
-                             dh_, scale, *lane_of(al, lane), mx, sum, acc_.data() + h * dh_,
+                             dh_, scale, *worker_of(al, worker), mx, sum, acc_.data() + h * dh_,
                              heads_ * dh_, true);
           return;
         }
       }
-      S* p = scores + lane * nq_ * nk;
-      head_scores(Q_ + h * dh_, ld_q_, nq_, K + h * dh_, ld_kv, nk, dh_, p, lane_of(al, lane));
+      S* p = scores + worker * nq_ * nk;
+      head_scores(Q_ + h * dh_, ld_q_, nq_, K + h * dh_, ld_kv, nk, dh_, p, worker_of(al, worker));
       RowsMap<S> P(p, nq_, nk, Eigen::OuterStride<>(nk));
       P *= scale;
       for (Index r = 0; r < nq_; ++r) {
@@ -468,7 +468,7 @@ class OnlineAttention {
         acc_.row(r).segment(h * dh_, dh_) *= rescale;
       }
       head_values(p, nq_, nk, V + h * dh_, ld_kv, dh_, acc_.data() + h * dh_, heads_ * dh_, true,
-                  lane_of(al, lane));
+                  worker_of(al, worker));
     });
   }
 

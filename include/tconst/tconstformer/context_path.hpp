@@ -61,15 +61,15 @@ struct RowScratch {
   std::vector<S> qkv;       // [R, 3d] projections (q | k | v, or a part of them)
   std::vector<S> att;       // [R, d] attention output
   std::vector<S> h1, h3;    // [ffn_rows + kRowsGemmMaxRows, f] FFN hidden
-  std::vector<S> scores;    // [lanes, R * max(R, Z)] attention scores of one head per lane
+  std::vector<S> scores;    // [workers, R * max(R, Z)] attention scores of one head per worker
   Index ffn_rows = 0;       // rows per slice of a chunk's FFN (0 or R: one slice)
   GemmWorkspace gemm;       // the packed GEMM's input panels
-  AttentionLanes<S> lanes;  // per lane: the attentions' products through the packed GEMM
+  AttentionWorkers<S> workers;  // per worker: the attentions' products through the packed GEMM
 
   size_t bytes() const {
     return sizeof(S) * (C.capacity() + xn.capacity() + qkv.capacity() + att.capacity() +
                         h1.capacity() + h3.capacity() + scores.capacity()) +
-           sizeof(float) * gemm.packed.capacity() + lanes.bytes();
+           sizeof(float) * gemm.packed.capacity() + workers.bytes();
   }
 };
 
@@ -189,8 +189,8 @@ class ContextPath {
       if (static_cast<Index>(s.rows.size()) < sets) s.rows.resize(static_cast<size_t>(sets));
       for (Index i = 0; i < sets; ++i) {
         const Index R = i == 0 ? std::max(detail::kResyncChunk, Z) : detail::kResyncChunk;
-        const Index lanes = i == 0 ? threads : 1;
-        reserve_rows(s.rows[static_cast<size_t>(i)], R, i == 0 ? R : kTakerFfnRows, lanes);
+        const Index workers = i == 0 ? threads : 1;
+        reserve_rows(s.rows[static_cast<size_t>(i)], R, i == 0 ? R : kTakerFfnRows, workers);
       }
       const Index accumulators = chunks > 1 ? detail::kResyncGroups : 1;
       if (static_cast<Index>(s.online.size()) < accumulators) {
@@ -200,9 +200,9 @@ class ContextPath {
       if (context_kv != nullptr) context_kv->reserve(Lc);
     }
 
-    // Room in `r` for R rows, the FFN in slices of ffn_rows, one head's scores per lane and
-    // `lanes` attention lanes.
-    void reserve_rows(Rows& r, Index R, Index ffn_rows, Index lanes) {
+    // Room in `r` for R rows, the FFN in slices of ffn_rows, one head's scores per worker and
+    // `workers` attention workers' buffers.
+    void reserve_rows(Rows& r, Index R, Index ffn_rows, Index workers) {
       using detail::grow;
       r.ffn_rows = ffn_rows;
       const Index hidden = ffn_rows < R ? ffn_rows + detail::kRowsGemmMaxRows : R;
@@ -212,9 +212,9 @@ class ContextPath {
       grow(r.att, R * d);
       grow(r.h1, hidden * f);
       grow(r.h3, hidden * f);
-      grow(r.scores, lanes * R * std::max(R, Z));
-      if (static_cast<Index>(r.lanes.lanes.size()) < lanes) {
-        r.lanes.lanes.resize(static_cast<size_t>(lanes));
+      grow(r.scores, workers * R * std::max(R, Z));
+      if (static_cast<Index>(r.workers.workers.size()) < workers) {
+        r.workers.workers.resize(static_cast<size_t>(workers));
       }
     }
 
@@ -290,7 +290,7 @@ class ContextPath {
       detail::rope(qkv, 3 * d, Z, 2 * d, dh, hs, m.rope_theta());
       store_z(b, j, qkv + d, qkv + 2 * d, 3 * d);
       detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
-                          w.att.data(), d, false, w.scores.data(), scores_len(w), &w.lanes);
+                          w.att.data(), d, false, w.scores.data(), scores_len(w), &w.workers);
       add_linear(w.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc, w);
       detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(),
                            &w.gemm);
@@ -334,7 +334,7 @@ class ContextPath {
       detail::rope(Qc, d, n, d, dh, r0, m.rope_theta());
       detail::attend_rows(Qc, d, n, cache.z_keys(b, D - 1), cache.z_values(b, D - 1), d, Z, heads,
                           dh, Index{-1}, w.att.data(), d, false, w.scores.data(), scores_len(w),
-                          &w.lanes);
+                          &w.workers);
       add_linear(w.att.data(), n, PR.out_w, PR.out_b.data, C, w);
       // In slices of w.ffn_rows rows, none of kRowsGemmMaxRows or fewer (unless n is): every
       // slice takes the packed product, whose rows do not depend on the others, so the result is
@@ -358,7 +358,7 @@ class ContextPath {
       detail::layer_norm(w.C.data(), d, w.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
       project(kv, 2 * d, w.xn.data(), n, P0, 1, 2, w);
       detail::rope(kv, 2 * d, n, d, dh, r0, m.rope_theta());
-      acc.add(kv, kv + d, 2 * d, n, w.scores.data(), scores_len(w), &w.lanes);
+      acc.add(kv, kv + d, 2 * d, n, w.scores.data(), scores_len(w), &w.workers);
       if (context_kv != nullptr) {
         for (Index r = 0; r < n; ++r) {
           std::memcpy(context_kv->keys(b) + (r0 + r) * d, kv + r * 2 * d, sizeof(Scalar) * d);

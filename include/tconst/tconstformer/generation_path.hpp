@@ -77,24 +77,24 @@ class GenerationPath {
     assert(S <= s.rows);
     // Scores of one stream's attention: heads * its most keys. As many threads attend at once as
     // the score buffer has room for (reserve() made room for the thread count of that time).
-    Index per_lane = 0;
+    Index per_worker = 0;
     for (Index r = 0; r < S; ++r) {
       assert(caches[r]->window_rows() < caches[r]->window_capacity());
-      per_lane =
-          std::max(per_lane, heads * std::max({caches[r]->window_rows() + 1, caches[r]->z_rows(),
+      per_worker =
+          std::max(per_worker, heads * std::max({caches[r]->window_rows() + 1, caches[r]->z_rows(),
                                                contexts[r] ? contexts[r]->rows() : 0}));
     }
-    assert(per_lane <= static_cast<Index>(s.scores.size()));
-    const Index lanes = std::max<Index>(
-        1, std::min({S, detail::max_workers(), static_cast<Index>(s.scores.size()) / per_lane}));
+    assert(per_worker <= static_cast<Index>(s.scores.size()));
+    const Index workers = std::max<Index>(
+        1, std::min({S, detail::max_workers(), static_cast<Index>(s.scores.size()) / per_worker}));
     through_layers(m, tokens, S, s, [&](Index b, Index j, Scalar* qkv, Scalar* att) {
-      detail::parallel_for(S, lanes, [&](Index r, Index lane) {
+      detail::parallel_for(S, workers, [&](Index r, Index worker) {
         FixedKVCache<Scalar>& cache = *caches[r];
         const Index i = cache.window_rows();
         const detail::SelfKV<Scalar> self{cache.window_keys(b, j), cache.window_values(b, j), d, i};
         detail::attend_consecutive_rows(m, qkv + r * 3 * d, 1, cache.context_length() + i, self,
                                         cross_keys(cache, contexts[r], b, j), att + r * d,
-                                        s.scores.data() + lane * per_lane);
+                                        s.scores.data() + worker * per_worker);
       });
     });
     for (Index r = 0; r < S; ++r) caches[r]->set_window_rows(caches[r]->window_rows() + 1);
