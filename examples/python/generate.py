@@ -24,9 +24,10 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--tokenizer", help="tokenizer files, for a model that does not carry its own")
+    p.add_argument("--threads", type=int, help="threads of each call (default: the processors)")
     args = p.parse_args()
 
-    model = tconst.Model(args.model)
+    model = tconst.Model(args.model, threads=args.threads)
     tok = tconst.Tokenizer(args.tokenizer) if args.tokenizer else model.tokenizer()
     session = model.session()
     out = tconst.StreamDecoder(tok)

@@ -31,9 +31,10 @@ def main():
     p.add_argument("--limit", type=int, default=0, help="only the first BYTES bytes (0: all)")
     p.add_argument("--chunk", type=int, default=4096, help="tokens per score() call (memory)")
     p.add_argument("--tokenizer", help="tokenizer files, for a model that does not carry its own")
+    p.add_argument("--threads", type=int, help="threads of each call (default: the processors)")
     args = p.parse_args()
 
-    model = tconst.Model(args.model)
+    model = tconst.Model(args.model, threads=args.threads)
     tok = tconst.Tokenizer(args.tokenizer) if args.tokenizer else model.tokenizer()
     with open(args.text, "rb") as f:
         data = f.read()

@@ -7,6 +7,8 @@ import tempfile
 
 import numpy as np
 
+import tconst
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden")
 GOLDEN_CASES = ("tconst_D4_W8_H8", "tlin_D4_W8_H8", "transformer_L4")
@@ -14,6 +16,13 @@ KJV_TCONST = os.path.join(ROOT, "models", "kjv-tconst.safetensors")
 KJV_TRANSFORMER = os.path.join(ROOT, "models", "kjv-transformer.safetensors")
 KJV_TEXT = os.path.join(ROOT, "models", "kjv_val.txt")
 TCONST_BIN = os.environ.get("TCONST_BIN", os.path.join(ROOT, "build", "examples", "tconst"))
+
+
+def Model(path, **kw):
+    """tconst.Model on one thread unless told: the tests run beside each other under CTest, where
+    OpenMP threads that wait for a busy core slow everything down."""
+    kw.setdefault("threads", 1)
+    return tconst.Model(path, **kw)
 
 
 def golden_model(case):
@@ -39,7 +48,8 @@ def write_ids(directory, ids, name="ids.txt"):
 
 def run_tconst(*args):
     """Runs the tconst program; returns its standard output, or raises with its error."""
-    r = subprocess.run([TCONST_BIN, *args], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([TCONST_BIN, *args, "--threads", "1"], capture_output=True, text=True,
+                       timeout=300)
     if r.returncode != 0:
         raise AssertionError(f"tconst {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout

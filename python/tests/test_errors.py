@@ -9,13 +9,14 @@ import unittest
 import numpy as np
 
 import tconst
-from bindings_support import GOLDEN_CASES, KJV_TCONST, KJV_TRANSFORMER, golden_model, kjv_ids
+from bindings_support import (GOLDEN_CASES, KJV_TCONST, KJV_TRANSFORMER, Model, golden_model,
+                              kjv_ids)
 
 
 class TestErrors(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.model = tconst.Model(KJV_TCONST)
+        cls.model = Model(KJV_TCONST)
 
     def assertError(self, pattern, fn, *args, **kw):
         with self.assertRaisesRegex(tconst.Error, pattern):
@@ -71,7 +72,7 @@ class TestErrors(unittest.TestCase):
         self.assertEqual(s.position, 0)
 
     def test_snapshot_of_another_model(self):
-        other = tconst.Model(golden_model(GOLDEN_CASES[0])).session()
+        other = Model(golden_model(GOLDEN_CASES[0])).session()
         other.prefill([1, 2, 3])
         with tempfile.TemporaryDirectory() as d:
             snap = os.path.join(d, "other.snap")
@@ -79,29 +80,29 @@ class TestErrors(unittest.TestCase):
             self.assertError(r"snapshot '.*other\.snap': saved for a different model",
                              self.model.load_session, snap)
             self.assertError("saved with float precision, restoring into double",
-                             tconst.Model(golden_model(GOLDEN_CASES[0]), precision="double")
+                             Model(golden_model(GOLDEN_CASES[0]), precision="double")
                              .load_session, snap)
             with open(snap, "r+b") as f:
                 f.seek(40)
                 f.write(b"\xff")
-            self.assertError("checksum mismatch", tconst.Model(golden_model(GOLDEN_CASES[0]))
+            self.assertError("checksum mismatch", Model(golden_model(GOLDEN_CASES[0]))
                              .load_session, snap)
         self.assertError("cannot write snapshot", other.save, "/no/such/dir/a.snap")
 
     def test_stream_batch_misuse(self):
-        baseline = tconst.Model(KJV_TRANSFORMER)
+        baseline = Model(KJV_TRANSFORMER)
         self.assertError("baseline Transformer", tconst.StreamBatch, baseline)
         batch = tconst.StreamBatch(self.model)
         a = self.model.session()
         self.assertError("appears twice", batch.feed, [a, a], [1, 2])
-        self.assertError("another model", batch.feed, [tconst.Model(KJV_TCONST).session()], [1])
+        self.assertError("another model", batch.feed, [Model(KJV_TCONST).session()], [1])
         self.assertError("1 sessions but 2 tokens", batch.feed, [a], [1, 2])
         self.assertEqual(a.position, 0)
 
     def test_generate_without_prompt_or_tokenizer(self):
         s = self.model.session()
         self.assertError("generate needs a prompt", s.generate, [])
-        gpt2_like = tconst.Model(golden_model(GOLDEN_CASES[0])).session()
+        gpt2_like = Model(golden_model(GOLDEN_CASES[0])).session()
         self.assertError("names no tokenizer", gpt2_like.generate, [1], stop=["x"])
 
     def test_session_used_by_two_threads(self):

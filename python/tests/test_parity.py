@@ -3,6 +3,7 @@ architecture, the PyTorch reference's logits within the golden tolerance, the id
 generate` for a seed, exact snapshot round trips, StreamBatch equal to separate feeds."""
 
 import os
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -10,8 +11,9 @@ import unittest
 import numpy as np
 
 import tconst
-from bindings_support import (GOLDEN_CASES, KJV_TCONST, KJV_TRANSFORMER, ROOT, cli_generate,
-                              cli_logits, golden_ids, golden_model, kjv_ids)
+from bindings_support import (GOLDEN_CASES, KJV_TCONST, KJV_TEXT, KJV_TRANSFORMER, ROOT, Model,
+                              cli_generate, cli_logits, golden_ids, golden_model, kjv_ids,
+                              run_tconst)
 
 try:
     import torch
@@ -35,19 +37,19 @@ class TestModule(unittest.TestCase):
         self.assertTrue(issubclass(tconst.Error, ValueError))
 
     def test_config(self):
-        c = tconst.Model(KJV_TCONST).config
+        c = Model(KJV_TCONST).config
         self.assertEqual((c["architecture"], c["vocab_size"], c["d_model"], c["heads"], c["blocks"],
                           c["inner_depth"], c["window"], c["history_window"]),
                          ("tconstformer", 256, 128, 4, 2, 4, 64, 64))
         self.assertEqual(c["tokenizer"], "bytes")
         self.assertEqual(c["precision"], "float")
-        b = tconst.Model(golden_model("transformer_L4"), precision="double").config
+        b = Model(golden_model("transformer_L4"), precision="double").config
         self.assertEqual((b["architecture"], b["blocks"], b["precision"]),
                          ("transformer", 4, "double"))
         self.assertNotIn("window", b)
 
     def test_tokenizer_round_trip(self):
-        tok = tconst.Model(KJV_TCONST).tokenizer()
+        tok = Model(KJV_TCONST).tokenizer()
         self.assertEqual(tok.name, "bytes")
         ids = tok.encode("In the beginning")
         self.assertEqual(ids, list(b"In the beginning"))
@@ -72,7 +74,7 @@ class TestLogits(unittest.TestCase):
         for name, path, ids in self.cases():
             for precision in ("float", "double"):
                 with self.subTest(model=name, precision=precision):
-                    model = tconst.Model(path, precision=precision)
+                    model = Model(path, precision=precision)
                     V = model.config["vocab_size"]
                     s = model.session()
                     rows = np.stack([s.feed(t) for t in ids])
@@ -88,7 +90,7 @@ class TestLogits(unittest.TestCase):
         # score and prefill are the engine's batched paths; they equal feeding within rounding.
         for name, path, ids in self.cases():
             with self.subTest(model=name):
-                model = tconst.Model(path)
+                model = Model(path)
                 s = model.session()
                 rows = np.stack([s.feed(t) for t in ids])
                 all_rows = model.session().score(ids)
@@ -109,12 +111,12 @@ class TestLogits(unittest.TestCase):
                 with torch.no_grad():
                     ref = ref_model(torch.tensor([ids]))[0].numpy()
                 tol = 2e-4 * (1 + np.abs(ref).max())
-                model = tconst.Model(path)
+                model = Model(path)
                 s = model.session()
                 fed = np.stack([s.feed(t) for t in ids])
                 self.assertLess(np.abs(fed - ref).max(), tol)
                 self.assertLess(np.abs(model.session().score(ids) - ref).max(), tol)
-                double = tconst.Model(path, precision="double").session().score(ids)
+                double = Model(path, precision="double").session().score(ids)
                 self.assertLess(np.abs(double - ref).max(), 1e-9 * (1 + np.abs(ref).max()))
 
 
@@ -124,7 +126,7 @@ class TestGenerate(unittest.TestCase):
             path, prompt = golden_model(case), golden_ids(case, "prompt.txt")
             for seed in (1, 7):
                 with self.subTest(case=case, seed=seed):
-                    s = tconst.Model(path).session()
+                    s = Model(path).session()
                     got = list(s.generate(prompt, max_new_tokens=40, temperature=0.9, top_p=0.9,
                                           top_k=20, seed=seed))
                     want = cli_generate(path, prompt, "--max-new", "40", "--temperature", "0.9",
@@ -137,7 +139,7 @@ class TestGenerate(unittest.TestCase):
             with self.subTest(case=case):
                 prompt = golden_ids(case, "prompt.txt")
                 want = golden_ids(case, "ref_greedy.txt")
-                s = tconst.Model(golden_model(case)).session()
+                s = Model(golden_model(case)).session()
                 gen = s.generate(prompt, max_new_tokens=len(want), greedy=True)
                 self.assertIsNone(gen.stop_reason)
                 self.assertEqual(list(gen), want)
@@ -145,7 +147,7 @@ class TestGenerate(unittest.TestCase):
 
     def test_stop_string_equals_cli(self):
         prompt = list(b"And God said, Let there be light")
-        model = tconst.Model(KJV_TCONST)
+        model = Model(KJV_TCONST)
         for stop in (":", "th"):
             with self.subTest(stop=stop):
                 gen = model.session().generate(prompt, max_new_tokens=200, seed=3, stop=[stop])
@@ -157,7 +159,7 @@ class TestGenerate(unittest.TestCase):
                 self.assertIn(stop, bytes(got).decode())
 
     def test_stop_id_and_continuation(self):
-        model = tconst.Model(KJV_TCONST)
+        model = Model(KJV_TCONST)
         s = model.session()
         gen = s.generate(list(b"In the beginning"), max_new_tokens=300, seed=2,
                          stop_ids=[ord(" ")])
@@ -177,7 +179,7 @@ class TestSnapshotAndBatch(unittest.TestCase):
                               ("tlin", golden_model("tlin_D4_W8_H8"), 30)):
             for precision in ("float", "double"):
                 with self.subTest(model=name, precision=precision):
-                    model = tconst.Model(path, precision=precision)
+                    model = Model(path, precision=precision)
                     V = model.config["vocab_size"]
                     ids = [t % V for t in kjv_ids(n + 40)]
                     s = model.session()
@@ -193,7 +195,7 @@ class TestSnapshotAndBatch(unittest.TestCase):
                         self.assertTrue(same_bits(s2.feed(t), s.feed(t)))
 
     def test_stream_batch_equals_separate_feeds(self):
-        model = tconst.Model(KJV_TCONST)
+        model = Model(KJV_TCONST)
         a, b = model.session(), model.session()
         ra, rb = model.session(), model.session()
         a.prefill(kjv_ids(70)), ra.prefill(kjv_ids(70))
@@ -206,6 +208,39 @@ class TestSnapshotAndBatch(unittest.TestCase):
             self.assertLess(np.abs(rows - want).max(), 1e-4 * (1 + np.abs(want).max()))
         self.assertEqual((a.position, b.position), (150, 85))
         self.assertEqual(a.tokens, ra.tokens)
+
+
+class TestExamples(unittest.TestCase):
+    """examples/python/ run and agree with the tconst program."""
+
+    def run_example(self, name, *args):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", name), *args],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_perplexity_equals_cli(self):
+        with tempfile.TemporaryDirectory() as d:
+            text = os.path.join(d, "text.txt")
+            with open(KJV_TEXT, "rb") as f, open(text, "wb") as out:
+                out.write(f.read(600))
+            got = self.run_example("perplexity.py", KJV_TCONST, text, "--chunk", "250",
+                                   "--threads", "1")
+            want = run_tconst("perplexity", "--model", KJV_TCONST, "--text", text)
+        line = [ln for ln in want.splitlines() if ln.startswith("mean nll")]
+        self.assertEqual(len(line), 1, want)
+        self.assertIn(line[0], got)
+
+    def test_generate(self):
+        got = self.run_example("generate.py", KJV_TCONST, "And God said", "--max-new", "30",
+                               "--seed", "4", "--threads", "1")
+        want = cli_generate(KJV_TCONST, list(b"And God said"), "--max-new", "30", "--seed", "4")
+        self.assertEqual(got, "And God said" + bytes(want).decode(errors="replace") + "\n")
+
+    @unittest.skipUnless(HAVE_TORCH, "PyTorch is not installed (Debian: python3-torch)")
+    def test_compare_torch(self):
+        out = self.run_example("compare_torch.py", golden_model("tlin_D4_W8_H8"), "--tokens", "40")
+        self.assertIn("argmax agrees at 100.0%", out)
 
 
 if __name__ == "__main__":
