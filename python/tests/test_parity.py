@@ -211,7 +211,8 @@ class TestSnapshotAndBatch(unittest.TestCase):
 
 
 class TestExamples(unittest.TestCase):
-    """examples/python/ run and agree with the tconst program."""
+    """examples/python/ and tools/eval_bpb.py run and agree with the tconst program or the
+    PyTorch model."""
 
     def run_example(self, name, *args):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", name), *args],
@@ -236,6 +237,19 @@ class TestExamples(unittest.TestCase):
                                "--seed", "4", "--threads", "1")
         want = cli_generate(KJV_TCONST, list(b"And God said"), "--max-new", "30", "--seed", "4")
         self.assertEqual(got, "And God said" + bytes(want).decode(errors="replace") + "\n")
+
+    @unittest.skipUnless(HAVE_TORCH, "PyTorch is not installed (Debian: python3-torch)")
+    def test_eval_bpb_engine_equals_torch(self):
+        # tools/eval_bpb.py: the same bits per byte from the engine as from the PyTorch model.
+        def bpb(engine):
+            r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_bpb.py"),
+                                "--model", KJV_TCONST, "--text", KJV_TEXT, "--limit", "1200",
+                                "--seg-len", "256", "--engine", engine],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout.split(": ")[1].split(" bits/byte")[0]
+
+        self.assertEqual(bpb("tconst"), bpb("torch"))
 
     @unittest.skipUnless(HAVE_TORCH, "PyTorch is not installed (Debian: python3-torch)")
     def test_compare_torch(self):
