@@ -86,7 +86,8 @@ def bench_score(model, args):
             cpp.append(tc)
     print(f"score  Python {statistics.median(py):8.3f} s   C++ {statistics.median(cpp):8.3f} s"
           f"   Python/C++ {median_ratio(py, cpp):.4f}   ({args.score_tokens} tokens, "
-          f"{args.score_rounds} rounds)")
+          f"{args.score_rounds} rounds: " + ", ".join(f"{p:.2f}/{c:.2f}" for p, c in zip(py, cpp))
+          + " s)")
 
 
 def bench_gil(args):
@@ -99,20 +100,24 @@ def bench_gil(args):
             session.feed(t)
 
     run(model.session())
-    ones, twos = [], []
+    ones, twos, cores = [], [], []
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         run(model.session())
         ones.append(len(ids) / (time.perf_counter() - t0))
         threads = [threading.Thread(target=run, args=(model.session(),)) for _ in range(2)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        twos.append(2 * len(ids) / (time.perf_counter() - t0))
+        wall = time.perf_counter() - t0
+        twos.append(2 * len(ids) / wall)
+        # Cores busy at once: at most about 1 if the GIL serialised the two threads' steps.
+        cores.append((time.process_time() - c0) / wall)
     print(f"gil    one thread {statistics.median(ones):7.1f} tok/s   two threads "
           f"{statistics.median(twos):7.1f} tok/s   speedup {median_ratio(twos, ones):.2f}x   "
+          f"CPU time / wall time with two threads {statistics.median(cores):.2f}   "
           f"(threads=1 each, {args.feeds} feeds, {args.rounds} rounds)")
 
 

@@ -41,6 +41,17 @@ std::string type_name(py::handle obj) {
   return Py_TYPE(obj.ptr())->tp_name;
 }
 
+// The UTF-8 of a str; a str that has none (a lone surrogate) is an Error, not a crash.
+std::string utf8_of(py::handle str, const std::string& what) {
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(str.ptr(), &size);
+  if (data == nullptr) {
+    PyErr_Clear();
+    throw Error(what + " is not valid Unicode (it cannot be encoded as UTF-8)");
+  }
+  return std::string(data, static_cast<size_t>(size));
+}
+
 // An int, or anything with __index__ (numpy integers); bool is refused.
 int64_t int_arg(py::handle obj, const std::string& what) {
   if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr())) {
@@ -120,7 +131,7 @@ std::string path_arg(py::handle obj, const std::string& what) {
   if (!PyUnicode_Check(path.ptr())) {
     throw Error(what + " must be a str path, got " + type_name(path));
   }
-  return path.cast<std::string>();
+  return utf8_of(path, what);
 }
 
 // Text for a tokenizer: str (encoded as UTF-8) or bytes (as they are).
@@ -130,14 +141,14 @@ std::string text_arg(py::handle obj, const std::string& what) {
   if (!PyUnicode_Check(obj.ptr())) {
     throw Error(what + " must be str or bytes, got " + type_name(obj));
   }
-  return obj.cast<std::string>();
+  return utf8_of(obj, what);
 }
 
 // None, one str, or a sequence of str.
 std::vector<std::string> strings_arg(py::handle obj, const std::string& what) {
   std::vector<std::string> out;
   if (obj.is_none()) return out;
-  if (PyUnicode_Check(obj.ptr())) return {obj.cast<std::string>()};
+  if (PyUnicode_Check(obj.ptr())) return {utf8_of(obj, what)};
   if (!PySequence_Check(obj.ptr()) || PyBytes_Check(obj.ptr())) {
     throw Error(what + " must be a str or a sequence of str, got " + type_name(obj));
   }
@@ -147,7 +158,7 @@ std::vector<std::string> strings_arg(py::handle obj, const std::string& what) {
     if (!PyUnicode_Check(s.ptr())) {
       throw Error(what + "[" + std::to_string(i) + "] must be a str, got " + type_name(s));
     }
-    out.push_back(s.cast<std::string>());
+    out.push_back(utf8_of(s, what + "[" + std::to_string(i) + "]"));
   }
   return out;
 }
@@ -661,7 +672,7 @@ std::string precision_arg(py::handle obj) {
   if (!PyUnicode_Check(obj.ptr())) {
     throw Error("precision must be \"float\" or \"double\", got " + type_name(obj));
   }
-  const std::string p = obj.cast<std::string>();
+  const std::string p = utf8_of(obj, "precision");
   if (p != "float" && p != "double") {
     throw Error("precision must be \"float\" or \"double\", got \"" + p + "\"");
   }
@@ -767,7 +778,7 @@ GenerateArgs generate_args(PySession& session, py::handle ids, py::handle max_ne
 }
 
 TokenizerPtr make_tokenizer(py::handle path) {
-  if (PyUnicode_Check(path.ptr()) && path.cast<std::string>() == "bytes") {
+  if (PyUnicode_Check(path.ptr()) && utf8_of(path, "Tokenizer: path") == "bytes") {
     return tconst::make_tokenizer_by_name("bytes");
   }
   const std::string p = path_arg(path, "Tokenizer: path");

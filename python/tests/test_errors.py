@@ -67,6 +67,7 @@ class TestErrors(unittest.TestCase):
         self.assertError("stop must be a str or a sequence of str", s.generate, [1], stop=5)
         self.assertError("stop string must not be empty", s.generate, [1], stop=[""])
         self.assertError("must be str or bytes, got list", self.model.tokenizer().encode, [1])
+        self.assertError("not valid Unicode", self.model.tokenizer().encode, "\ud800")
         self.assertError("must be a Session, got int", tconst.StreamBatch(self.model).feed, [1], [2])
         self.assertError("StreamBatch: model must be a Model", tconst.StreamBatch, "m")
         self.assertEqual(s.position, 0)
