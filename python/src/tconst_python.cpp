@@ -177,6 +177,18 @@ py::list id_list(const std::vector<int32_t>& ids) {
   return out;
 }
 
+// A C-contiguous numpy array of `rows` x `cols` over memory from new[], freed with the array.
+// For large results (score): numpy's own allocator asks the kernel for huge pages on arrays of
+// 4 MB and more, which on a machine with fragmented memory stalls each first touch on compaction
+// (docs/benchmarks.md); memory from new[] is what a C++ program writing the same rows gets.
+template <typename S>
+py::array_t<S> new_matrix(size_t rows, size_t cols) {
+  S* data = new S[rows * cols];
+  py::capsule owner(data, [](void* p) { delete[] static_cast<S*>(p); });
+  return py::array_t<S>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)}, data,
+                        owner);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Threads and exclusive use.
 
@@ -392,7 +404,7 @@ class SessionT final : public PySession {
   py::array score(py::handle obj) override {
     const std::vector<int32_t> ids = ids_arg(obj, vocab_, "score: ids");
     InUse in_use(busy, "session");
-    py::array_t<S> out({static_cast<py::ssize_t>(ids.size()), static_cast<py::ssize_t>(vocab_)});
+    py::array_t<S> out = new_matrix<S>(ids.size(), static_cast<size_t>(vocab_));
     S* dst = out.mutable_data();
     const size_t V = static_cast<size_t>(vocab_);
     {
