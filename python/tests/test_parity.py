@@ -61,6 +61,16 @@ class TestModule(unittest.TestCase):
         self.assertEqual(d.flush(), "")
 
 
+    def test_numpy_ids(self):
+        # numpy integers and integer arrays are ids as ints and lists are.
+        model = Model(KJV_TCONST)
+        ids = kjv_ids(20)
+        a, b = model.session(), model.session()
+        self.assertTrue(same_bits(a.feed(ids[0]), b.feed(np.int32(ids[0]))))
+        self.assertTrue(same_bits(a.prefill(ids[1:]), b.prefill(np.array(ids[1:], np.uint8))))
+        self.assertEqual(a.tokens, b.tokens)
+
+
 class TestLogits(unittest.TestCase):
     def cases(self):
         """(name, model file, ids): each architecture's golden model, and the bundled models over
