@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "tconst/batch.hpp"
+#include "tconst/synthetic.hpp"
 #include "tconst/tconst.hpp"
 #include "tconst/tokenizer/embedded.hpp"
 
