@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Installs tconst from SOURCE_DIR into a temporary prefix and builds tests/consumer against the
-# installed package with find_package, header-only and against tconst::precompiled, each with a
-# unit compiled without OpenMP beside it; runs both on MODEL and checks that they print the same.
-# Then builds it with tconst as a subdirectory (header-only).
-# Usage: run_consumer_test.sh SOURCE_DIR WORK_DIR MODEL
+# Installs tconst from the project's build BUILD_DIR (its tconst::precompiled already built) into a
+# temporary prefix and builds tests/consumer against the installed package with find_package:
+# header-only, and against tconst::precompiled with a unit compiled without OpenMP beside it; runs
+# both on MODEL and checks that they print the same tokens and logits' bits. Then builds it with
+# tconst as a subdirectory (header-only).
+# Usage: run_consumer_test.sh SOURCE_DIR BUILD_DIR WORK_DIR MODEL
 set -euo pipefail
-src=$1 work=$2 model=$3
+src=$1 build=$2 work=$3 model=$4
 jobs=${TCONST_JOBS:-2}
 rm -rf "$work" && mkdir -p "$work"
-cmake -S "$src" -B "$work/lib" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTCONST_BUILD_TESTS=OFF \
-  -DTCONST_BUILD_EXAMPLES=OFF -DTCONST_BUILD_BENCHMARKS=OFF -DTCONST_INSTALL=ON >/dev/null
-cmake --build "$work/lib" -j "$jobs" >/dev/null
-cmake --install "$work/lib" --prefix "$work/prefix" >/dev/null
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
 test -f "$work/prefix/include/tconst/tconst.hpp"
+test -n "$(find "$work/prefix" -name libtconst_precompiled.a)"
 for link in tconst precompiled; do
   cmake -S "$src/tests/consumer" -B "$work/app-$link" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" \
-    -DCMAKE_BUILD_TYPE=Release -DCONSUMER_LINK="$link" >/dev/null
+    -DCMAKE_BUILD_TYPE=Release -DCONSUMER_LINK="$link" \
+    -DCONSUMER_MIXED="$([ "$link" = precompiled ] && echo ON || echo OFF)" >/dev/null
   cmake --build "$work/app-$link" -j "$jobs" >/dev/null
   "$work/app-$link/consumer" "$model" | tee "$work/$link.out"
 done
