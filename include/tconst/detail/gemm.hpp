@@ -154,11 +154,11 @@ void gemm_eigen_split(RowsView<const S> W, RowsView<const S> in, const S* bias, 
 
 /// The blocking and threading of the packed product out[n, o] (+)= in[n, k] W^T (o = out.cols), for
 /// any weight format: packs each thread's blocks of input rows with kern.pack and hands every block
-/// and pass to compute(scratch, c0, c1, p0, kc, packed, rows, out_block, first_pass), which
-/// multiplies the packed rows by weight rows [c0, c1) over columns [p0, p0 + kc) into out_block
-/// (input row 0's output row). Passes of k are multiples of `k_align` columns (but the last); each
-/// thread gets `scratch_floats` floats of ws besides its panels, 64-byte aligned. Allocates only
-/// when `ws` has to grow.
+/// and pass to compute(scratch, c0, c1, p0, kc, packed, out_block, first_pass), which multiplies
+/// the packed rows by weight rows [c0, c1) over columns [p0, p0 + kc) into out_block (the block's
+/// output rows, out_block.rows of them). Passes of k are multiples of `k_align` columns (but the
+/// last); each thread gets `scratch_floats` floats of ws besides its panels, 64-byte aligned.
+/// Allocates only when `ws` has to grow.
 template <typename Compute>
 void gemm_drive(const KernelTable& kern, RowsView<const float> in, RowsView<float> out,
                 Eigen::Index k_align, Eigen::Index scratch_floats, GemmWorkspace& ws,
@@ -195,8 +195,8 @@ void gemm_drive(const KernelTable& kern, RowsView<const float> in, RowsView<floa
         for (Index j = 0; j < rows; j += nr) {
           kern.pack(in.row(n0 + j), in.ld, std::min(nr, rows - j), p0, kcur, packed + j * kcur);
         }
-        compute(packed + panel_floats, c0, c1, p0, kcur, static_cast<const float*>(packed), rows,
-                out.row(n0), p0 == 0);
+        compute(packed + panel_floats, c0, c1, p0, kcur, static_cast<const float*>(packed),
+                out.block(n0, rows), p0 == 0);
       }
     }
   };
@@ -218,10 +218,11 @@ inline void gemm(Isa isa, RowsView<const float> W, RowsView<const float> in, con
     return;
   }
   gemm_drive(kern, in.cols_from(0, k), out.cols_from(0, o), 1, 0, ws,
-             [&](float*, Index c0, Index c1, Index p0, Index kc, const float* packed, Index rows,
-                 float* out_block, bool first) {
-               kern.compute(W.data, k, c0, c1, p0, kc, packed, rows, first ? bias : nullptr,
-                            out_block, out.ld, accumulate || !first);
+             [&](float*, Index c0, Index c1, Index p0, Index kc, const float* packed,
+                 RowsView<float> out_block, bool first) {
+               kern.compute(W.data, k, c0, c1, p0, kc, packed, out_block.rows,
+                            first ? bias : nullptr, out_block.data, out_block.ld,
+                            accumulate || !first);
              });
 }
 

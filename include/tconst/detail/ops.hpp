@@ -1,8 +1,9 @@
 #pragma once
 // The kernels of SPEC §2: LayerNorm, linear layers, SwiGLU FFN, RoPE and attention.
 //
-// Activations are row-major, one row per token, addressed by pointer + row stride so that the
-// kernels read and write straight into the cache and scratch buffers. The single-row variants are
+// Activations are row-major, one row per token, addressed by row views (RowsView: pointer, rows,
+// columns, row stride; views.hpp) so that the kernels read and write straight into the cache and
+// scratch buffers. The single-row variants are
 // the cache-hit hot path: they allocate nothing and are noexcept.
 
 #include <Eigen/Core>

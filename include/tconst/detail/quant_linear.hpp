@@ -131,9 +131,9 @@ inline void quant_linear(Isa isa, RowsView<const float> in, const WeightMatrix& 
   gemm_drive(kern, in.cols_from(0, W.cols), out.cols_from(0, W.rows), align,
              kern.mr * std::min(W.cols, kGemmKcMax + align), *ws,
              [&](float* strip, Index c0, Index c1, Index p0, Index kc, const float* packed,
-                 Index rows, float* out_block, bool first) {
-               kern.quant_compute(W, c0, c1, p0, kc, packed, rows, first ? bias : nullptr,
-                                  out_block, ld_out, accumulate || !first, strip);
+                 RowsView<float> out_block, bool first) {
+               kern.quant_compute(W, c0, c1, p0, kc, packed, out_block.rows, first ? bias : nullptr,
+                                  out_block.data, out_block.ld, accumulate || !first, strip);
              });
 }
 
