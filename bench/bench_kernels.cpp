@@ -420,8 +420,8 @@ void BM_AttendOne(benchmark::State& state, bool accumulate) {
   std::vector<float> scores(static_cast<size_t>(kHeads * nk));  // all heads at once
   std::vector<float> out(kD, 0.0f);
   for (auto _ : state) {
-    td::attend_one(q.data(), K.data(), V.data(), kD, nk, kHeads, kDh, scores.data(), out.data(),
-                   accumulate);
+    td::attend_one(q.data(), td::rows_view(K.data(), nk, kD), td::rows_view(V.data(), nk, kD),
+                   td::Heads{kHeads, kDh}, scores.data(), out.data(), accumulate);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -466,7 +466,8 @@ void BM_Linear(benchmark::State& state, Index rows, Index cols, bool with_bias) 
   std::vector<float> out(static_cast<size_t>(n * rows));
   const tconst::ConstMatrixMap<float> Wm(W.data(), rows, cols);
   for (auto _ : state) {
-    td::linear<float>(in.data(), cols, n, Wm, with_bias ? bias.data() : nullptr, out.data(), rows);
+    td::linear<float>(td::rows_view(in.data(), n, cols), Wm, with_bias ? bias.data() : nullptr,
+                      td::rows_view(out.data(), n, rows));
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -516,7 +517,8 @@ void BM_Gemm(benchmark::State& state, GemmBy how, Index k, Index o, bool with_bi
     case GemmBy::packed:
       state.SetLabel(td::isa_name(td::active_isa()));
       for (auto _ : state) {
-        td::gemm(W.data(), k, o, in.data(), k, n, b, out.data(), o, false, ws);
+        td::gemm(td::rows_view(W.data(), o, k), td::rows_view(in.data(), n, k), b,
+                 td::rows_view(out.data(), n, o), false, ws);
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
       }
@@ -611,9 +613,11 @@ void BM_AttendRows(benchmark::State& state) {
   workers.workers.resize(static_cast<size_t>(state.range(1)));
   std::vector<float> out(static_cast<size_t>(nq * kD));
   for (auto _ : state) {
-    td::attend_rows(qkv.data(), 3 * kD, nq, qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk,
-                    kHeads, kDh, Index{-1}, out.data(), kD, false, scores.data(),
-                    static_cast<Index>(scores.size()), &workers);
+    td::attend_rows(td::rows_view(qkv.data(), nq, kD, 3 * kD),
+                    td::rows_view(qkv.data() + kD, nk, kD, 3 * kD),
+                    td::rows_view(qkv.data() + 2 * kD, nk, kD, 3 * kD), td::Heads{kHeads, kDh},
+                    Index{-1}, td::rows_view(out.data(), nq, kD), false,
+                    {scores.data(), static_cast<Index>(scores.size()), &workers});
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -690,7 +694,8 @@ void BM_QuantLinear(benchmark::State& state, td::WeightFormat format, Index bloc
   for (auto _ : state) {
     W.data = base + i * mat * elem;
     W.scales = nscales > 0 ? pool().data() + i * nscales : nullptr;
-    td::linear(in.data(), cols, n, W, nullptr, out.data(), rows, &ws);
+    td::linear(td::rows_view(in.data(), n, cols), W, nullptr, td::rows_view(out.data(), n, rows),
+               &ws);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     if (++i == copies) i = 0;
@@ -766,7 +771,7 @@ void BM_FfnResidual(benchmark::State& state) {
   td::GemmWorkspace ws;  // many rows: the packed GEMM, as the resync and a prefill run it
   int64_t k = 0;
   for (auto _ : state) {
-    td::ffn_residual(x.data(), kD, n, L, 1e-5, xn.data(), h1.data(), h3.data(), &ws);
+    td::ffn_residual(td::rows_view(x.data(), n, kD), L, 1e-5, xn.data(), h1.data(), h3.data(), &ws);
     benchmark::DoNotOptimize(x.data());
     benchmark::ClobberMemory();
     if (++k % 64 == 0) {  // keep the residual stream from growing without bound
@@ -793,7 +798,8 @@ void BM_LayerNorm(benchmark::State& state) {
   const std::vector<float> in = random_floats(static_cast<size_t>(n * kD), 63);
   std::vector<float> out(static_cast<size_t>(n * kD));
   for (auto _ : state) {
-    td::layer_norm(in.data(), kD, out.data(), kD, n, kD, view(w, kD, 1), view(b, kD, 1), 1e-5);
+    td::layer_norm(td::rows_view(in.data(), n, kD), td::rows_view(out.data(), n, kD),
+                   view(w, kD, 1), view(b, kD, 1), 1e-5);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }

@@ -83,8 +83,10 @@ void check_shape(const Shape& s, bool bias, uint64_t seed, GemmWorkspace& ws) {
                       sizeof(float) * static_cast<size_t>(s.o));
         }
       }
-      tconst::detail::gemm(isa, W.data(), s.k, s.o, in.data(), ld_in, s.n,
-                           bias ? b.data() : nullptr, out.data(), ld_out, acc, ws);
+      tconst::detail::gemm(isa, tconst::detail::rows_view(W.data(), s.o, s.k),
+                           tconst::detail::rows_view(in.data(), s.n, s.k, ld_in),
+                           bias ? b.data() : nullptr,
+                           tconst::detail::rows_view(out.data(), s.n, s.o, ld_out), acc, ws);
       for (Index g = 0; g < s.n; ++g) {
         for (Index o = 0; o < ld_out; ++o) {
           const size_t at = static_cast<size_t>(g * ld_out + o);
@@ -146,8 +148,9 @@ TEST(Gemm, DoubleUsesEigen) {
   tconst::fill_uniform(rng, in.data(), static_cast<int64_t>(in.size()), -1.0, 1.0);
   tconst::fill_uniform(rng, b.data(), static_cast<int64_t>(b.size()), -1.0, 1.0);
   GemmWorkspace ws;
-  tconst::detail::gemm(W.data(), k, o, in.data(), ld_in, n, b.data(), out.data(), ld_out, false,
-                       ws);
+  tconst::detail::gemm(tconst::detail::rows_view(W.data(), o, k),
+                       tconst::detail::rows_view(in.data(), n, k, ld_in), b.data(),
+                       tconst::detail::rows_view(out.data(), n, o, ld_out), false, ws);
   for (Index g = 0; g < n; ++g) {
     for (Index c = 0; c < ld_out; ++c) {
       const double got = out[static_cast<size_t>(g * ld_out + c)];
@@ -171,11 +174,15 @@ TEST(Gemm, WorkspaceStopsGrowing) {
   const std::vector<float> in = random_floats(static_cast<size_t>(n * k), 8);
   std::vector<float> out(static_cast<size_t>(n * o));
   GemmWorkspace ws;
-  tconst::detail::gemm(W.data(), k, o, in.data(), k, n, nullptr, out.data(), o, false, ws);
+  tconst::detail::gemm(tconst::detail::rows_view(W.data(), o, k),
+                       tconst::detail::rows_view(in.data(), n, k, k), nullptr,
+                       tconst::detail::rows_view(out.data(), n, o, o), false, ws);
   const float* data = ws.packed.data();
   const size_t size = ws.packed.size();
   for (Index rows : {n, Index{1}, Index{77}, n}) {
-    tconst::detail::gemm(W.data(), k, o, in.data(), k, rows, nullptr, out.data(), o, false, ws);
+    tconst::detail::gemm(tconst::detail::rows_view(W.data(), o, k),
+                         tconst::detail::rows_view(in.data(), rows, k, k), nullptr,
+                         tconst::detail::rows_view(out.data(), rows, o, o), false, ws);
     EXPECT_EQ(ws.packed.data(), data);
     EXPECT_EQ(ws.packed.size(), size);
   }
@@ -313,8 +320,9 @@ TEST(Gemm, SameBitsOnAnyThreadCount) {
         omp_set_num_threads(t);
         GemmWorkspace ws;
         std::vector<float> out(static_cast<size_t>(s.n * s.o));
-        tconst::detail::gemm(isa, W.data(), s.k, s.o, in.data(), s.k, s.n, b.data(), out.data(),
-                             s.o, false, ws);
+        tconst::detail::gemm(isa, tconst::detail::rows_view(W.data(), s.o, s.k),
+                             tconst::detail::rows_view(in.data(), s.n, s.k, s.k), b.data(),
+                             tconst::detail::rows_view(out.data(), s.n, s.o, s.o), false, ws);
         if (first.empty()) {
           first = out;
         } else {

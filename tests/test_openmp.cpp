@@ -128,14 +128,15 @@ void expect_split_attention_identical() {
     for (S& x : V) x = static_cast<S>(gen.uniform_float(-1.0, 1.0));
     for (bool accumulate : {false, true}) {
       std::vector<S> want(d, S(0.25)), got(d, S(0.25));
+      const auto Kv = tconst::detail::rows_view(K.data(), nk, d);
+      const auto Vv = tconst::detail::rows_view(V.data(), nk, d);
+      const tconst::detail::Heads hd{heads, dh};
       {
         Threads one(1);
-        tconst::detail::attend_one(q.data(), K.data(), V.data(), d, nk, heads, dh, scores.data(),
-                                   want.data(), accumulate);
+        tconst::detail::attend_one(q.data(), Kv, Vv, hd, scores.data(), want.data(), accumulate);
       }
       Threads three(3);
-      tconst::detail::attend_one(q.data(), K.data(), V.data(), d, nk, heads, dh, scores.data(),
-                                 got.data(), accumulate);
+      tconst::detail::attend_one(q.data(), Kv, Vv, hd, scores.data(), got.data(), accumulate);
       // Each head's arithmetic is the same on any thread: the same bits.
       EXPECT_EQ(got, want) << "nk " << nk << " accumulate " << accumulate;
     }
@@ -167,17 +168,23 @@ void expect_split_row_attention_identical(bool through_gemm) {
   workers.workers.resize(3);
   tconst::detail::AttentionWorkers<S>* al = through_gemm ? &workers : nullptr;
   // Causal (the window's) and not (the resync's, which in float takes the panel kernels).
+  const auto Qv = tconst::detail::rows_view(Q.data(), nq, d);
+  const auto Kv = tconst::detail::rows_view(K.data(), nk, d);
+  const auto Vv = tconst::detail::rows_view(V.data(), nk, d);
+  const tconst::detail::Heads hd{heads, dh};
   for (Eigen::Index causal : {Eigen::Index{7}, Eigen::Index{-1}}) {
     std::vector<S> want(nq * d, S(0.5)), got(nq * d, S(0.5));
     {
       Threads one(1);
-      tconst::detail::attend_rows(Q.data(), d, nq, K.data(), V.data(), d, nk, heads, dh, causal,
-                                  want.data(), d, true, scores.data(), len, al);
+      tconst::detail::attend_rows(Qv, Kv, Vv, hd, causal,
+                                  tconst::detail::rows_view(want.data(), nq, d), true,
+                                  {scores.data(), len, al});
     }
     {
       Threads three(3);
-      tconst::detail::attend_rows(Q.data(), d, nq, K.data(), V.data(), d, nk, heads, dh, causal,
-                                  got.data(), d, true, scores.data(), len, al);
+      tconst::detail::attend_rows(Qv, Kv, Vv, hd, causal,
+                                  tconst::detail::rows_view(got.data(), nq, d), true,
+                                  {scores.data(), len, al});
     }
     EXPECT_EQ(got, want) << "attend_rows, causal_base " << causal;
   }

@@ -135,8 +135,10 @@ void check_shape(WeightFormat format, const Shape& s, bool bias, uint64_t seed, 
                       sizeof(float) * static_cast<size_t>(s.o));
         }
       }
-      tconst::detail::quant_linear(isa, in.data(), ld_in, s.n, m.W, bias ? b.data() : nullptr,
-                                   out.data(), ld_out, w, acc);
+      tconst::detail::quant_linear(
+          isa, tconst::detail::rows_view<const float>(in.data(), s.n, s.k, ld_in), m.W,
+          bias ? b.data() : nullptr, tconst::detail::rows_view(out.data(), s.n, s.o, ld_out), w,
+          acc);
       for (Index g = 0; g < s.n; ++g) {
         for (Index o = 0; o < ld_out; ++o) {
           const size_t at = static_cast<size_t>(g * ld_out + o);
@@ -214,10 +216,13 @@ TEST(QuantLinear, NoAllocationOnceTheWorkspaceHasGrown) {
       for (int round = 0; round < 2; ++round) {
         const long before = tconst_test::heap_allocations();
         for (Index rows : {Index{1}, Index{8}}) {
-          tconst::detail::quant_linear(isa, in.data(), k, rows, m.W, nullptr, out.data(), o,
-                                       nullptr, false);
+          tconst::detail::quant_linear(
+              isa, tconst::detail::rows_view<const float>(in.data(), rows, k), m.W, nullptr,
+              tconst::detail::rows_view(out.data(), rows, o), nullptr, false);
         }
-        tconst::detail::quant_linear(isa, in.data(), k, n, m.W, nullptr, out.data(), o, &ws, true);
+        tconst::detail::quant_linear(isa, tconst::detail::rows_view<const float>(in.data(), n, k),
+                                     m.W, nullptr, tconst::detail::rows_view(out.data(), n, o), &ws,
+                                     true);
         if (round == 1) {
           EXPECT_EQ(tconst_test::heap_allocations(), before)
               << tconst::to_string(format) << " " << tconst::detail::isa_name(isa);
@@ -236,9 +241,11 @@ TEST(QuantLinear, F32FormatIsTheFloatProduct) {
   GemmWorkspace ws;
   for (Index rows : {Index{1}, Index{5}, n}) {
     std::vector<float> got(static_cast<size_t>(n * o)), want(got.size());
-    tconst::detail::linear(in.data(), k, rows, m.W, b.data(), got.data(), o, &ws);
+    tconst::detail::linear(tconst::detail::rows_view<const float>(in.data(), rows, k), m.W,
+                           b.data(), tconst::detail::rows_view(got.data(), rows, o), &ws);
     const tconst::ConstMatrixMap<float> Wm(m.f32.data(), o, k);
-    tconst::detail::linear<float>(in.data(), k, rows, Wm, b.data(), want.data(), o, &ws);
+    tconst::detail::linear<float>(tconst::detail::rows_view<const float>(in.data(), rows, k), Wm,
+                                  b.data(), tconst::detail::rows_view(want.data(), rows, o), &ws);
     EXPECT_EQ(0, std::memcmp(got.data(), want.data(), sizeof(float) * got.size()));
   }
 }
@@ -251,9 +258,11 @@ TEST(QuantLinear, LinearUsesTheActivePath) {
   GemmWorkspace ws;
   for (Index rows : {Index{1}, Index{8}, n}) {
     std::vector<float> got(static_cast<size_t>(n * o)), want(got.size());
-    tconst::detail::linear(in.data(), k, rows, m.W, nullptr, got.data(), o, &ws);
-    tconst::detail::quant_linear(tconst::detail::active_isa(), in.data(), k, rows, m.W, nullptr,
-                                 want.data(), o, &ws, false);
+    tconst::detail::linear(tconst::detail::rows_view<const float>(in.data(), rows, k), m.W, nullptr,
+                           tconst::detail::rows_view(got.data(), rows, o), &ws);
+    tconst::detail::quant_linear(
+        tconst::detail::active_isa(), tconst::detail::rows_view<const float>(in.data(), rows, k),
+        m.W, nullptr, tconst::detail::rows_view(want.data(), rows, o), &ws, false);
     EXPECT_EQ(0, std::memcmp(got.data(), want.data(), sizeof(float) * got.size()));
   }
 }
@@ -278,11 +287,13 @@ TEST(QuantLinear, SameBitsOnOneAndTwoThreads) {
                        std::to_string(k));
           std::vector<float> one(static_cast<size_t>(n * o)), two(one.size());
           omp_set_num_threads(1);
-          tconst::detail::quant_linear(isa, in.data(), k, n, m.W, b.data(), one.data(), o, &ws,
-                                       false);
+          tconst::detail::quant_linear(isa, tconst::detail::rows_view<const float>(in.data(), n, k),
+                                       m.W, b.data(), tconst::detail::rows_view(one.data(), n, o),
+                                       &ws, false);
           omp_set_num_threads(2);
-          tconst::detail::quant_linear(isa, in.data(), k, n, m.W, b.data(), two.data(), o, &ws,
-                                       false);
+          tconst::detail::quant_linear(isa, tconst::detail::rows_view<const float>(in.data(), n, k),
+                                       m.W, b.data(), tconst::detail::rows_view(two.data(), n, o),
+                                       &ws, false);
           EXPECT_EQ(0, std::memcmp(one.data(), two.data(), sizeof(float) * one.size()));
         }
       }

@@ -140,7 +140,8 @@ TEST(RowsGemm, LinearAndGemvAgreeWithEigen) {
     SCOPED_TRACE("n " + std::to_string(n));
     const std::vector<float> in = random_floats(static_cast<size_t>(n * ld_in), 93 + n);
     std::vector<float> out(static_cast<size_t>(n * ld_out), kPad);
-    tconst::detail::linear<float>(in.data(), ld_in, n, Wm, b.data(), out.data(), ld_out);
+    tconst::detail::linear<float>(tconst::detail::rows_view(in.data(), n, k, ld_in), Wm, b.data(),
+                                  tconst::detail::rows_view(out.data(), n, rows, ld_out));
     const Eigen::Map<const tconst::MatrixRM<float>, 0, Eigen::OuterStride<>> X(
         in.data(), n, k, Eigen::OuterStride<>(ld_in));
     const tconst::MatrixRM<float> want =
@@ -254,12 +255,16 @@ TEST(AttendOne, FloatPathAgreesWithDoublePath) {
   const std::vector<float> K = random_floats(static_cast<size_t>(nk * d), 802);
   const std::vector<float> V = random_floats(static_cast<size_t>(nk * d), 803);
   std::vector<float> out(static_cast<size_t>(d)), scores(static_cast<size_t>(heads * nk));
-  tconst::detail::attend_one<float>(q.data(), K.data(), V.data(), d, nk, heads, dh, scores.data(),
-                                    out.data(), false);
+  tconst::detail::attend_one<float>(q.data(), tconst::detail::rows_view(K.data(), nk, d),
+                                    tconst::detail::rows_view(V.data(), nk, d),
+                                    tconst::detail::Heads{heads, dh}, scores.data(), out.data(),
+                                    false);
   const std::vector<double> qd(q.begin(), q.end()), Kd(K.begin(), K.end()), Vd(V.begin(), V.end());
   std::vector<double> outd(static_cast<size_t>(d)), scoresd(static_cast<size_t>(heads * nk));
-  tconst::detail::attend_one<double>(qd.data(), Kd.data(), Vd.data(), d, nk, heads, dh,
-                                     scoresd.data(), outd.data(), false);
+  tconst::detail::attend_one<double>(qd.data(), tconst::detail::rows_view(Kd.data(), nk, d),
+                                     tconst::detail::rows_view(Vd.data(), nk, d),
+                                     tconst::detail::Heads{heads, dh}, scoresd.data(), outd.data(),
+                                     false);
   for (Index i = 0; i < d; ++i) {
     ASSERT_NEAR(out[static_cast<size_t>(i)], outd[static_cast<size_t>(i)], 2e-6) << i;
   }

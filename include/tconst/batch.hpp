@@ -66,7 +66,8 @@ class StreamBatch {
     const Eigen::Index S = static_cast<Eigen::Index>(sessions.size()), V = c.vocab_size;
     if (static_cast<Eigen::Index>(logits_.size()) < S * V)
       logits_.resize(static_cast<size_t>(S * V));
-    detail::linear(step_.scratch.xn.data(), c.n_embd, S, m.lm_head(), nullptr, logits_.data(), V);
+    detail::linear(detail::rows_view<const Scalar>(step_.scratch.xn.data(), S, c.n_embd),
+                   m.lm_head(), nullptr, detail::rows_view(logits_.data(), S, V));
     for (Eigen::Index r = 0; r < S; ++r) {
       TConstSession<Scalar>& s = *sessions[static_cast<size_t>(r)];
       s.log_.push_back(tokens[static_cast<size_t>(r)]);

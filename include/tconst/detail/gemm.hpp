@@ -28,6 +28,7 @@
 #include "tconst/detail/big_buffer.hpp"
 #include "tconst/detail/dispatch.hpp"
 #include "tconst/detail/parallel.hpp"
+#include "tconst/detail/views.hpp"
 
 namespace tconst {
 inline namespace TCONST_ABI {
@@ -53,15 +54,17 @@ constexpr Eigen::Index kGemmEigenCols = 128;
 /// Multiply-adds per thread below which a product runs on fewer threads.
 constexpr Eigen::Index kGemmMinFmaPerThread = Eigen::Index{1} << 20;
 
-/// out[n, o] (+)= in[n, k] W^T (+ bias) with Eigen's product, on one thread: Eigen runs a product
-/// on one thread inside an active parallel region, or without OpenMP.
+/// out[n, o] (+)= in[n, k] W[o, k]^T (+ bias) with Eigen's product (W contiguous), on one thread:
+/// Eigen runs a product on one thread inside an active parallel region, or without OpenMP.
 template <typename S>
-void gemm_eigen(const S* W, Eigen::Index k, Eigen::Index o, const S* in, Eigen::Index ld_in,
-                Eigen::Index n, const S* bias, S* out, Eigen::Index ld_out, bool accumulate) {
+void gemm_eigen(RowsView<const S> W, RowsView<const S> in, const S* bias, RowsView<S> out,
+                bool accumulate) {
   using Rows = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Eigen::Map<Rows, 0, Eigen::OuterStride<>> O(out, n, o, Eigen::OuterStride<>(ld_out));
-  const Eigen::Map<const Rows, 0, Eigen::OuterStride<>> X(in, n, k, Eigen::OuterStride<>(ld_in));
-  const Eigen::Map<const Rows> Wm(W, o, k);
+  const Eigen::Index k = W.cols, o = W.rows;
+  Eigen::Map<Rows, 0, Eigen::OuterStride<>> O(out.data, in.rows, o, Eigen::OuterStride<>(out.ld));
+  const Eigen::Map<const Rows, 0, Eigen::OuterStride<>> X(in.data, in.rows, k,
+                                                          Eigen::OuterStride<>(in.ld));
+  const Eigen::Map<const Rows> Wm(W.data, o, k);
   if (!accumulate) O.setZero();
   if (k > 0) O.noalias() += X * Wm.transpose();
   if (bias != nullptr)
@@ -128,15 +131,16 @@ inline void gemm_grid(int threads, Eigen::Index n, Eigen::Index nr, Eigen::Index
 /// their count; here every range is one single-threaded product of the same size on any thread
 /// count, so the result has the same bits on any.
 template <typename S>
-void gemm_eigen_split(const S* W, Eigen::Index k, Eigen::Index o, const S* in, Eigen::Index ld_in,
-                      Eigen::Index n, const S* bias, S* out, Eigen::Index ld_out, bool accumulate) {
+void gemm_eigen_split(RowsView<const S> W, RowsView<const S> in, const S* bias, RowsView<S> out,
+                      bool accumulate) {
   using Eigen::Index;
+  const Index k = W.cols, o = W.rows, n = in.rows;
   const Index ranges = (o + kGemmEigenCols - 1) / kGemmEigenCols;
   auto run = [&](Index t, Index nt) {
     for (Index r = ranges * t / nt; r < ranges * (t + 1) / nt; ++r) {
       const Index c0 = r * kGemmEigenCols, c = std::min(kGemmEigenCols, o - c0);
-      gemm_eigen(W + c0 * k, k, c, in, ld_in, n, bias != nullptr ? bias + c0 : nullptr, out + c0,
-                 ld_out, accumulate);
+      gemm_eigen(W.block(c0, c), in, bias != nullptr ? bias + c0 : nullptr, out.cols_from(c0, c),
+                 accumulate);
     }
   };
   // Outside an active parallel region Eigen would split a large product itself: open one of at
@@ -148,19 +152,19 @@ void gemm_eigen_split(const S* W, Eigen::Index k, Eigen::Index o, const S* in, E
   run(0, 1);
 }
 
-/// The blocking and threading of the packed product out[n, o] (+)= in[n, k] W^T, for any weight
-/// format: packs each thread's blocks of input rows with kern.pack and hands every block and pass
-/// to compute(scratch, c0, c1, p0, kc, packed, rows, out_block, first_pass), which multiplies the
-/// packed rows by weight rows [c0, c1) over columns [p0, p0 + kc) into out_block (input row 0's
-/// output row). Passes of k are multiples of `k_align` columns (but the last); each thread gets
-/// `scratch_floats` floats of ws besides its panels, 64-byte aligned. Allocates only when `ws`
-/// has to grow.
+/// The blocking and threading of the packed product out[n, o] (+)= in[n, k] W^T (o = out.cols), for
+/// any weight format: packs each thread's blocks of input rows with kern.pack and hands every block
+/// and pass to compute(scratch, c0, c1, p0, kc, packed, out_block, first_pass), which multiplies
+/// the packed rows by weight rows [c0, c1) over columns [p0, p0 + kc) into out_block (the block's
+/// output rows, out_block.rows of them). Passes of k are multiples of `k_align` columns (but the
+/// last); each thread gets `scratch_floats` floats of ws besides its panels, 64-byte aligned.
+/// Allocates only when `ws` has to grow.
 template <typename Compute>
-void gemm_drive(const KernelTable& kern, Eigen::Index k, Eigen::Index o, const float* in,
-                Eigen::Index ld_in, Eigen::Index n, float* out, Eigen::Index ld_out,
+void gemm_drive(const KernelTable& kern, RowsView<const float> in, RowsView<float> out,
                 Eigen::Index k_align, Eigen::Index scratch_floats, GemmWorkspace& ws,
                 const Compute& compute) {
   using Eigen::Index;
+  const Index k = in.cols, o = out.cols, n = in.rows;
   const Index passes = (k + kGemmKcMax - 1) / kGemmKcMax;
   const Index kc = ((k + passes - 1) / passes + k_align - 1) / k_align * k_align;
   const Index nr = kern.nr, mr = kern.mr;
@@ -189,11 +193,10 @@ void gemm_drive(const KernelTable& kern, Eigen::Index k, Eigen::Index o, const f
       for (Index p0 = 0; p0 < k; p0 += kc) {
         const Index kcur = std::min(kc, k - p0);
         for (Index j = 0; j < rows; j += nr) {
-          kern.pack(in + (n0 + j) * ld_in, ld_in, std::min(nr, rows - j), p0, kcur,
-                    packed + j * kcur);
+          kern.pack(in.row(n0 + j), in.ld, std::min(nr, rows - j), p0, kcur, packed + j * kcur);
         }
-        compute(packed + panel_floats, c0, c1, p0, kcur, static_cast<const float*>(packed), rows,
-                out + n0 * ld_out, p0 == 0);
+        compute(packed + panel_floats, c0, c1, p0, kcur, static_cast<const float*>(packed),
+                out.block(n0, rows), p0 == 0);
       }
     }
   };
@@ -202,41 +205,39 @@ void gemm_drive(const KernelTable& kern, Eigen::Index k, Eigen::Index o, const f
 
 /// out[n, o] = in[n, k] W[o, k]^T (+ bias[o]), or out += that when `accumulate`, with the kernels
 /// of `isa` (or the best one below it that this CPU runs; Eigen for Isa::none). W is [o, k]
-/// row-major, input rows ld_in apart (ld_in >= k), output rows ld_out apart (ld_out >= o); bias
-/// may be nullptr. Nothing outside out's n x o entries is written. Allocates only when `ws` has
-/// to grow.
-inline void gemm(Isa isa, const float* W, Eigen::Index k, Eigen::Index o, const float* in,
-                 Eigen::Index ld_in, Eigen::Index n, const float* bias, float* out,
-                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
+/// contiguous; n = in.rows, in's first k and out's first o columns are used; bias may be nullptr.
+/// Nothing outside out's n x o entries is written. Allocates only when `ws` has to grow.
+inline void gemm(Isa isa, RowsView<const float> W, RowsView<const float> in, const float* bias,
+                 RowsView<float> out, bool accumulate, GemmWorkspace& ws) {
   using Eigen::Index;
-  if (n <= 0 || o <= 0) return;
+  const Index k = W.cols, o = W.rows;
+  if (in.rows <= 0 || o <= 0) return;
   const KernelTable& kern = kernels_at_most(isa);
   if (kern.compute == nullptr || k <= 0) {
-    gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
+    gemm_eigen_split(W, in, bias, out.cols_from(0, o), accumulate);
     return;
   }
-  gemm_drive(kern, k, o, in, ld_in, n, out, ld_out, 1, 0, ws,
-             [&](float*, Index c0, Index c1, Index p0, Index kc, const float* packed, Index rows,
-                 float* out_block, bool first) {
-               kern.compute(W, k, c0, c1, p0, kc, packed, rows, first ? bias : nullptr, out_block,
-                            ld_out, accumulate || !first);
+  gemm_drive(kern, in.cols_from(0, k), out.cols_from(0, o), 1, 0, ws,
+             [&](float*, Index c0, Index c1, Index p0, Index kc, const float* packed,
+                 RowsView<float> out_block, bool first) {
+               kern.compute(W.data, k, c0, c1, p0, kc, packed, out_block.rows,
+                            first ? bias : nullptr, out_block.data, out_block.ld,
+                            accumulate || !first);
              });
 }
 
 /// gemm() with active_isa()'s kernels.
-inline void gemm(const float* W, Eigen::Index k, Eigen::Index o, const float* in,
-                 Eigen::Index ld_in, Eigen::Index n, const float* bias, float* out,
-                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
-  gemm(active_isa(), W, k, o, in, ld_in, n, bias, out, ld_out, accumulate, ws);
+inline void gemm(RowsView<const float> W, RowsView<const float> in, const float* bias,
+                 RowsView<float> out, bool accumulate, GemmWorkspace& ws) {
+  gemm(active_isa(), W, in, bias, out, accumulate, ws);
 }
 
 /// The same product in double, with Eigen's (there are no double kernels); `ws` is unused.
-inline void gemm(const double* W, Eigen::Index k, Eigen::Index o, const double* in,
-                 Eigen::Index ld_in, Eigen::Index n, const double* bias, double* out,
-                 Eigen::Index ld_out, bool accumulate, GemmWorkspace& ws) {
+inline void gemm(RowsView<const double> W, RowsView<const double> in, const double* bias,
+                 RowsView<double> out, bool accumulate, GemmWorkspace& ws) {
   (void)ws;
-  if (n <= 0 || o <= 0) return;
-  gemm_eigen_split(W, k, o, in, ld_in, n, bias, out, ld_out, accumulate);
+  if (in.rows <= 0 || W.rows <= 0) return;
+  gemm_eigen_split(W, in, bias, out.cols_from(0, W.rows), accumulate);
 }
 
 }  // namespace detail

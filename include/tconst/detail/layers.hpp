@@ -82,18 +82,18 @@ struct CrossKV {
   Index rows = 0;
 };
 
-/// Attention of nq query rows in blocks that keep the score buffer within its budget.
+/// Attention of nq = Q.rows query rows (attend_rows) in blocks that keep the score buffer within
+/// its budget.
 template <typename S>
-void attend_blocked(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
-                    Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
-                    S* scores) {
+void attend_blocked(ConstRows<S> Q, ConstRows<S> K, ConstRows<S> V, Heads heads, Index causal_base,
+                    RowsView<S> out, bool accumulate, S* scores) {
+  const Index nq = Q.rows, nk = K.rows;
   const Index block =
       std::max<Index>(1, std::min<Index>(nq, kScoreBudget / std::max<Index>(nk, 1)));
   for (Index r0 = 0; r0 < nq; r0 += block) {
     const Index n = std::min(block, nq - r0);
-    attend_rows(Q + r0 * ld_q, ld_q, n, K, V, ld_kv, nk, heads, dh,
-                causal_base >= 0 ? causal_base + r0 : -1, out + r0 * ld_out, ld_out, accumulate,
-                scores);
+    attend_rows(Q.block(r0, n), K, V, heads, causal_base >= 0 ? causal_base + r0 : -1,
+                out.block(r0, n), accumulate, {scores});
   }
 }
 
@@ -142,25 +142,26 @@ bool ffn_up_fused(const S* xn, Index d, Index n, const LayerWeights<S>& L, S* h1
 /// x[n, d] += FFN(LN2(x)) (SPEC §2, SwiGLU without biases). Buffers: xn [n, d], h1 and h3 [n, f];
 /// `ws` the packed GEMM's, for many rows.
 template <typename S>
-void ffn_residual(S* x, Index ld_x, Index n, const LayerWeights<S>& L, double eps, S* xn, S* h1,
-                  S* h3, GemmWorkspace* ws = nullptr) {
-  const Index d = L.w2.rows, f = L.w1.rows;
-  layer_norm(x, ld_x, xn, d, n, d, L.norm2_w, L.norm2_b, eps);
+void ffn_residual(RowsView<S> x, const LayerWeights<S>& L, double eps, S* xn, S* h1, S* h3,
+                  GemmWorkspace* ws = nullptr) {
+  const Index d = L.w2.rows, f = L.w1.rows, n = x.rows, ld_x = x.ld;
+  const RowsView<S> xn_rows = rows_view(xn, n, d);
+  layer_norm(x.cols_from(0, d), xn_rows, L.norm2_w, L.norm2_b, eps);
   if (!ffn_up_fused(xn, d, n, L, h1, h3)) {
-    linear(xn, d, n, L.w1, nullptr, h1, f, ws);
-    linear(xn, d, n, L.w3, nullptr, h3, f, ws);
+    linear(xn_rows, L.w1, nullptr, rows_view(h1, n, f), ws);
+    linear(xn_rows, L.w3, nullptr, rows_view(h3, n, f), ws);
     for_row_ranges(n,
                    [&](Index r0, Index r1) { silu_gate(h1 + r0 * f, h3 + r0 * f, (r1 - r0) * f); });
   }
   if (n <= kRowsGemmMaxRows) {
     // w2's product into xn, free again, then the residual, so that the product can take the
     // few-row kernel.
-    linear(h1, f, n, L.w2, nullptr, xn, d);
-    RowsMap<S>(x, n, d, Eigen::OuterStride<>(ld_x)) +=
+    linear(rows_view(h1, n, f), L.w2, nullptr, xn_rows);
+    RowsMap<S>(x.data, n, d, Eigen::OuterStride<>(ld_x)) +=
         ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
     return;
   }
-  linear(h1, f, n, L.w2, nullptr, x, ld_x, ws, true);
+  linear(rows_view(h1, n, f), L.w2, nullptr, x.cols_from(0, d), ws, true);
 }
 
 /// One inner layer over n rows x[n, d] (SPEC §4's window stream; every baseline layer):
@@ -176,13 +177,13 @@ void layer_body(const Model<S>& m, const LayerWeights<S>& L, S* x, Index n, Wind
   S* xn = s.xn.data();
   S* qkv = s.qkv.data();
   S* att = s.att.data();
-  layer_norm(x, d, xn, d, n, d, L.norm1_w, L.norm1_b, c.norm_eps);
-  linear(xn, d, n, L.qkv_w, L.qkv_b.data, qkv, 3 * d, &s.gemm);
+  layer_norm(rows_view<const S>(x, n, d), rows_view(xn, n, d), L.norm1_w, L.norm1_b, c.norm_eps);
+  linear(rows_view(xn, n, d), L.qkv_w, L.qkv_b.data, rows_view(qkv, n, 3 * d), &s.gemm);
   attend(qkv, att);
-  linear(att, d, n, L.out_w, L.out_b.data, xn, d, &s.gemm);
+  linear(rows_view(att, n, d), L.out_w, L.out_b.data, rows_view(xn, n, d), &s.gemm);
   RowsMap<S>(x, n, d, Eigen::OuterStride<>(d)) +=
       ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
-  ffn_residual(x, d, n, L, c.norm_eps, xn, s.h1.data(), s.h3.data(), &s.gemm);
+  ffn_residual(rows_view(x, n, d), L, c.norm_eps, xn, s.h1.data(), s.h3.data(), &s.gemm);
 }
 
 /// The attention of n consecutive rows of one stream at positions pos0.. (qkv [n, 3d] as
@@ -199,11 +200,15 @@ void attend_consecutive_rows(const Model<S>& m, S* qkv, Index n, int64_t pos0,
     std::memcpy(self.K + (self.rows_before + r) * self.ld, qkv + r * 3 * d + d, sizeof(S) * d);
     std::memcpy(self.V + (self.rows_before + r) * self.ld, qkv + r * 3 * d + 2 * d, sizeof(S) * d);
   }
-  attend_blocked(qkv, 3 * d, n, self.K, self.V, self.ld, self.rows_before + n, heads, dh,
-                 self.rows_before, att, d, false, scores);
+  const RowsView<S> q = rows_view(qkv, n, d, 3 * d), out = rows_view(att, n, d);
+  const Index nk = self.rows_before + n;
+  attend_blocked(q, rows_view<const S>(self.K, nk, d, self.ld),
+                 rows_view<const S>(self.V, nk, d, self.ld), Heads{heads, dh}, self.rows_before,
+                 out, false, scores);
   if (cross.rows > 0) {
-    attend_blocked(qkv, 3 * d, n, cross.K, cross.V, cross.ld, cross.rows, heads, dh, Index{-1}, att,
-                   d, true, scores);
+    attend_blocked(q, rows_view(cross.K, cross.rows, d, cross.ld),
+                   rows_view(cross.V, cross.rows, d, cross.ld), Heads{heads, dh}, Index{-1}, out,
+                   true, scores);
   }
 }
 
@@ -227,14 +232,15 @@ void embed(const Model<S>& m, const int32_t* tokens, Index n, S* x) noexcept {
 template <typename S>
 void final_norm(const Model<S>& m, Index n, WindowScratch<S>& s) noexcept {
   const Index d = m.config().n_embd;
-  layer_norm(s.x.data(), d, s.xn.data(), d, n, d, m.norm_w(), m.norm_b(), m.config().norm_eps);
+  layer_norm(rows_view<const S>(s.x.data(), n, d), rows_view(s.xn.data(), n, d), m.norm_w(),
+             m.norm_b(), m.config().norm_eps);
 }
 
 /// logits[V] = head * h, h one row of final-normalised hidden state.
 template <typename S>
 void head_logits(const Model<S>& m, const S* h, S* logits) noexcept {
   const auto& W = m.lm_head();
-  linear(h, W.cols, 1, W, nullptr, logits, W.rows);
+  linear(rows_view(h, 1, W.cols), W, nullptr, rows_view(logits, 1, W.rows));
 }
 
 }  // namespace detail

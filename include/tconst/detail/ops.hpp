@@ -1,8 +1,9 @@
 #pragma once
 // The kernels of SPEC §2: LayerNorm, linear layers, SwiGLU FFN, RoPE and attention.
 //
-// Activations are row-major, one row per token, addressed by pointer + row stride so that the
-// kernels read and write straight into the cache and scratch buffers. The single-row variants are
+// Activations are row-major, one row per token, addressed by row views (RowsView: pointer, rows,
+// columns, row stride; views.hpp) so that the kernels read and write straight into the cache and
+// scratch buffers. The single-row variants are
 // the cache-hit hot path: they allocate nothing and are noexcept.
 
 #include <Eigen/Core>
@@ -18,6 +19,7 @@
 #include "tconst/detail/dispatch.hpp"
 #include "tconst/detail/gemm.hpp"
 #include "tconst/detail/parallel.hpp"
+#include "tconst/detail/views.hpp"
 #include "tconst/matrix.hpp"
 
 namespace tconst {
@@ -35,21 +37,23 @@ using RowVecMap = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
 template <typename S>
 using ConstRowVecMap = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
 
-/// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2). `out` may equal `in`. Many rows are
+/// out[n, d] = LN(in[n, d]) with biased variance (SPEC §2); n = in.rows, d = in.cols. `out` may
+/// equal `in`. Many rows are
 /// split over the threads (each row's arithmetic is the same on any).
 template <typename S>
-void layer_norm(const S* in, Index ld_in, S* out, Index ld_out, Index n, Index d,
-                const WeightView<S>& w, const WeightView<S>& b, double eps) noexcept {
+void layer_norm(ConstRows<S> in, RowsView<S> out, const WeightView<S>& w, const WeightView<S>& b,
+                double eps) noexcept {
+  const Index n = in.rows, d = in.cols;
   const auto wa = w.vec().transpose().array();
   const auto ba = b.vec().transpose().array();
   const S inv_d = S(1) / static_cast<S>(d);
   for_row_ranges(n, [&](Index r0, Index r1) {
     for (Index r = r0; r < r1; ++r) {
-      ConstRowVecMap<S> x(in + r * ld_in, d);
+      ConstRowVecMap<S> x(in.row(r), d);
       const S mean = x.sum() * inv_d;
       const S var = (x.array() - mean).square().sum() * inv_d;
       const S scale = S(1) / std::sqrt(var + static_cast<S>(eps));
-      RowVecMap<S>(out + r * ld_out, d) = ((x.array() - mean) * scale) * wa + ba;
+      RowVecMap<S>(out.row(r), d) = ((x.array() - mean) * scale) * wa + ba;
     }
   });
 }
@@ -92,25 +96,27 @@ void gemv(const ConstMatrixMap<S>& W, const S* x, const S* bias, S* y) noexcept 
 }
 
 /// out[n, o] = in[n, i] W^T + bias, W stored [o, i] (PyTorch layout); out += that with
-/// `accumulate`. A few rows take the few-row kernel (or a GEMV); more take the packed GEMM, whose
-/// packing buffer `ws` holds (many rows need one).
+/// `accumulate`. n = in.rows; in's first i and out's first o columns are used. A few rows take the
+/// few-row kernel (or a GEMV); more take the packed GEMM, whose packing buffer `ws` holds (many
+/// rows need one).
 template <typename S>
-void linear(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const S* bias, S* out,
-            Index ld_out, GemmWorkspace* ws = nullptr, bool accumulate = false) {
+void linear(ConstRows<S> in, const ConstMatrixMap<S>& W, const S* bias, RowsView<S> out,
+            GemmWorkspace* ws = nullptr, bool accumulate = false) {
+  const Index n = in.rows;
   if (!accumulate) {
-    if (linear_few_rows(in, ld_in, n, W, bias, out, ld_out)) return;
+    if (linear_few_rows(in.data, in.ld, n, W, bias, out.data, out.ld)) return;
     if (n == 1) {
-      gemv(W, in, bias, out);
+      gemv(W, in.data, bias, out.data);
       return;
     }
   }
   if (ws != nullptr) {
-    gemm(W.data(), W.cols(), W.rows(), in, ld_in, n, bias, out, ld_out, accumulate, *ws);
+    gemm(rows_view(W.data(), W.rows(), W.cols()), in, bias, out, accumulate, *ws);
     return;
   }
-  RowsMap<S> O(out, n, W.rows(), Eigen::OuterStride<>(ld_out));
+  RowsMap<S> O(out.data, n, W.rows(), Eigen::OuterStride<>(out.ld));
   const auto product =
-      ConstRowsMap<S>(in, n, W.cols(), Eigen::OuterStride<>(ld_in)) * W.transpose();
+      ConstRowsMap<S>(in.data, n, W.cols(), Eigen::OuterStride<>(in.ld)) * W.transpose();
   if (accumulate) {
     O.noalias() += product;
   } else {
@@ -120,10 +126,9 @@ void linear(const S* in, Index ld_in, Index n, const ConstMatrixMap<S>& W, const
 }
 
 /// The same over a double model's weight matrix (Model<double> keeps every matrix as doubles).
-inline void linear(const double* in, Index ld_in, Index n, const WeightView<double>& W,
-                   const double* bias, double* out, Index ld_out, GemmWorkspace* ws = nullptr,
-                   bool accumulate = false) {
-  linear<double>(in, ld_in, n, W.mat(), bias, out, ld_out, ws, accumulate);
+inline void linear(RowsView<const double> in, const WeightView<double>& W, const double* bias,
+                   RowsView<double> out, GemmWorkspace* ws = nullptr, bool accumulate = false) {
+  linear<double>(in, W.mat(), bias, out, ws, accumulate);
 }
 
 /// Rotates in place the head vectors in columns [0, width) of n rows, row r at absolute position
@@ -195,15 +200,17 @@ S exp_sum(S* p, Index n, S shift) noexcept {
   return a.sum();
 }
 
-/// One query row against nk key rows, every head (attend_one's arithmetic), portably:
-/// P[h, j] = q_h . K[j, h] / sqrt(dh), softmax over j, out_h (+)= P[h, :] V[:, h].
+/// One query row against nk = K.rows key rows, every head (attend_one's arithmetic), portably:
+/// P[h, j] = q_h . K[j, h] / sqrt(dh), softmax over j, out_h (+)= P[h, :] V[:, h]. V's rows are
+/// K.ld apart, as K's.
 template <typename S>
-void attend_one_portable(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
-                         Index dh, S* scores, S* out, bool accumulate) noexcept {
+void attend_one_portable(const S* q, ConstRows<S> K, ConstRows<S> V, Heads hd, S* scores, S* out,
+                         bool accumulate) noexcept {
+  const Index ld_kv = K.ld, nk = K.rows, heads = hd.count, dh = hd.size;
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
   Eigen::Map<MatrixRM<S>> P(scores, heads, nk);
   for (Index j = 0; j < nk; ++j) {
-    const S* kj = K + j * ld_kv;
+    const S* kj = K.data + j * ld_kv;
     for (Index h = 0; h < heads; ++h) {
       P(h, j) = scale * Eigen::Map<const Vector<S>>(q + h * dh, dh)
                             .dot(Eigen::Map<const Vector<S>>(kj + h * dh, dh));
@@ -213,7 +220,7 @@ void attend_one_portable(const S* q, const S* K, const S* V, Index ld_kv, Index 
   Eigen::Map<Vector<S>> o(out, heads * dh);
   if (!accumulate) o.setZero();
   for (Index j = 0; j < nk; ++j) {
-    const S* vj = V + j * ld_kv;
+    const S* vj = V.data + j * ld_kv;
     for (Index h = 0; h < heads; ++h) {
       o.segment(h * dh, dh) += P(h, j) * Eigen::Map<const Vector<S>>(vj + h * dh, dh);
     }
@@ -222,40 +229,43 @@ void attend_one_portable(const S* q, const S* K, const S* V, Index ld_kv, Index 
 
 /// attend_one on the calling thread: the vector kernel where there is one.
 template <typename S>
-void attend_one_serial(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads,
-                       Index dh, S* scores, S* out, bool accumulate) noexcept {
+void attend_one_serial(const S* q, ConstRows<S> K, ConstRows<S> V, Heads hd, S* scores, S* out,
+                       bool accumulate) noexcept {
   if constexpr (std::is_same_v<S, float>) {
     if (const AttendOneFn fn = active_kernels().attend_one) {
-      fn(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
+      fn(q, K.data, V.data, K.ld, K.rows, hd.count, hd.size, scores, out, accumulate);
       return;
     }
   }
-  attend_one_portable(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
+  attend_one_portable(q, K, V, hd, scores, out, accumulate);
 }
 
 /// Keys (and as many values) one query row's attention must read before its heads are split over
 /// threads: below that an OpenMP fork costs about as much as the split saves.
 constexpr Index kMinAttendSplitFloats = Index{1} << 14;
 
-/// One query row against nk key rows: out[d] (+)= concat_h softmax(q_h K_h^T / sqrt(dh)) V_h.
+/// One query row against nk = K.rows key rows: out[d] (+)= concat_h softmax(q_h K_h^T / sqrt(dh))
+/// V_h, V's rows K.ld apart as K's.
 /// The cache-hit attention. Keys and values are each read in one pass for all heads (a key row
 /// holds every head's slice side by side), which keeps long caches streaming from memory instead
 /// of being walked once per head. Outside a parallel region, with OpenMP and enough keys, the
 /// heads are split over the threads (each head's arithmetic is the same either way, so the
 /// result does not depend on the thread count). `scores` holds at least heads * nk scalars.
 template <typename S>
-void attend_one(const S* q, const S* K, const S* V, Index ld_kv, Index nk, Index heads, Index dh,
-                S* scores, S* out, bool accumulate) noexcept {
+void attend_one(const S* q, ConstRows<S> K, ConstRows<S> V, Heads hd, S* scores, S* out,
+                bool accumulate) noexcept {
+  const Index nk = K.rows, heads = hd.count, dh = hd.size;
   const Index parts = std::min<Index>(max_workers(), heads);
   if (parts > 1 && nk * heads * dh >= kMinAttendSplitFloats && !in_parallel()) {
     parallel_for(parts, parts, [&](Index p, Index) {
       const Index h0 = heads * p / parts, h1 = heads * (p + 1) / parts;
-      attend_one_serial(q + h0 * dh, K + h0 * dh, V + h0 * dh, ld_kv, nk, h1 - h0, dh,
-                        scores + h0 * nk, out + h0 * dh, accumulate);
+      attend_one_serial(q + h0 * dh, K.cols_from(h0 * dh, (h1 - h0) * dh),
+                        V.cols_from(h0 * dh, (h1 - h0) * dh), Heads{h1 - h0, dh}, scores + h0 * nk,
+                        out + h0 * dh, accumulate);
     });
     return;
   }
-  attend_one_serial(q, K, V, ld_kv, nk, heads, dh, scores, out, accumulate);
+  attend_one_serial(q, K, V, hd, scores, out, accumulate);
 }
 
 /// Per-thread buffers for the attention products of many query rows. In float on a CPU with the
@@ -292,14 +302,16 @@ inline const KernelTable* panel_kernels(const AttentionWorkers<float>::Worker* w
   return kern.attend != nullptr ? &kern : nullptr;
 }
 
-/// One head through kern.attend: the nq queries Qh (rows ld_q apart) packed into worker.qp, the nk
-/// keys Kh and values Vh (rows ld_kv apart) gathered, then out (+)= softmax(scale * Qh Kh^T) Vh
-/// (normalised when mx is nullptr, else one online step with the rows' running maximum mx and sum;
-/// see gemm.inl).
-inline void attend_head_panels(const KernelTable& kern, const float* Qh, Index ld_q, Index nq,
-                               const float* Kh, const float* Vh, Index ld_kv, Index nk, Index dh,
-                               float scale, AttentionWorkers<float>::Worker& worker, float* mx,
-                               float* sum, float* out, Index ld_out, bool accumulate) {
+/// One head through the active kernels' attend (panel_kernels() must have found them): the nq
+/// queries Qh [nq, dh] packed into worker.qp, the nk keys Kh and values Vh [nk, dh] (Vh's rows
+/// Kh.ld apart, as Kh's) gathered, then out (+)= softmax(Qh Kh^T / sqrt(dh)) Vh (normalised when
+/// mx is nullptr, else one online step with the rows' running maximum mx and sum; see gemm.inl).
+inline void attend_head_panels(RowsView<const float> Qh, RowsView<const float> Kh,
+                               RowsView<const float> Vh, AttentionWorkers<float>::Worker& worker,
+                               float* mx, float* sum, RowsView<float> out, bool accumulate) {
+  const KernelTable& kern = active_kernels();
+  const Index nq = Qh.rows, nk = Kh.rows, dh = Qh.cols, ld_kv = Kh.ld;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   const Index padded = (nq + kern.lanes - 1) / kern.lanes * kern.lanes;
   if (static_cast<Index>(worker.qp.size()) < padded * dh) {
     worker.qp.resize(static_cast<size_t>(padded * dh));
@@ -308,7 +320,7 @@ inline void attend_head_panels(const KernelTable& kern, const float* Qh, Index l
     worker.pp.resize(static_cast<size_t>(kern.nr * nk));
   }
   for (Index j0 = 0; j0 < nq; j0 += kern.nr) {
-    kern.pack(Qh + j0 * ld_q, ld_q, std::min(kern.nr, nq - j0), 0, dh, worker.qp.data() + j0 * dh);
+    kern.pack(Qh.row(j0), Qh.ld, std::min(kern.nr, nq - j0), 0, dh, worker.qp.data() + j0 * dh);
   }
   // The head's keys and values gathered into rows of dh: the tiles then read them from a few
   // contiguous kilobytes instead of one slice of each long row (BM_OnlineAttentionAdd,
@@ -316,39 +328,44 @@ inline void attend_head_panels(const KernelTable& kern, const float* Qh, Index l
   if (static_cast<Index>(worker.k.size()) < nk * dh) worker.k.resize(static_cast<size_t>(nk * dh));
   if (static_cast<Index>(worker.v.size()) < nk * dh) worker.v.resize(static_cast<size_t>(nk * dh));
   for (Index j = 0; j < nk; ++j) {
-    std::memcpy(worker.k.data() + j * dh, Kh + j * ld_kv, sizeof(float) * static_cast<size_t>(dh));
-    std::memcpy(worker.v.data() + j * dh, Vh + j * ld_kv, sizeof(float) * static_cast<size_t>(dh));
+    std::memcpy(worker.k.data() + j * dh, Kh.data + j * ld_kv,
+                sizeof(float) * static_cast<size_t>(dh));
+    std::memcpy(worker.v.data() + j * dh, Vh.data + j * ld_kv,
+                sizeof(float) * static_cast<size_t>(dh));
   }
-  kern.attend(worker.k.data(), worker.v.data(), dh, nk, worker.qp.data(), nq, dh, scale, worker.pp.data(),
-              mx, sum, out, ld_out, accumulate);
+  kern.attend(worker.k.data(), worker.v.data(), dh, nk, worker.qp.data(), nq, dh, scale,
+              worker.pp.data(), mx, sum, out.data, out.ld, accumulate);
 }
 
-/// P[nq, nk] = Qh Kh^T for one head (dh columns of rows ld_q and ld_k apart): through the packed
+/// P[nq, nk] = Qh Kh^T for one head (Qh [nq, dh], Kh [nk, dh]; P contiguous): through the packed
 /// GEMM with `worker`, else Eigen's product.
 template <typename S>
-void head_scores(const S* Qh, Index ld_q, Index nq, const S* Kh, Index ld_k, Index nk, Index dh,
-                 S* P, typename AttentionWorkers<S>::Worker* worker) {
+void head_scores(ConstRows<S> Qh, ConstRows<S> Kh, S* P,
+                 typename AttentionWorkers<S>::Worker* worker) {
+  const Index nq = Qh.rows, nk = Kh.rows, dh = Qh.cols;
   if (worker == nullptr) {
     RowsMap<S>(P, nq, nk, Eigen::OuterStride<>(nk)).noalias() =
-        ConstRowsMap<S>(Qh, nq, dh, Eigen::OuterStride<>(ld_q)) *
-        ConstRowsMap<S>(Kh, nk, dh, Eigen::OuterStride<>(ld_k)).transpose();
+        ConstRowsMap<S>(Qh.data, nq, dh, Eigen::OuterStride<>(Qh.ld)) *
+        ConstRowsMap<S>(Kh.data, nk, dh, Eigen::OuterStride<>(Kh.ld)).transpose();
     return;
   }
-  if (static_cast<Index>(worker->k.size()) < nk * dh) worker->k.resize(static_cast<size_t>(nk * dh));
-  for (Index j = 0; j < nk; ++j)
-    std::memcpy(worker->k.data() + j * dh, Kh + j * ld_k, sizeof(S) * dh);
-  gemm(worker->k.data(), dh, nk, Qh, ld_q, nq, nullptr, P, nk, false, worker->gemm);
+  if (static_cast<Index>(worker->k.size()) < nk * dh)
+    worker->k.resize(static_cast<size_t>(nk * dh));
+  for (Index j = 0; j < nk; ++j) std::memcpy(worker->k.data() + j * dh, Kh.row(j), sizeof(S) * dh);
+  gemm(rows_view<const S>(worker->k.data(), nk, dh), Qh, nullptr, rows_view(P, nq, nk), false,
+       worker->gemm);
 }
 
-/// out[nq, dh] (+)= P[nq, nk] Vh[nk, dh] for one head (Vh's rows ld_v apart, out's ld_out apart):
-/// through the packed GEMM with `worker`, else Eigen's product.
+/// out[nq, dh] (+)= P[nq, nk] Vh[nk, dh] for one head: through the packed GEMM with `worker`, else
+/// Eigen's product.
 template <typename S>
-void head_values(const S* P, Index nq, Index nk, const S* Vh, Index ld_v, Index dh, S* out,
-                 Index ld_out, bool accumulate, typename AttentionWorkers<S>::Worker* worker) {
+void head_values(ConstRows<S> P, ConstRows<S> Vh, RowsView<S> out, bool accumulate,
+                 typename AttentionWorkers<S>::Worker* worker) {
+  const Index nq = P.rows, nk = P.cols, dh = Vh.cols;
   if (worker == nullptr) {
-    RowsMap<S> O(out, nq, dh, Eigen::OuterStride<>(ld_out));
-    const auto product = ConstRowsMap<S>(P, nq, nk, Eigen::OuterStride<>(nk)) *
-                         ConstRowsMap<S>(Vh, nk, dh, Eigen::OuterStride<>(ld_v));
+    RowsMap<S> O(out.data, nq, dh, Eigen::OuterStride<>(out.ld));
+    const auto product = ConstRowsMap<S>(P.data, nq, nk, Eigen::OuterStride<>(P.ld)) *
+                         ConstRowsMap<S>(Vh.data, nk, dh, Eigen::OuterStride<>(Vh.ld));
     if (accumulate) {
       O.noalias() += product;
     } else {
@@ -356,10 +373,11 @@ void head_values(const S* P, Index nq, Index nk, const S* Vh, Index ld_v, Index 
     }
     return;
   }
-  if (static_cast<Index>(worker->vt.size()) < nk * dh) worker->vt.resize(static_cast<size_t>(nk * dh));
+  if (static_cast<Index>(worker->vt.size()) < nk * dh)
+    worker->vt.resize(static_cast<size_t>(nk * dh));
   RowsMap<S>(worker->vt.data(), dh, nk, Eigen::OuterStride<>(nk)) =
-      ConstRowsMap<S>(Vh, nk, dh, Eigen::OuterStride<>(ld_v)).transpose();
-  gemm(worker->vt.data(), nk, dh, P, nk, nq, nullptr, out, ld_out, accumulate, worker->gemm);
+      ConstRowsMap<S>(Vh.data, nk, dh, Eigen::OuterStride<>(Vh.ld)).transpose();
+  gemm(rows_view<const S>(worker->vt.data(), dh, nk), P, nullptr, out, accumulate, worker->gemm);
 }
 
 /// The worker buffers of thread `worker`, or nullptr without any.
@@ -370,35 +388,49 @@ typename AttentionWorkers<S>::Worker* worker_of(AttentionWorkers<S>* al, Index w
              : nullptr;
 }
 
-/// nq query rows against nk key rows, per head, separate softmax per call (SPEC §2):
-/// out[nq, d] (+)= Attn(Q, K, V). With causal_base >= 0, query row r sees keys j <= causal_base + r
-/// only (the window's causal mask, rows offset by the cache rows already present).
-/// `scores` holds at least max(nq, heads) * nk scalars; given scores_len, the heads are split over
-/// as many threads as it has room for (nq * nk scalars each; each head's arithmetic is the same on
-/// any thread, so the result does not depend on the thread count).
+/// The buffers of an attention of many rows: `scores` (see attend_rows), the scalars it holds
+/// (scores_len, 0 when not given) and the workers' buffers (none when nullptr).
 template <typename S>
-void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index ld_kv, Index nk,
-                 Index heads, Index dh, Index causal_base, S* out, Index ld_out, bool accumulate,
-                 S* scores, Index scores_len = 0, AttentionWorkers<S>* al = nullptr) {
+struct AttendScratch {
+  S* scores = nullptr;
+  Index scores_len = 0;
+  AttentionWorkers<S>* workers = nullptr;
+};
+
+/// nq = Q.rows query rows against nk = K.rows key rows, per head, separate softmax per call
+/// (SPEC §2): out[nq, d] (+)= Attn(Q, K, V), V's rows K.ld apart as K's. With causal_base >= 0,
+/// query row r sees keys j <= causal_base + r only (the window's causal mask, rows offset by the
+/// cache rows already present). `scores` holds at least max(nq, heads) * nk scalars; given
+/// scores_len, the heads are split over as many threads as it has room for (nq * nk scalars each;
+/// each head's arithmetic is the same on any thread, so the result does not depend on the thread
+/// count).
+template <typename S>
+void attend_rows(ConstRows<S> Q, ConstRows<S> K, ConstRows<S> V, Heads hd, Index causal_base,
+                 RowsView<S> out, bool accumulate, AttendScratch<typename NoDeduce<S>::type> sc) {
+  const Index nq = Q.rows, nk = K.rows, heads = hd.count, dh = hd.size;
+  S* const scores = sc.scores;
+  AttentionWorkers<S>* const al = sc.workers;
   if (nq == 1) {
     const Index visible = causal_base >= 0 ? std::min(nk, causal_base + 1) : nk;
-    attend_one(Q, K, V, ld_kv, visible, heads, dh, scores, out, accumulate);
+    attend_one(Q.data, K.block(0, visible), V.block(0, visible), hd, scores, out.data, accumulate);
     return;
   }
   const S scale = S(1) / std::sqrt(static_cast<S>(dh));
-  const Index workers = workers_for(heads, 2 * nq * nk * dh, nq * nk, scores_len);
+  const Index workers = workers_for(heads, 2 * nq * nk * dh, nq * nk, sc.scores_len);
   parallel_for(heads, workers, [&](Index h, Index worker) {
+    const ConstRows<S> Qh = Q.cols_from(h * dh, dh), Kh = K.cols_from(h * dh, dh);
+    const ConstRows<S> Vh = V.cols_from(h * dh, dh);
     if constexpr (std::is_same_v<S, float>) {
-      const KernelTable* kern = causal_base < 0 ? panel_kernels(worker_of(al, worker), nk) : nullptr;
+      const KernelTable* kern =
+          causal_base < 0 ? panel_kernels(worker_of(al, worker), nk) : nullptr;
       if (kern != nullptr) {
-        attend_head_panels(*kern, Q + h * dh, ld_q, nq, K + h * dh, V + h * dh, ld_kv, nk, dh,
-                           scale, *worker_of(al, worker), nullptr, nullptr, out + h * dh, ld_out,
-                           accumulate);
+        attend_head_panels(Qh, Kh, Vh, *worker_of(al, worker), nullptr, nullptr,
+                           out.cols_from(h * dh, dh), accumulate);
         return;
       }
     }
     S* p = scores + worker * nq * nk;
-    head_scores(Q + h * dh, ld_q, nq, K + h * dh, ld_kv, nk, dh, p, worker_of(al, worker));
+    head_scores(Qh, Kh, p, worker_of(al, worker));
     RowsMap<S> P(p, nq, nk, Eigen::OuterStride<>(nk));
     for (Index r = 0; r < nq; ++r) {
       const Index visible = causal_base >= 0 ? std::min(nk, causal_base + r + 1) : nk;
@@ -407,7 +439,7 @@ void attend_rows(const S* Q, Index ld_q, Index nq, const S* K, const S* V, Index
       softmax(row.data(), visible);
       row.tail(nk - visible).setZero();
     }
-    head_values(p, nq, nk, V + h * dh, ld_kv, dh, out + h * dh, ld_out, accumulate,
+    head_values(rows_view<const S>(p, nq, nk), Vh, out.cols_from(h * dh, dh), accumulate,
                 worker_of(al, worker));
   });
 }
@@ -446,16 +478,18 @@ class OnlineAttention {
     parallel_for(heads_, workers, [&](Index h, Index worker) {
       S* mx = max_.data() + h * stride_;
       S* sum = sum_.data() + h * stride_;
+      const RowsView<const S> Qh = rows_view(Q_ + h * dh_, nq_, dh_, ld_q_);
+      const RowsView<const S> Kh = rows_view(K + h * dh_, nk, dh_, ld_kv);
+      const RowsView<const S> Vh = rows_view(V + h * dh_, nk, dh_, ld_kv);
+      const RowsView<S> acc_h = rows_view(acc_.data() + h * dh_, nq_, dh_, heads_ * dh_);
       if constexpr (std::is_same_v<S, float>) {
-        if (const KernelTable* kern = panel_kernels(worker_of(al, worker), nk)) {
-          attend_head_panels(*kern, Q_ + h * dh_, ld_q_, nq_, K + h * dh_, V + h * dh_, ld_kv, nk,
-                             dh_, scale, *worker_of(al, worker), mx, sum, acc_.data() + h * dh_,
-                             heads_ * dh_, true);
+        if (panel_kernels(worker_of(al, worker), nk) != nullptr) {
+          attend_head_panels(Qh, Kh, Vh, *worker_of(al, worker), mx, sum, acc_h, true);
           return;
         }
       }
       S* p = scores + worker * nq_ * nk;
-      head_scores(Q_ + h * dh_, ld_q_, nq_, K + h * dh_, ld_kv, nk, dh_, p, worker_of(al, worker));
+      head_scores(Qh, Kh, p, worker_of(al, worker));
       RowsMap<S> P(p, nq_, nk, Eigen::OuterStride<>(nk));
       P *= scale;
       for (Index r = 0; r < nq_; ++r) {
@@ -467,8 +501,7 @@ class OnlineAttention {
         mx[r] = new_max;
         acc_.row(r).segment(h * dh_, dh_) *= rescale;
       }
-      head_values(p, nq_, nk, V + h * dh_, ld_kv, dh_, acc_.data() + h * dh_, heads_ * dh_, true,
-                  worker_of(al, worker));
+      head_values(rows_view<const S>(p, nq_, nk), Vh, acc_h, true, worker_of(al, worker));
     });
   }
 

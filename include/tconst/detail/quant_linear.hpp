@@ -55,9 +55,9 @@ constexpr Index kQuantPortableCols = 256;
 
 /// The portable few-row path (Isa::none): per output row, columns dequantized kQuantPortableCols
 /// at a time into a stack buffer and dotted with each input row (16 at a time).
-inline void quant_rows_portable(const WeightMatrix& W, Index o0, Index o1, const float* in,
-                                Index ld_in, Index n, const float* bias, float* out, Index ld_out,
-                                bool accumulate) {
+inline void quant_rows_portable(const WeightMatrix& W, Index o0, Index o1, RowsView<const float> in,
+                                const float* bias, RowsView<float> out, bool accumulate) {
+  const Index n = in.rows, ld_in = in.ld, ld_out = out.ld;
   using Vec = Eigen::Matrix<float, Eigen::Dynamic, 1>;
   float w[kQuantPortableCols];  // [chunk] one row's columns, dequantized
   for (Index g0 = 0; g0 < n; g0 += 16) {
@@ -69,12 +69,12 @@ inline void quant_rows_portable(const WeightMatrix& W, Index o0, Index o1, const
         dequantize_cols(W, o, c0, c1, w);
         const Eigen::Map<const Vec> wv(w, c1 - c0);
         for (Index g = 0; g < gn; ++g) {
-          acc[g] += wv.dot(Eigen::Map<const Vec>(in + (g0 + g) * ld_in + c0, c1 - c0));
+          acc[g] += wv.dot(Eigen::Map<const Vec>(in.data + (g0 + g) * ld_in + c0, c1 - c0));
         }
       }
       const float b = bias != nullptr ? bias[o] : 0.0f;
       for (Index g = 0; g < gn; ++g) {
-        float& y = out[(g0 + g) * ld_out + o];
+        float& y = out.data[(g0 + g) * ld_out + o];
         y = accumulate ? y + (acc[g] + b) : acc[g] + b;
       }
     }
@@ -84,10 +84,9 @@ inline void quant_rows_portable(const WeightMatrix& W, Index o0, Index o1, const
 /// The portable many-row path (Isa::none): ranges of kGemmEigenCols weight rows, dequantized into
 /// the thread's part of ws ([kGemmEigenCols, k] floats), each one single-threaded Eigen product
 /// (gemm_eigen) of the same size on any thread count.
-inline void quant_gemm_portable(const float* in, Index ld_in, Index n, const WeightMatrix& W,
-                                const float* bias, float* out, Index ld_out, GemmWorkspace& ws,
-                                bool accumulate) {
-  const Index k = W.cols, o = W.rows;
+inline void quant_gemm_portable(RowsView<const float> in, const WeightMatrix& W, const float* bias,
+                                RowsView<float> out, GemmWorkspace& ws, bool accumulate) {
+  const Index k = W.cols, o = W.rows, n = in.rows;
   const Index ranges = (o + kGemmEigenCols - 1) / kGemmEigenCols;
   const int threads = in_parallel() ? 1 : gemm_threads(n, k, o, ranges);
   const Index per_thread = kGemmEigenCols * k;
@@ -98,8 +97,8 @@ inline void quant_gemm_portable(const float* in, Index ld_in, Index n, const Wei
     for (Index r = ranges * t / nt; r < ranges * (t + 1) / nt; ++r) {
       const Index c0 = r * kGemmEigenCols, c = std::min(kGemmEigenCols, o - c0);
       for (Index i = 0; i < c; ++i) dequantize_cols(W, c0 + i, 0, k, w + i * k);
-      gemm_eigen(static_cast<const float*>(w), k, c, in, ld_in, n,
-                 bias != nullptr ? bias + c0 : nullptr, out + c0, ld_out, accumulate);
+      gemm_eigen<float>(rows_view<const float>(w, c, k), in.cols_from(0, k),
+                        bias != nullptr ? bias + c0 : nullptr, out.cols_from(c0, c), accumulate);
     }
   };
   for_each_worker(threads, run);
@@ -107,49 +106,50 @@ inline void quant_gemm_portable(const float* in, Index ld_in, Index n, const Wei
 
 /// linear() over a bf16 or q8 matrix with the kernels of `isa` (or the best one below it that this
 /// CPU runs; the portable path for Isa::none). For comparing the paths; linear() uses active_isa().
-inline void quant_linear(Isa isa, const float* in, Index ld_in, Index n, const WeightMatrix& W,
-                         const float* bias, float* out, Index ld_out, GemmWorkspace* ws,
+inline void quant_linear(Isa isa, RowsView<const float> in, const WeightMatrix& W,
+                         const float* bias, RowsView<float> out, GemmWorkspace* ws,
                          bool accumulate) {
+  const Index n = in.rows, ld_out = out.ld;
   if (n <= 0 || W.rows <= 0) return;
   const KernelTable& kern = kernels_at_most(isa);
   if (ws == nullptr || n <= kRowsGemmMaxRows || W.cols <= 0) {
     for_row_ranges(W.rows, [&](Index r0, Index r1) {
       if (kern.quant_rows != nullptr) {
-        kern.quant_rows(W, r0, r1, in, ld_in, n, bias, out, ld_out, accumulate);
+        kern.quant_rows(W, r0, r1, in.data, in.ld, n, bias, out.data, ld_out, accumulate);
       } else {
-        quant_rows_portable(W, r0, r1, in, ld_in, n, bias, out, ld_out, accumulate);
+        quant_rows_portable(W, r0, r1, in, bias, out, accumulate);
       }
     });
     return;
   }
   if (kern.quant_compute == nullptr) {
-    quant_gemm_portable(in, ld_in, n, W, bias, out, ld_out, *ws, accumulate);
+    quant_gemm_portable(in, W, bias, out, *ws, accumulate);
     return;
   }
   // Passes of whole Q8 blocks, so that a strip's segments start on a block.
   const Index align = W.format == WeightFormat::q8 ? W.block : 1;
-  gemm_drive(kern, W.cols, W.rows, in, ld_in, n, out, ld_out, align,
+  gemm_drive(kern, in.cols_from(0, W.cols), out.cols_from(0, W.rows), align,
              kern.mr * std::min(W.cols, kGemmKcMax + align), *ws,
              [&](float* strip, Index c0, Index c1, Index p0, Index kc, const float* packed,
-                 Index rows, float* out_block, bool first) {
-               kern.quant_compute(W, c0, c1, p0, kc, packed, rows, first ? bias : nullptr,
-                                  out_block, ld_out, accumulate || !first, strip);
+                 RowsView<float> out_block, bool first) {
+               kern.quant_compute(W, c0, c1, p0, kc, packed, out_block.rows, first ? bias : nullptr,
+                                  out_block.data, out_block.ld, accumulate || !first, strip);
              });
 }
 
 /// out[n, o] = in[n, k] W^T (+ bias[o]), or out += that when `accumulate`, for W [o, k] in any
-/// WeightMatrix format (f32 goes to the float linear()); input rows ld_in apart, output rows
-/// ld_out apart. ws may be nullptr for n <= kRowsGemmMaxRows (few-row kernel / GEMV); more rows
-/// take the packed GEMM, whose buffer ws holds. A q8 W has scales and a block of 16 .. 256 (a
-/// power of two), as the loader checks. Allocates only when ws has to grow.
-inline void linear(const float* in, Index ld_in, Index n, const WeightMatrix& W, const float* bias,
-                   float* out, Index ld_out, GemmWorkspace* ws = nullptr, bool accumulate = false) {
+/// WeightMatrix format (f32 goes to the float linear()); n = in.rows. ws may be nullptr for n <=
+/// kRowsGemmMaxRows (few-row kernel / GEMV); more rows take the packed GEMM, whose buffer ws holds.
+/// A q8 W has scales and a block of 16 .. 256 (a power of two), as the loader checks. Allocates
+/// only when ws has to grow.
+inline void linear(RowsView<const float> in, const WeightMatrix& W, const float* bias,
+                   RowsView<float> out, GemmWorkspace* ws = nullptr, bool accumulate = false) {
   if (W.format == WeightFormat::f32) {
     const ConstMatrixMap<float> Wm(static_cast<const float*>(W.data), W.rows, W.cols);
-    linear<float>(in, ld_in, n, Wm, bias, out, ld_out, ws, accumulate);
+    linear<float>(in, Wm, bias, out, ws, accumulate);
     return;
   }
-  quant_linear(active_isa(), in, ld_in, n, W, bias, out, ld_out, ws, accumulate);
+  quant_linear(active_isa(), in, W, bias, out, ws, accumulate);
 }
 
 }  // namespace detail

@@ -56,14 +56,14 @@ constexpr Index kResyncGroups = 8;
 /// time (the Z compressed rows, or chunks of context rows).
 template <typename S>
 struct RowScratch {
-  std::vector<S> C;         // [R, d] context rows C_b of one chunk
-  std::vector<S> xn;        // [R, d] normalised rows
-  std::vector<S> qkv;       // [R, 3d] projections (q | k | v, or a part of them)
-  std::vector<S> att;       // [R, d] attention output
-  std::vector<S> h1, h3;    // [ffn_rows + kRowsGemmMaxRows, f] FFN hidden
-  std::vector<S> scores;    // [workers, R * max(R, Z)] attention scores of one head per worker
-  Index ffn_rows = 0;       // rows per slice of a chunk's FFN (0 or R: one slice)
-  GemmWorkspace gemm;       // the packed GEMM's input panels
+  std::vector<S> C;             // [R, d] context rows C_b of one chunk
+  std::vector<S> xn;            // [R, d] normalised rows
+  std::vector<S> qkv;           // [R, 3d] projections (q | k | v, or a part of them)
+  std::vector<S> att;           // [R, d] attention output
+  std::vector<S> h1, h3;        // [ffn_rows + kRowsGemmMaxRows, f] FFN hidden
+  std::vector<S> scores;        // [workers, R * max(R, Z)] attention scores of one head per worker
+  Index ffn_rows = 0;           // rows per slice of a chunk's FFN (0 or R: one slice)
+  GemmWorkspace gemm;           // the packed GEMM's input panels
   AttentionWorkers<S> workers;  // per worker: the attentions' products through the packed GEMM
 
   size_t bytes() const {
@@ -227,7 +227,8 @@ class ContextPath {
       Scalar* Zc = s.Zc.data();
       // The history rows first: their queries must be known before any key is folded in.
       context_rows(b, hs, Z, Zc, w);
-      detail::layer_norm(Zc, d, w.xn.data(), d, Z, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
+      detail::layer_norm(detail::rows_view<const Scalar>(Zc, Z, d),
+                         detail::rows_view(w.xn.data(), Z, d), P0.norm1_w, P0.norm1_b, c.norm_eps);
       project(s.Qz.data(), d, w.xn.data(), Z, P0, 0, 1, w);
       detail::rope(s.Qz.data(), d, Z, d, dh, hs, m.rope_theta());
       for (Index g = 0; g < groups; ++g)
@@ -243,8 +244,8 @@ class ContextPath {
       for (Index g = 1; g < groups; ++g) acc.merge(s.online[static_cast<size_t>(g)]);
       acc.finish(w.att.data(), d);
       add_linear(w.att.data(), Z, P0.out_w, P0.out_b.data, Zc, w);
-      detail::ffn_residual(Zc, d, Z, P0, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(),
-                           &w.gemm);
+      detail::ffn_residual(detail::rows_view(Zc, Z, d), P0, c.norm_eps, w.xn.data(), w.h1.data(),
+                           w.h3.data(), &w.gemm);
     }
 
     // Runs run(g, rows) for every run g of chunks: with several takers, on that many threads at
@@ -285,15 +286,19 @@ class ContextPath {
       Rows& w = s.rows[0];
       Scalar* Zc = s.Zc.data();
       Scalar* qkv = w.qkv.data();
-      detail::layer_norm(Zc, d, w.xn.data(), d, Z, d, Pj.norm1_w, Pj.norm1_b, c.norm_eps);
+      detail::layer_norm(detail::rows_view<const Scalar>(Zc, Z, d),
+                         detail::rows_view(w.xn.data(), Z, d), Pj.norm1_w, Pj.norm1_b, c.norm_eps);
       project(qkv, 3 * d, w.xn.data(), Z, Pj, 0, 3, w);
       detail::rope(qkv, 3 * d, Z, 2 * d, dh, hs, m.rope_theta());
       store_z(b, j, qkv + d, qkv + 2 * d, 3 * d);
-      detail::attend_rows(qkv, 3 * d, Z, qkv + d, qkv + 2 * d, 3 * d, Z, heads, dh, Index{-1},
-                          w.att.data(), d, false, w.scores.data(), scores_len(w), &w.workers);
+      detail::attend_rows(detail::rows_view(qkv, Z, d, 3 * d),
+                          detail::rows_view(qkv + d, Z, d, 3 * d),
+                          detail::rows_view(qkv + 2 * d, Z, d, 3 * d), detail::Heads{heads, dh},
+                          Index{-1}, detail::rows_view(w.att.data(), Z, d), false,
+                          {w.scores.data(), scores_len(w), &w.workers});
       add_linear(w.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc, w);
-      detail::ffn_residual(Zc, d, Z, Pj, c.norm_eps, w.xn.data(), w.h1.data(), w.h3.data(),
-                           &w.gemm);
+      detail::ffn_residual(detail::rows_view(Zc, Z, d), Pj, c.norm_eps, w.xn.data(), w.h1.data(),
+                           w.h3.data(), &w.gemm);
     }
 
     // Restore layer of block b (P_R) over Zin = Zc: (_, Kz, Vz) = qkv_R(LN1_R(Zin)), rotated at
@@ -303,7 +308,8 @@ class ContextPath {
       const LayerWeights<Scalar>& PR = m.layer(b, D - 1);
       Rows& w = s.rows[0];
       Scalar* kv = w.qkv.data();
-      detail::layer_norm(s.Zc.data(), d, w.xn.data(), d, Z, d, PR.norm1_w, PR.norm1_b, c.norm_eps);
+      detail::layer_norm(detail::rows_view<const Scalar>(s.Zc.data(), Z, d),
+                         detail::rows_view(w.xn.data(), Z, d), PR.norm1_w, PR.norm1_b, c.norm_eps);
       project(kv, 2 * d, w.xn.data(), Z, PR, 1, 2, w);
       detail::rope(kv, 2 * d, Z, d, dh, hs, m.rope_theta());
       store_z(b, D - 1, kv, kv + d, 2 * d);
@@ -329,12 +335,15 @@ class ContextPath {
       const LayerWeights<Scalar>& P0 = m.layer(b, 0);
       const LayerWeights<Scalar>& PR = m.layer(b, D - 1);
       Scalar* Qc = w.qkv.data();
-      detail::layer_norm(C, d, w.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
+      detail::layer_norm(detail::rows_view<const Scalar>(C, n, d),
+                         detail::rows_view(w.xn.data(), n, d), P0.norm1_w, P0.norm1_b, c.norm_eps);
       project(Qc, d, w.xn.data(), n, P0, 0, 1, w);
       detail::rope(Qc, d, n, d, dh, r0, m.rope_theta());
-      detail::attend_rows(Qc, d, n, cache.z_keys(b, D - 1), cache.z_values(b, D - 1), d, Z, heads,
-                          dh, Index{-1}, w.att.data(), d, false, w.scores.data(), scores_len(w),
-                          &w.workers);
+      detail::attend_rows(
+          detail::rows_view(Qc, n, d), detail::rows_view(cache.z_keys(b, D - 1), Z, d),
+          detail::rows_view(cache.z_values(b, D - 1), Z, d), detail::Heads{heads, dh}, Index{-1},
+          detail::rows_view(w.att.data(), n, d), false,
+          {w.scores.data(), scores_len(w), &w.workers});
       add_linear(w.att.data(), n, PR.out_w, PR.out_b.data, C, w);
       // In slices of w.ffn_rows rows, none of kRowsGemmMaxRows or fewer (unless n is): every
       // slice takes the packed product, whose rows do not depend on the others, so the result is
@@ -343,8 +352,8 @@ class ContextPath {
       for (Index r = 0; r < n;) {
         Index rows = std::min(slice, n - r);
         if (n - r - rows <= detail::kRowsGemmMaxRows) rows = n - r;
-        detail::ffn_residual(C + r * d, d, rows, PR, c.norm_eps, w.xn.data(), w.h1.data(),
-                             w.h3.data(), &w.gemm);
+        detail::ffn_residual(detail::rows_view(C + r * d, rows, d), PR, c.norm_eps, w.xn.data(),
+                             w.h1.data(), w.h3.data(), &w.gemm);
         r += rows;
       }
     }
@@ -355,7 +364,8 @@ class ContextPath {
     void fold_keys(Index b, const LayerWeights<Scalar>& P0, Index r0, Index n, Rows& w,
                    Online& acc) {
       Scalar* kv = w.qkv.data();
-      detail::layer_norm(w.C.data(), d, w.xn.data(), d, n, d, P0.norm1_w, P0.norm1_b, c.norm_eps);
+      detail::layer_norm(detail::rows_view<const Scalar>(w.C.data(), n, d),
+                         detail::rows_view(w.xn.data(), n, d), P0.norm1_w, P0.norm1_b, c.norm_eps);
       project(kv, 2 * d, w.xn.data(), n, P0, 1, 2, w);
       detail::rope(kv, 2 * d, n, d, dh, r0, m.rope_theta());
       acc.add(kv, kv + d, 2 * d, n, w.scores.data(), scores_len(w), &w.workers);
@@ -374,14 +384,16 @@ class ContextPath {
     // out[n, parts * d] = parts [first, first + parts) of qkv(x): 0 = q, 1 = k, 2 = v.
     void project(Scalar* out, Index ld_out, const Scalar* x, Index n, const LayerWeights<Scalar>& P,
                  Index first, Index parts, Rows& w) {
-      detail::linear(x, d, n, P.qkv_w.row_block(first * d, parts * d), P.qkv_b.data + first * d,
-                     out, ld_out, &w.gemm);
+      detail::linear(detail::rows_view(x, n, d), P.qkv_w.row_block(first * d, parts * d),
+                     P.qkv_b.data + first * d, detail::rows_view(out, n, parts * d, ld_out),
+                     &w.gemm);
     }
 
     // x[n, d] += in[n, d] W^T + bias.
     void add_linear(const Scalar* in, Index n, const MatrixOf<Scalar>& W, const Scalar* bias,
                     Scalar* x, Rows& w) {
-      detail::linear(in, d, n, W, bias, x, d, &w.gemm, true);
+      detail::linear(detail::rows_view(in, n, d), W, bias, detail::rows_view(x, n, d), &w.gemm,
+                     true);
     }
 
     // Copies Z rows of rotated keys k and values v (row stride ld) into the cache's Kz, Vz.
