@@ -118,8 +118,10 @@ class TestServeApi(unittest.TestCase):
         return self.server.request("POST", path, body)
 
     def test_loglikelihood_as_lm_eval_sends_and_reads_it(self):
-        pairs = eval_pairs(100)
-        self.assertEqual(len(pairs), 100)
+        # scripts/sanitize runs fewer pairs: each reference is a run of the instrumented program.
+        n = int(os.environ.get("TCONST_SERVE_API_PAIRS", "100"))
+        pairs = eval_pairs(n)
+        self.assertEqual(len(pairs), n)
         refs = []
         for ctx, cont in pairs:
             ids = text_ids(ctx + cont)
@@ -127,7 +129,7 @@ class TestServeApi(unittest.TestCase):
             refs.append((sum(lp for lp, _ in rows),
                          all(top == ids[len(ctx) + i] for i, (_, top) in enumerate(rows))))
         got = []
-        for b in range(0, 100, 25):  # batches of token-id prompts, as the harness sends them
+        for b in range(0, n, 25):  # batches of token-id prompts, as the harness sends them
             batch = pairs[b:b + 25]
             body = {"model": "kjv-test", "prompt": [text_ids(c + x) for c, x in batch],
                     "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": True}
@@ -141,9 +143,10 @@ class TestServeApi(unittest.TestCase):
         for i, ((ll, greedy), (ref_ll, ref_greedy)) in enumerate(zip(got, refs)):
             self.assertAlmostEqual(ll, ref_ll, delta=1e-4, msg=f"pair {i}: {pairs[i]}")
             self.assertEqual(greedy, ref_greedy, f"pair {i}: {pairs[i]}")
-        # Both kinds of continuation are among the pairs, so the flag is really checked.
-        self.assertGreater(sum(g for _, g in refs), 5)
-        self.assertGreater(sum(not g for _, g in refs), 5)
+        # Both kinds of continuation are among the 100 pairs, so the flag is really checked.
+        if n == 100:
+            self.assertGreater(sum(g for _, g in refs), 5)
+            self.assertGreater(sum(not g for _, g in refs), 5)
 
     def test_logprobs_streamed_and_whole_are_the_raw_distribution(self):
         body = {"prompt": PROMPT, "max_tokens": 40, "seed": 5, "temperature": 0.4, "top_k": 5,
