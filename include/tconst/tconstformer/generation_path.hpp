@@ -82,7 +82,7 @@ class GenerationPath {
       assert(caches[r]->window_rows() < caches[r]->window_capacity());
       per_worker =
           std::max(per_worker, heads * std::max({caches[r]->window_rows() + 1, caches[r]->z_rows(),
-                                               contexts[r] ? contexts[r]->rows() : 0}));
+                                                 contexts[r] ? contexts[r]->rows() : 0}));
     }
     assert(per_worker <= static_cast<Index>(s.scores.size()));
     const Index workers = std::max<Index>(
