@@ -86,6 +86,14 @@ std::string Metrics::prometheus() const {
   gauge("tconst_lease_conflicts_total",
         "Requests refused with 409: the session stayed leased by another replica.",
         lease_conflicts, "counter");
+  gauge("tconst_snapshot_writes_total", "Snapshots written (parks and --durable writes).", writes,
+        "counter");
+  o << "# HELP tconst_snapshot_write_seconds_total Time spent writing snapshots.\n"
+    << "# TYPE tconst_snapshot_write_seconds_total counter\n"
+    << "tconst_snapshot_write_seconds_total " << static_cast<double>(write_ns) * 1e-9 << '\n'
+    << "# HELP tconst_snapshot_restore_seconds_total Time spent restoring snapshots.\n"
+    << "# TYPE tconst_snapshot_restore_seconds_total counter\n"
+    << "tconst_snapshot_restore_seconds_total " << static_cast<double>(restore_ns) * 1e-9 << '\n';
   o << "# HELP tconst_step_seconds Latency of one joint step of all generating sessions.\n"
     << "# TYPE tconst_step_seconds histogram\n";
   int64_t cumulative = 0;

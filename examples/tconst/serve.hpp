@@ -61,6 +61,9 @@ struct Metrics {
       cancelled{0}, parks{0}, restores{0}, park_failures{0}, restore_failures{0};
   std::atomic<int64_t> stale_copies{0};     // resident copies dropped: a newer generation on disk
   std::atomic<int64_t> lease_conflicts{0};  // 409s: a lease held elsewhere past --lease-wait-ms
+  // Time spent in snapshot writes (taking the snapshot, writing, fsync, rename) and restores
+  // (reading, checking, restoring), and how many of each succeeded.
+  std::atomic<int64_t> write_ns{0}, writes{0}, restore_ns{0};
   std::atomic<int64_t> resident_bytes{0}, resident_sessions{0}, parked_sessions{0};
   std::atomic<int64_t> ephemeral_bytes{0};  // the sessions of /v1/completions, while they run
   std::atomic<int64_t> active{0}, queued{0};

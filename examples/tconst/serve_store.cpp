@@ -486,6 +486,7 @@ bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& i
   const uint64_t next = e.generation + 1;
   std::string failure;
   lock.unlock();
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     std::string head(kGenMagic, sizeof kGenMagic);
     head.append(reinterpret_cast<const char*>(&next), sizeof next);
@@ -506,6 +507,10 @@ bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& i
   }
   e.dirty = false;
   e.generation = next;
+  metrics_.write_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - t0)
+                           .count();
+  ++metrics_.writes;
   return true;
 }
 
@@ -535,6 +540,7 @@ void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string
   std::string failure;
   restoring_bytes_ += expected_bytes;  // so that other restores meanwhile leave room for it
   lock.unlock();
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw tconst::Error("cannot open snapshot '" + path + "'");
@@ -566,6 +572,9 @@ void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string
   e.generation = generation;
   e.dirty = false;
   account(e, +1);
+  metrics_.restore_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - t0)
+                             .count();
   ++metrics_.restores;
 }
 
