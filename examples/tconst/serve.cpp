@@ -81,11 +81,11 @@ std::string Metrics::prometheus() const {
   gauge("tconst_snapshot_restore_failures_total", "Snapshots that could not be restored.",
         restore_failures, "counter");
   gauge("tconst_stale_copies_total",
-        "Resident sessions dropped because another replica wrote a newer generation.",
-        stale_copies, "counter");
+        "Resident sessions dropped because another replica wrote a newer generation.", stale_copies,
+        "counter");
   gauge("tconst_lease_conflicts_total",
-        "Requests refused with 409: the session stayed leased by another replica.",
-        lease_conflicts, "counter");
+        "Requests refused with 409: the session stayed leased by another replica.", lease_conflicts,
+        "counter");
   gauge("tconst_snapshot_writes_total", "Snapshots written (parks and --durable writes).", writes,
         "counter");
   o << "# HELP tconst_snapshot_write_seconds_total Time spent writing snapshots.\n"
@@ -209,8 +209,7 @@ std::vector<Flag> serve_flags() {
        "write a session's snapshot after each of its requests, before the reply\n"
        "ends, so that a crash loses no completed turn; replicas may then share\n"
        "--session-dir (default: at park)"},
-      {"replica-id", "ID",
-       "this replica's name in session leases (default HOST:PID:START-MS)"},
+      {"replica-id", "ID", "this replica's name in session leases (default HOST:PID:START-MS)"},
       {"lease-ms", "MS",
        "--durable: a session's lease lasts this long, renewed while a request\n"
        "runs; a dead replica's lease is taken over after it (default 10000)"},

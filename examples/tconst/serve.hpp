@@ -45,8 +45,8 @@ struct ServeOptions {
   std::string session_dir;  // where idle sessions are parked ("" = never parked)
   bool durable = false;     // a session's snapshot is written after each of its requests
   // --durable: replicas share the session dir; a request holds the session's lease.
-  std::string replica_id;      // the lease owner's name ("" = HOST:PID:START-MS)
-  int64_t lease_ms = 10000;    // a lease's time, renewed every third of it while a request runs
+  std::string replica_id;         // the lease owner's name ("" = HOST:PID:START-MS:PIDNS)
+  int64_t lease_ms = 10000;       // a lease's time, renewed every third of it while a request runs
   int64_t lease_wait_ms = 15000;  // a request waits this long for a lease held elsewhere; then 409
   int64_t max_resident_bytes = int64_t{1} << 32;  // named sessions' caches and logs in memory
   int64_t max_context = int64_t{1} << 20;         // tokens a session may hold
@@ -94,7 +94,7 @@ int64_t session_bytes(const Session& s);
 
 // ---- Leases: one replica at a time uses a session (serve_lease.cpp). ----------------------------
 
-/// HOST:PID:START-MS, this process's default replica id.
+/// HOST:PID:START-MS:PIDNS, this process's default replica id.
 std::string default_replica_id();
 
 class Leases {
@@ -103,6 +103,7 @@ class Leases {
   ~Leases();
   /// Takes the lease of session `id`, waiting up to `wait_ms` while another owner holds a live
   /// one. Returns "" once it is ours, else the owner that still holds it. Renewed until give_back.
+  /// Throws HttpError 503 when the lease file cannot be written.
   std::string take(const std::string& id, int64_t wait_ms);
   /// Whether the lease file still names us (it was neither lost nor taken over).
   bool holds(const std::string& id);
@@ -120,7 +121,7 @@ class Leases {
 
   std::string dir_, owner_;
   int64_t ttl_ms_;
-  std::string host_, tag_;
+  std::string host_, pidns_, tag_;
   std::mutex mu_;        // held_, counter_, stop_
   std::mutex renew_mu_;  // one renewal or give_back at a time
   std::condition_variable cv_;
@@ -163,12 +164,12 @@ class SessionStore {
     std::unique_ptr<Session> live;  // null while parked
     bool busy = false;
     uint64_t last_used = 0;
-    int64_t bytes = 0;     // counted in resident bytes while live
-    int64_t position = 0;  // tokens, kept up to date at release (and read from the file)
-    bool dirty = true;     // live state differs from its snapshot (or it has none)
-    bool moving = false;   // being parked: its snapshot is written with the lock released
+    int64_t bytes = 0;        // counted in resident bytes while live
+    int64_t position = 0;     // tokens, kept up to date at release (and read from the file)
+    bool dirty = true;        // live state differs from its snapshot (or it has none)
+    bool moving = false;      // being parked: its snapshot is written with the lock released
     uint64_t generation = 0;  // of the snapshot the live state came from or was written to
-    std::string error;     // why the snapshot could not be restored
+    std::string error;        // why the snapshot could not be restored
   };
 
   std::string path_of(const std::string& id) const;
@@ -188,8 +189,7 @@ class SessionStore {
   /// The entry for `id` once no park of it is in flight; 404 when there is none.
   std::map<std::string, Entry>::iterator settled(std::unique_lock<std::mutex>& lock,
                                                  const std::string& id);
-  void write_atomically(const std::string& path, const std::string& head,
-                        const std::string& bytes);
+  void write_atomically(const std::string& path, const std::string& head, const std::string& bytes);
   std::string new_id();
   void account(const Entry& e, int sign);
 

@@ -13,8 +13,9 @@
 // its owner and its expiry needs only atomic link and rename, and shows who holds it.
 //
 // Expiry compares wall clocks, so replicas on different hosts need clocks within a fraction of
-// --lease-ms of each other. On the same host an owner whose process is gone (its id is
-// HOST:PID:START and PID no longer runs) is taken over at once, without waiting for the expiry.
+// --lease-ms of each other. An owner with a default id (HOST:PID:START-MS:PIDNS) on the same host
+// and in the same PID namespace whose process is gone is taken over at once, without waiting for
+// the expiry.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -94,14 +95,31 @@ bool parse(const std::string& text, LeaseText* out) {
   return !out->owner.empty();
 }
 
+// The PID namespace's inode number ("" when unknown): a PID means a process only within it.
+std::string pid_namespace() {
+  char buf[64] = {};
+  const ssize_t n = ::readlink("/proc/self/ns/pid", buf, sizeof buf - 1);
+  if (n <= 0) return "";
+  std::string digits;
+  for (ssize_t i = 0; i < n; ++i) {
+    if (buf[i] >= '0' && buf[i] <= '9') digits += buf[i];
+  }
+  return digits;
+}
+
 }  // namespace
 
 std::string default_replica_id() {
-  return host_name() + ":" + std::to_string(::getpid()) + ":" + std::to_string(now_ms());
+  return host_name() + ":" + std::to_string(::getpid()) + ":" + std::to_string(now_ms()) + ":" +
+         pid_namespace();
 }
 
 Leases::Leases(std::string dir, std::string owner, int64_t ttl_ms)
-    : dir_(std::move(dir)), owner_(std::move(owner)), ttl_ms_(ttl_ms), host_(host_name()) {
+    : dir_(std::move(dir)),
+      owner_(std::move(owner)),
+      ttl_ms_(ttl_ms),
+      host_(host_name()),
+      pidns_(pid_namespace()) {
   // Own file names are unique per process and per use (the counter).
   tag_ = std::to_string(::getpid()) + "-" + std::to_string(now_ms() % 100000000);
   renewer_ = std::thread([this] { renew_loop(); });
@@ -129,15 +147,21 @@ std::string Leases::content() const {
   return std::to_string(now_ms() + ttl_ms_) + " " + owner_ + "\n";
 }
 
-// Whether an owner named HOST:PID:START on this host has no running process any more.
+// Whether an owner with a default id, on this host and in this PID namespace, has no running
+// process any more.
 bool Leases::owner_gone(const std::string& owner) const {
-  const size_t a = owner.find(':');
-  const size_t b = a == std::string::npos ? a : owner.find(':', a + 1);
-  if (b == std::string::npos || owner.compare(0, a, host_) != 0) return false;
-  const std::string pid_text = owner.substr(a + 1, b - a - 1);
+  std::vector<std::string> f(1);
+  for (const char ch : owner) {
+    if (ch == ':') {
+      f.emplace_back();
+    } else {
+      f.back() += ch;
+    }
+  }
+  if (f.size() != 4 || f[0] != host_ || pidns_.empty() || f[3] != pidns_) return false;
   char* end = nullptr;
-  const long pid = std::strtol(pid_text.c_str(), &end, 10);
-  if (pid_text.empty() || *end != '\0' || pid <= 0) return false;
+  const long pid = std::strtol(f[1].c_str(), &end, 10);
+  if (f[1].empty() || *end != '\0' || pid <= 0) return false;
   if (pid == ::getpid()) return owner != owner_;  // an earlier process that had this pid
   return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
@@ -145,13 +169,19 @@ bool Leases::owner_gone(const std::string& owner) const {
 bool Leases::try_create(const std::string& id) {
   const std::string mine = own_name(id);
   if (!write_file(mine, content(), O_CREAT | O_EXCL)) {
+    const std::string why = std::strerror(errno);
     ::unlink(mine.c_str());
-    return false;
+    throw HttpError{503, "cannot write the lease of session '" + id + "': " + why, "server_error"};
   }
   bool ok = ::link(mine.c_str(), path_of(id).c_str()) == 0;
+  const int err = errno;
   struct stat st {};
   if (!ok && ::stat(mine.c_str(), &st) == 0 && st.st_nlink == 2) ok = true;  // NFS: lost reply
   ::unlink(mine.c_str());
+  if (!ok && err != EEXIST) {
+    throw HttpError{503, "cannot make the lease of session '" + id + "': " + std::strerror(err),
+                    "server_error"};
+  }
   return ok;
 }
 
@@ -240,8 +270,8 @@ void Leases::renew_loop() {
       }
       std::string text;
       LeaseText lease;
-      const bool ours = read_small(path_of(id), &text) && parse(text, &lease) &&
-                        lease.owner == owner_;
+      const bool ours =
+          read_small(path_of(id), &text) && parse(text, &lease) && lease.owner == owner_;
       bool renewed = false;
       if (ours) {
         const std::string mine = own_name(id);

@@ -230,8 +230,7 @@ std::string SessionStore::create() {
   if (leases_ && !save(lock, id, made, &why)) {
     account(made, -1);
     sessions_.erase(id);
-    throw HttpError{503, "the new session's snapshot could not be written: " + why,
-                    "server_error"};
+    throw HttpError{503, "the new session's snapshot could not be written: " + why, "server_error"};
   }
   return id;
 }
@@ -314,7 +313,14 @@ void SessionStore::remove(const std::string& id) {
 
 void SessionStore::take_lease(std::unique_lock<std::mutex>& lock, const std::string& id) {
   lock.unlock();
-  const std::string holder = leases_->take(id, opt_.lease_wait_ms);
+  std::string holder;
+  try {
+    holder = leases_->take(id, opt_.lease_wait_ms);
+  } catch (...) {
+    lock.lock();
+    sessions_[id].busy = false;
+    throw;
+  }
   lock.lock();
   if (holder.empty()) return;
   sessions_[id].busy = false;
@@ -337,7 +343,10 @@ Session* SessionStore::acquire(const std::string& id) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = settled(lock, id);
   if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating already"};
-  if (!it->second.error.empty()) throw HttpError{500, it->second.error, "server_error"};
+  // --durable: an error is checked against the file's generation below (it may be rewritten).
+  if (!leases_ && !it->second.error.empty()) {
+    throw HttpError{500, it->second.error, "server_error"};
+  }
   it->second.busy = true;  // nobody parks or removes it while the lock is dropped below
   Entry& e = it->second;
   if (leases_) {
@@ -346,7 +355,8 @@ Session* SessionStore::acquire(const std::string& id) {
     lock.unlock();
     const FileHead h = read_head(path_of(id));
     lock.lock();
-    if (!h.exists || !h.valid) {
+    if (h.exists && h.valid && h.generation != e.generation) e.error.clear();  // a newer file
+    if (!h.exists || !h.valid || !e.error.empty()) {
       e.busy = false;
       leases_->give_back(id);
       if (!h.exists) {
@@ -354,8 +364,10 @@ Session* SessionStore::acquire(const std::string& id) {
         sessions_.erase(id);
         throw HttpError{404, "no session '" + id + "'"};
       }
-      throw HttpError{500, "snapshot '" + path_of(id) + "' is not a tconst session snapshot",
-                      "server_error"};
+      if (e.error.empty()) {
+        e.error = "snapshot '" + path_of(id) + "' is not a tconst session snapshot";
+      }
+      throw HttpError{500, e.error, "server_error"};
     }
     if (e.live && e.generation != h.generation) {
       ++metrics_.stale_copies;
@@ -507,9 +519,9 @@ bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& i
   }
   e.dirty = false;
   e.generation = next;
-  metrics_.write_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now() - t0)
-                           .count();
+  metrics_.write_ns +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   ++metrics_.writes;
   return true;
 }
@@ -572,9 +584,9 @@ void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string
   e.generation = generation;
   e.dirty = false;
   account(e, +1);
-  metrics_.restore_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::steady_clock::now() - t0)
-                             .count();
+  metrics_.restore_ns +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   ++metrics_.restores;
 }
 

@@ -244,6 +244,24 @@ class TestReplicas(unittest.TestCase):
         self.assertGreaterEqual(waited, 0.25)
         log(f"lease: 409 after {1.0:.1f} s bound; freed after 0.3 s -> served after {waited:.2f} s")
 
+    def test_resident_copy_is_checked_against_the_directory(self):
+        bodies = [turn_body(2, t) for t in range(4)]
+        want = self.reference([bodies])[0]
+        a, b = self.replica(), self.replica()
+        sid = a.new_session()
+        # Turns alternate: each replica's resident copy is a generation behind when next used.
+        got = [(a, b)[t % 2].turn(sid, body) for t, body in enumerate(bodies)]
+        self.assertEqual(got, want)
+        self.assertEqual(a.metrics()["tconst_stale_copies_total"], 1)
+        self.assertEqual(b.metrics()["tconst_stale_copies_total"], 1)
+        info = b.get(f"/v1/sessions/{sid}")[1]
+        self.assertEqual(info["generation"], 1 + len(bodies))
+        # Deleted on one replica: gone on the other too.
+        self.assertEqual(request(a.port, "DELETE", f"/v1/sessions/{sid}")[0], 200)
+        self.assertEqual(b.get(f"/v1/sessions/{sid}")[0], 404)
+        self.assertEqual(b.post(f"/v1/sessions/{sid}/completions", bodies[0])[0], 404)
+        self.assertEqual([f for f in os.listdir(self.sdir) if not f.startswith(".")], [])
+
     def test_killed_owner_lease_is_taken_over_and_no_completed_turn_lost(self):
         bodies = [turn_body(0, t) for t in range(3)]
         want = self.reference([bodies])[0]
