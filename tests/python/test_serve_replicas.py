@@ -360,7 +360,7 @@ class TestReplicas(unittest.TestCase):
             kill_at = [0.0]
             got = [[None] * n_turns for _ in range(n_conv)]
             failures = [0] * n_conv
-            moves = []  # seconds from the kill to a failed turn's retry answered elsewhere
+            moves = []  # seconds from the kill to a retried turn answered elsewhere
             pos = [0] * n_conv
             on_victim = [False] * n_conv  # some turn of it answered by the victim before the kill
 
@@ -386,8 +386,8 @@ class TestReplicas(unittest.TestCase):
                             status, p, r = via_nginx("POST", path, body)  # the one retry
                             self.assertEqual(status, 200, p)
                             got[i][t] = p["choices"][0]["token_ids"]
-                        if killed.is_set():
-                            moves.append(time.monotonic() - kill_at[0])
+                            if killed.is_set():
+                                moves.append(time.monotonic() - kill_at[0])
                     else:
                         got[i][t] = p["choices"][0]["token_ids"]
                         if not killed.is_set() and r.getheader("X-Tconst-Replica") == victim_addr:
@@ -443,8 +443,8 @@ class TestReplicas(unittest.TestCase):
             restore_s = sum(x["tconst_snapshot_restore_seconds_total"] for x in m)
             stale = sum(x["tconst_stale_copies_total"] for x in m)
             log(f"replicas: {n_conv}x{n_turns} turns in {run_s:.1f} s; {sum(failures)} turns "
-                f"failed with the kill and were retried or found written ({unseen} found "
-                f"written); move after SIGKILL "
+                f"failed with the kill: {unseen} found written, the others retried; retry "
+                f"answered after SIGKILL in "
                 + (f"{min(moves):.2f}-{max(moves):.2f} s" if moves else "(none in flight)")
                 + f" (--lease-ms 1500); snapshot write {1e3 * write_s / max(writes, 1):.1f} ms "
                 f"avg over {writes:.0f}; restore {1e3 * restore_s / max(restores, 1):.1f} ms avg "
