@@ -209,7 +209,8 @@ std::vector<Flag> serve_flags() {
        "write a session's snapshot after each of its requests, before the reply\n"
        "ends, so that a crash loses no completed turn; replicas may then share\n"
        "--session-dir (default: at park)"},
-      {"replica-id", "ID", "this replica's name in session leases (default HOST:PID:START-MS)"},
+      {"replica-id", "ID",
+       "this replica's name in session leases (default\nHOST:PID:START-MS:PIDNS)"},
       {"lease-ms", "MS",
        "--durable: a session's lease lasts this long, renewed while a request\n"
        "runs; a dead replica's lease is taken over after it (default 10000)"},

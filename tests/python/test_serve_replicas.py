@@ -223,10 +223,12 @@ class TestReplicas(unittest.TestCase):
     # ---- leases ------------------------------------------------------------------------------
 
     def test_leased_session_waits_up_to_the_bound_then_409_names_the_owner(self):
-        a = self.replica(replica_id="alpha")
+        # alpha's lease lasts 400 ms: it holds the session for longer only by renewing it.
+        a = self.replica(replica_id="alpha", extra=["--lease-ms", 400])
         b = self.replica(replica_id="beta", extra=["--lease-wait-ms", 1000])
         sid = a.new_session()
         hold = open_stream(a.port, sid, {"prompt": PROMPT, "max_tokens": 100000})
+        time.sleep(0.6)
         t0 = time.monotonic()
         status, payload, _ = b.post(f"/v1/sessions/{sid}/completions", {"max_tokens": 3})
         waited = time.monotonic() - t0
