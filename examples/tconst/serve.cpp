@@ -2,6 +2,7 @@
 //
 //   tconst serve (--model FILE | --preset paper-41m) [--host 127.0.0.1] [--port 8080] [--threads T]
 //                [--max-active N] [--max-queue N] [--session-dir DIR] [--max-resident-bytes B]
+//                [--durable [--replica-id ID] [--lease-ms MS] [--lease-wait-ms MS]]
 //                [--max-context N] [--quiet]
 //
 // Prints "listening on http://HOST:PORT" on standard output once it accepts connections (with
@@ -210,7 +211,8 @@ std::vector<Flag> serve_flags() {
        "ends, so that a crash loses no completed turn; replicas may then share\n"
        "--session-dir (default: at park)"},
       {"replica-id", "ID",
-       "this replica's name in session leases (default\nHOST:PID:START-MS:PIDNS)"},
+       "this replica's name in session leases, unique among live replicas\n"
+       "(default HOST:PID:START-MS:PIDNS)"},
       {"lease-ms", "MS",
        "--durable: a session's lease lasts this long, renewed while a request\n"
        "runs; a dead replica's lease is taken over after it (default 10000)"},

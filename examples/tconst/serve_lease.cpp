@@ -209,9 +209,12 @@ std::string Leases::take(const std::string& id, int64_t wait_ms) {
     std::string text;
     LeaseText lease;
     if (read_small(path_of(id), &text)) {
-      if (!parse(text, &lease) || lease.expiry <= now_ms() || owner_gone(lease.owner)) {
-        // Expired, its owner gone, or unreadable (a lease is written whole before it is linked,
-        // so a malformed one was written by something else): taken over.
+      if (!parse(text, &lease) || lease.expiry <= now_ms() || owner_gone(lease.owner) ||
+          lease.owner == owner_) {
+        // Expired, its owner gone, ours from an earlier use that could not remove it (a request
+        // takes a lease only for a session not busy here), or unreadable (a lease is written
+        // whole before it is linked, so a malformed one was written by something else): taken
+        // over.
         take_over(id, text);
         continue;
       }
