@@ -264,6 +264,27 @@ class TestReplicas(unittest.TestCase):
         self.assertEqual(b.post(f"/v1/sessions/{sid}/completions", bodies[0])[0], 404)
         self.assertEqual([f for f in os.listdir(self.sdir) if not f.startswith(".")], [])
 
+    def test_one_session_from_three_replicas_at_once_loses_no_turn(self):
+        # Turns race for one session on three replicas: the lease serialises them, so each
+        # starts from the one before it (a lost update would leave a generation out).
+        reps = [self.replica() for _ in range(3)]
+        sid = reps[0].new_session()
+        n = 8
+
+        def client(r):
+            for _ in range(n):
+                status, p, _ = r.post(f"/v1/sessions/{sid}/completions",
+                                      {"prompt": "ab", "max_tokens": 2})
+                self.assertEqual(status, 200, p)
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(client, reps))  # raises what a client raised
+        for r in reps:
+            info = r.get(f"/v1/sessions/{sid}")[1]
+            self.assertEqual(info["generation"], 1 + 3 * n)
+            self.assertEqual(info["position"], 3 * n * 4)
+        self.assertGreater(sum(r.metrics()["tconst_stale_copies_total"] for r in reps), 0)
+
     def test_killed_owner_lease_is_taken_over_and_no_completed_turn_lost(self):
         bodies = [turn_body(0, t) for t in range(3)]
         want = self.reference([bodies])[0]
