@@ -31,8 +31,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <random>
 
 #include "serve.hpp"
@@ -107,6 +105,38 @@ bool write_all(int fd, const char* p, size_t n) {
     p += w;
     n -= static_cast<size_t>(w);
   }
+  return true;
+}
+
+// The whole file in one read where it can (a stream iterator reads it a byte at a time); false
+// (errno set) on failure.
+bool read_file(const std::string& path, std::vector<uint8_t>* out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    return false;
+  }
+  out->resize(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  for (;;) {
+    if (got == out->size()) out->resize(out->size() + 65536);  // it grew meanwhile
+    const ssize_t n = ::read(fd, out->data() + got, out->size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      return false;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out->resize(got);
   return true;
 }
 
@@ -554,10 +584,10 @@ void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string
   lock.unlock();
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw tconst::Error("cannot open snapshot '" + path + "'");
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                               std::istreambuf_iterator<char>());
+    std::vector<uint8_t> bytes;
+    if (!read_file(path, &bytes)) {
+      throw tconst::Error("cannot read snapshot '" + path + "': " + errno_text());
+    }
     size_t at = 0;
     if (bytes.size() >= kGenHeader && std::memcmp(bytes.data(), kGenMagic, 8) == 0) {
       std::memcpy(&generation, bytes.data() + 8, 8);
