@@ -10,7 +10,11 @@ paper's 41M shape with synthetic weights (`--preset paper-41m`), and runs:
             were not resyncing (a gap is a resync gap when the token fed in it was at a position
             p > 0 with p mod W = 0), the largest gap, and the server's resident bytes. With
             --stagger the prompts' lengths differ so that the streams' resyncs fall on different
-            steps; without, every stream resyncs on the same step.
+            steps; without, every stream resyncs on the same step. With --park-beside N a
+            parker creates N more sessions meanwhile and feeds each --park-feed tokens, with a
+            resident budget that holds only the streams' sessions and two more, so the parker's
+            sessions are parked as it goes; the calm gaps that end while it runs are reported
+            apart (p50, p99 and their ratio).
   park      --sessions N sessions, each fed --feed tokens (a prompt of ids, no generation), with a
             resident budget of --budget-sessions sessions: the rest are parked to --session-dir;
             then each is restored (one generated token). Reports the server's peak RSS against the
@@ -119,10 +123,31 @@ def stream_one(server, sid, prompt, tokens, seed, out, barrier):
     out.append((len(prompt), times))
 
 
+def parker(server, n, feed, barrier, window):
+    barrier.wait()
+    window.append(time.perf_counter())
+    for i in range(n):
+        sid = server.request("POST", "/v1/sessions")["id"]
+        prompt = [(i * 29 + 5 * k) % 200 + 1 for k in range(feed)]
+        server.request("POST", f"/v1/sessions/{sid}/completions",
+                       {"prompt": prompt, "max_tokens": 0})
+    window.append(time.perf_counter())
+
+
 def run_streams(args):
     for clients in [int(x) for x in args.clients.split(",")]:
-        server = Server(args.bin, args.threads, args.server_args +
-                        ["--max-active", str(max(clients, 1)), "--max-queue", "16"])
+        extra = ["--max-active", str(max(clients, 1) + 1), "--max-queue", "16"]
+        sdir = None
+        if args.park_beside:
+            probe = Server(args.bin, args.threads, args.server_args)
+            one = probe.request("GET", "/v1/sessions/" +
+                                probe.request("POST", "/v1/sessions")["id"])["resident_bytes"]
+            probe.stop()
+            longest = 32 + args.period + args.tokens + args.period
+            budget = (clients + 2) * (one + 4 * max(longest, args.park_feed))
+            sdir = tempfile.mkdtemp(prefix="tconst-bench-serve-")
+            extra += ["--session-dir", sdir, "--max-resident-bytes", str(budget)]
+        server = Server(args.bin, args.threads, args.server_args + extra)
         try:
             sids = [server.request("POST", "/v1/sessions")["id"] for _ in range(clients)]
             prompts = []
@@ -131,8 +156,13 @@ def run_streams(args):
                 # Staggered: lengths spread over one period, so resyncs fall on different steps.
                 n = 32 + ((i * args.period) // clients if args.stagger else 0)
                 prompts.append([(17 * i + 3 * k) % 200 + 1 for k in range(n)])
-            out, threads, errors = [], [], []
-            barrier = threading.Barrier(clients + 1)
+            out, threads, errors, window = [], [], [], []
+            barrier = threading.Barrier(clients + 1 + (1 if args.park_beside else 0))
+            if args.park_beside:
+                t = threading.Thread(target=parker, args=(server, args.park_beside,
+                                                          args.park_feed, barrier, window))
+                t.start()
+                threads.append(t)
             for i, sid in enumerate(sids):
                 t = threading.Thread(target=stream_client,
                                      args=(server, sid, prompts[i], args.tokens, i, out, barrier,
@@ -142,13 +172,26 @@ def run_streams(args):
             barrier.wait()
             for t in threads:
                 t.join()
-            report_streams(server, clients, out, args, errors)
+            report_streams(server, clients, out, args, errors, window)
         finally:
             server.stop()
+            if sdir:
+                shutil.rmtree(sdir, ignore_errors=True)
 
 
-def report_streams(server, clients, out, args, errors):
-    gaps, calm, resync_gaps = [], [], []
+def step_quantile(m, q):
+    """The upper bound of the joint-step histogram's bucket that holds quantile q (seconds)."""
+    buckets = sorted((float(k.split('"')[1]), v) for k, v in m.items()
+                     if k.startswith("tconst_step_seconds_bucket") and "+Inf" not in k)
+    total = m.get("tconst_step_seconds_count", 0)
+    for bound, count in buckets:
+        if count >= q * total:
+            return bound
+    return float("inf")
+
+
+def report_streams(server, clients, out, args, errors, window):
+    gaps, calm, resync_gaps, calm_parking = [], [], [], []
     first = min(times[0] for _, times in out)
     last = max(times[-1] for _, times in out)
     total = sum(len(times) for _, times in out)
@@ -161,7 +204,20 @@ def report_streams(server, clients, out, args, errors):
                 resync_gaps.append(gap)
             else:
                 calm.append(gap)
+                if window and window[0] <= times[j] <= window[1]:
+                    calm_parking.append(gap)
     m = server.metrics()
+    parking = {}
+    if window:
+        p50, p99 = percentile(calm_parking, 50), percentile(calm_parking, 99)
+        parking = {
+            "parker_sessions": args.park_beside, "parker_seconds": round(window[1] - window[0], 2),
+            "parks": int(m["tconst_session_parks_total"]),
+            "calm_gaps_while_parking": len(calm_parking),
+            "calm_while_parking_p50_ms": round(1e3 * p50, 2),
+            "calm_while_parking_p99_ms": round(1e3 * p99, 2),
+            "calm_while_parking_p99_over_p50": round(p99 / p50, 2) if p50 > 0 else None,
+        }
     rss, hwm = server.rss()
     # Tokens/s over the part where every client streams (after the first token of each).
     print(json.dumps({
@@ -179,9 +235,10 @@ def report_streams(server, clients, out, args, errors):
         "joint_steps": int(m["tconst_step_seconds_count"]),
         "joint_step_mean_ms": round(1e3 * m["tconst_step_seconds_sum"] /
                                     max(1, m["tconst_step_seconds_count"]), 2),
+        "joint_step_p50_p99_bucket_ms": [1e3 * step_quantile(m, 0.5), 1e3 * step_quantile(m, 0.99)],
         "resyncs": int(m["tconst_resyncs_total"]),
         "resident_cache_bytes": int(m["tconst_resident_cache_bytes"]),
-        "rss_bytes": rss, "peak_rss_bytes": hwm,
+        "rss_bytes": rss, "peak_rss_bytes": hwm, **parking,
     }), flush=True)
 
 
@@ -261,6 +318,9 @@ def main():
     s.add_argument("--clients", default="1,8,32,128")
     s.add_argument("--tokens", type=int, default=300)
     s.add_argument("--stagger", action="store_true")
+    s.add_argument("--park-beside", type=int, default=0,
+                   help="sessions a parker creates and feeds meanwhile (they are parked)")
+    s.add_argument("--park-feed", type=int, default=200, help="tokens fed to each of them")
     k = sub.add_parser("park")
     k.add_argument("--sessions", type=int, default=1000)
     k.add_argument("--feed", type=int, default=1000)

@@ -2,6 +2,7 @@
 //
 //   tconst serve (--model FILE | --preset paper-41m) [--host 127.0.0.1] [--port 8080] [--threads T]
 //                [--max-active N] [--max-queue N] [--session-dir DIR] [--max-resident-bytes B]
+//                [--durable [--replica-id ID] [--lease-ms MS] [--lease-wait-ms MS]]
 //                [--max-context N] [--quiet]
 //
 // Prints "listening on http://HOST:PORT" on standard output once it accepts connections (with
@@ -19,6 +20,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -79,6 +81,20 @@ std::string Metrics::prometheus() const {
         "Snapshot writes that failed (the session stayed resident).", park_failures, "counter");
   gauge("tconst_snapshot_restore_failures_total", "Snapshots that could not be restored.",
         restore_failures, "counter");
+  gauge("tconst_stale_copies_total",
+        "Resident sessions dropped because another replica wrote a newer generation.", stale_copies,
+        "counter");
+  gauge("tconst_lease_conflicts_total",
+        "Requests refused with 409: the session stayed leased by another replica.", lease_conflicts,
+        "counter");
+  gauge("tconst_snapshot_writes_total", "Snapshots written (parks and --durable writes).", writes,
+        "counter");
+  o << "# HELP tconst_snapshot_write_seconds_total Time spent writing snapshots.\n"
+    << "# TYPE tconst_snapshot_write_seconds_total counter\n"
+    << "tconst_snapshot_write_seconds_total " << static_cast<double>(write_ns) * 1e-9 << '\n'
+    << "# HELP tconst_snapshot_restore_seconds_total Time spent restoring snapshots.\n"
+    << "# TYPE tconst_snapshot_restore_seconds_total counter\n"
+    << "tconst_snapshot_restore_seconds_total " << static_cast<double>(restore_ns) * 1e-9 << '\n';
   o << "# HELP tconst_step_seconds Latency of one joint step of all generating sessions.\n"
     << "# TYPE tconst_step_seconds histogram\n";
   int64_t cumulative = 0;
@@ -114,6 +130,15 @@ ServeOptions options_from(const Args& args) {
   o.session_dir = args.str("session-dir");
   o.durable = args.flag("durable");
   if (o.durable && o.session_dir.empty()) throw UsageError("--durable needs --session-dir");
+  o.replica_id = args.str("replica-id");
+  for (const char ch : o.replica_id) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != '_' &&
+        ch != ':') {
+      throw UsageError("--replica-id takes letters, digits and . - _ : only");
+    }
+  }
+  o.lease_ms = args.integer("lease-ms", 10000, 100, int64_t{1} << 31);
+  o.lease_wait_ms = args.integer("lease-wait-ms", 15000, 0, int64_t{1} << 31);
   o.max_resident_bytes = args.integer("max-resident-bytes", int64_t{1} << 32, 0, int64_t{1} << 50);
   o.max_context = args.integer("max-context", int64_t{1} << 20, 1, int64_t{1} << 30);
   o.max_sessions = args.integer("max-sessions", 100000, 1, int64_t{1} << 30);
@@ -183,7 +208,17 @@ std::vector<Flag> serve_flags() {
       {"session-dir", "DIR", "where idle sessions are parked (default none: never parked)"},
       {"durable", "",
        "write a session's snapshot after each of its requests, before the reply\n"
-       "ends, so that a crash loses no completed turn (default: at park)"},
+       "ends, so that a crash loses no completed turn; replicas may then share\n"
+       "--session-dir (default: at park)"},
+      {"replica-id", "ID",
+       "this replica's name in session leases, unique among live replicas\n"
+       "(default HOST:PID:START-MS:PIDNS)"},
+      {"lease-ms", "MS",
+       "--durable: a session's lease lasts this long, renewed while a request\n"
+       "runs; a dead replica's lease is taken over after it (default 10000)"},
+      {"lease-wait-ms", "MS",
+       "--durable: a request waits this long for a session leased by another\n"
+       "replica, then gets 409 naming it (default 15000)"},
       {"max-resident-bytes", "B",
        "bytes of named sessions held in memory; beyond, the least recently\n"
        "used idle ones are parked (default 4294967296)"},

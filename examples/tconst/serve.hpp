@@ -4,6 +4,7 @@
 //   serve.cpp          the command: options, model, signals, start and graceful stop
 //   serve_store.cpp    SessionStore: named sessions, resident bytes, parking to and restoring from
 //                      snapshot files
+//   serve_lease.cpp    Leases: which replica uses a session, as files in a shared session dir
 //   serve_engine.cpp   Engine: the serving loop (one worker steps every generating session
 //   together;
 //                      prefills and resyncs run beside it) and the bounded queue
@@ -43,6 +44,10 @@ struct ServeOptions {
   int max_queue = 64;       // generations waiting for a place; beyond: 503
   std::string session_dir;  // where idle sessions are parked ("" = never parked)
   bool durable = false;     // a session's snapshot is written after each of its requests
+  // --durable: replicas share the session dir; a request holds the session's lease.
+  std::string replica_id;         // the lease owner's name ("" = HOST:PID:START-MS:PIDNS)
+  int64_t lease_ms = 10000;       // a lease's time, renewed every third of it while a request runs
+  int64_t lease_wait_ms = 15000;  // a request waits this long for a lease held elsewhere; then 409
   int64_t max_resident_bytes = int64_t{1} << 32;  // named sessions' caches and logs in memory
   int64_t max_context = int64_t{1} << 20;         // tokens a session may hold
   int64_t max_sessions = 100000;                  // named sessions, resident or parked
@@ -54,6 +59,11 @@ struct ServeOptions {
 struct Metrics {
   std::atomic<int64_t> tokens_generated{0}, prompt_tokens{0}, resyncs{0}, requests{0}, rejected{0},
       cancelled{0}, parks{0}, restores{0}, park_failures{0}, restore_failures{0};
+  std::atomic<int64_t> stale_copies{0};     // resident copies dropped: a newer generation on disk
+  std::atomic<int64_t> lease_conflicts{0};  // 409s: a lease held elsewhere past --lease-wait-ms
+  // Time spent in snapshot writes (taking the snapshot, writing, fsync, rename) and restores
+  // (reading, checking, restoring), and how many of each succeeded.
+  std::atomic<int64_t> write_ns{0}, writes{0}, restore_ns{0};
   std::atomic<int64_t> resident_bytes{0}, resident_sessions{0}, parked_sessions{0};
   std::atomic<int64_t> ephemeral_bytes{0};  // the sessions of /v1/completions, while they run
   std::atomic<int64_t> active{0}, queued{0};
@@ -82,6 +92,45 @@ struct HttpError {
 /// resync buffers.
 int64_t session_bytes(const Session& s);
 
+// ---- Leases: one replica at a time uses a session (serve_lease.cpp). ----------------------------
+
+/// HOST:PID:START-MS:PIDNS, this process's default replica id.
+std::string default_replica_id();
+
+class Leases {
+ public:
+  Leases(std::string dir, std::string owner, int64_t ttl_ms);
+  ~Leases();
+  /// Takes the lease of session `id`, waiting up to `wait_ms` while another owner holds a live
+  /// one. Returns "" once it is ours, else the owner that still holds it. Renewed until give_back.
+  /// Throws HttpError 503 when the lease file cannot be written.
+  std::string take(const std::string& id, int64_t wait_ms);
+  /// Whether the lease file still names us (it was neither lost nor taken over).
+  bool holds(const std::string& id);
+  void give_back(const std::string& id);
+  const std::string& owner() const { return owner_; }
+
+ private:
+  std::string path_of(const std::string& id) const;
+  std::string own_name(const std::string& id);
+  std::string content() const;
+  bool owner_gone(const std::string& owner) const;
+  bool try_create(const std::string& id);
+  void take_over(const std::string& id, const std::string& seen);
+  void renew_loop();
+
+  std::string dir_, owner_;
+  int64_t ttl_ms_;
+  std::string host_, pidns_, tag_;
+  std::mutex mu_;        // held_, counter_, stop_
+  std::mutex renew_mu_;  // one renewal or give_back at a time
+  std::condition_variable cv_;
+  std::map<std::string, bool> held_;  // id -> still ours as far as renewal saw
+  uint64_t counter_ = 0;
+  bool stop_ = false;
+  std::thread renewer_;
+};
+
 // ---- SessionStore: named sessions, resident or parked on disk. ----------------------------------
 
 class SessionStore {
@@ -102,9 +151,10 @@ class SessionStore {
   /// (busy) or 500 (its snapshot cannot be restored; the session reports that error).
   Session* acquire(const std::string& id);
   /// Ends a generation: the session becomes idle (the most recently used); with --durable its
-  /// snapshot is written first; parks the least recently used idle sessions while resident bytes
-  /// exceed the budget.
-  void release(const std::string& id);
+  /// snapshot is written first, as the next generation, and the lease given back; parks the least
+  /// recently used idle sessions while resident bytes exceed the budget. Returns "" or, when the
+  /// durable write failed, why (the turn is then dropped: the session is its last written state).
+  std::string release(const std::string& id);
   /// Parks every resident session (graceful shutdown). Returns how many could not be written.
   int park_all();
   std::vector<std::string> ids();
@@ -114,11 +164,12 @@ class SessionStore {
     std::unique_ptr<Session> live;  // null while parked
     bool busy = false;
     uint64_t last_used = 0;
-    int64_t bytes = 0;     // counted in resident bytes while live
-    int64_t position = 0;  // tokens, kept up to date at release (and read from the file)
-    bool dirty = true;     // live state differs from its snapshot (or it has none)
-    bool moving = false;   // being parked: its snapshot is written with the lock released
-    std::string error;     // why the snapshot could not be restored
+    int64_t bytes = 0;        // counted in resident bytes while live
+    int64_t position = 0;     // tokens, kept up to date at release (and read from the file)
+    bool dirty = true;        // live state differs from its snapshot (or it has none)
+    bool moving = false;      // being parked: its snapshot is written with the lock released
+    uint64_t generation = 0;  // of the snapshot the live state came from or was written to
+    std::string error;        // why the snapshot could not be restored
   };
 
   std::string path_of(const std::string& id) const;
@@ -126,13 +177,19 @@ class SessionStore {
   bool park(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
   /// Writes the snapshot of a resident session with the lock released; false on failure (logged
   /// and counted).
-  bool save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e);
+  bool save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
+            std::string* why = nullptr);
+  /// Drops a resident copy (it is restored from its snapshot when next used).
+  void drop_live(Entry& e);
+  /// --durable: the session's lease, taken with the lock released (the entry is busy); 409
+  /// naming the owner after --lease-wait-ms.
+  void take_lease(std::unique_lock<std::mutex>& lock, const std::string& id);
   void restore(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
                int64_t expected_bytes);
   /// The entry for `id` once no park of it is in flight; 404 when there is none.
   std::map<std::string, Entry>::iterator settled(std::unique_lock<std::mutex>& lock,
                                                  const std::string& id);
-  void write_atomically(const std::string& path, const std::string& bytes);
+  void write_atomically(const std::string& path, const std::string& head, const std::string& bytes);
   std::string new_id();
   void account(const Entry& e, int sign);
 
@@ -140,6 +197,7 @@ class SessionStore {
   ServeOptions opt_;
   Metrics& metrics_;
   tconst::SessionOptions session_options_;
+  std::unique_ptr<Leases> leases_;  // with --durable
   std::mutex mu_;
   std::condition_variable moved_;  // a park has ended
   std::map<std::string, Entry> sessions_;

@@ -358,6 +358,7 @@ struct Running {
   std::vector<std::unique_ptr<Session>> own;  // or sessions of their own
   int64_t own_bytes = 0;
   bool want_logprobs = false;
+  std::string durable_error;  // --durable: why the turn could not be written (then not kept)
   Reply reply;
 
   ~Running() { close(); }
@@ -369,7 +370,7 @@ struct Running {
     closed = true;
     for (const auto& job : jobs) job->cancelled = true;  // no-op for ended ones
     for (const auto& job : jobs) job->wait_finished();
-    if (!session_id.empty()) ctx->store->release(session_id);
+    if (!session_id.empty()) durable_error = ctx->store->release(session_id);
     ctx->metrics.ephemeral_bytes -= own_bytes;
     own.clear();
   }
@@ -437,6 +438,15 @@ bool client_gone(int fd) {
   return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+// A turn that --durable could not write: the client must not take it as done.
+HttpError durable_failure(const std::string& why) {
+  return HttpError{503,
+                   "the turn could not be written to the session dir, so it was not kept (the "
+                   "session is as before it): " +
+                       why,
+                   "server_error"};
+}
+
 // Waits for every choice and sends one JSON reply. A client that closes its connection meanwhile
 // cancels the generations (checked every 100 ms), as a streaming client's does.
 void reply_whole(Running& run, const httplib::Request& req, httplib::Response& res) {
@@ -458,6 +468,11 @@ void reply_whole(Running& run, const httplib::Request& req, httplib::Response& r
     const ChoiceState& c = run.choices[i];
     choices.push_back(choice(static_cast<int>(i), c.text, c.ids,
                              run.want_logprobs ? c.logprobs : json(nullptr), job.finish_reason));
+  }
+  run.close();  // --durable: the turn is written before the client hears of it
+  if (!run.durable_error.empty()) {
+    send_error(res, durable_failure(run.durable_error));
+    return;
   }
   json out = completion_object(*run.ctx, run.reply, std::move(choices));
   out["usage"] = usage(run.reply, run.generated());
@@ -512,7 +527,12 @@ void reply_stream(const std::shared_ptr<Running>& run, httplib::Response& res) {
           for (const ChoiceState& c : run->choices) all_ended = all_ended && c.ended;
           if (all_ended) {
             run->close();  // the sessions are free before the client sees the end
-            if (job.finish_reason != "error") last["usage"] = usage(run->reply, run->generated());
+            if (!run->durable_error.empty()) {
+              const HttpError e = durable_failure(run->durable_error);
+              last = error_body(e.status, e.message, e.type);
+            } else if (job.finish_reason != "error") {
+              last["usage"] = usage(run->reply, run->generated());
+            }
           }
           if (!send_event(sink, dump(last))) return false;
           if (all_ended) {

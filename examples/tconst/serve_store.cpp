@@ -12,6 +12,16 @@
 // others' acquire and release. While a session is parked it is marked `moving` (a request for it
 // waits for the park to end); while it is restored it is busy (it is being acquired). The serving
 // loop never calls into the store.
+//
+// A snapshot file is "TCGEN001", the generation (8 bytes), then the session's snapshot
+// (snapshot.hpp); a file without the prefix (an older server's) is generation 0. Each write of a
+// session's snapshot is its next generation.
+//
+// With --durable, replicas may share the session dir. A request then holds the session's lease
+// (serve_lease.cpp) from acquire to release; release writes the next generation and gives the lease
+// back. A resident copy is a cache: acquire compares its generation with the file's and restores
+// the file when another replica has written a newer one. Sessions another replica made are found
+// in the directory when first asked for.
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -21,8 +31,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <random>
 
 #include "serve.hpp"
@@ -33,6 +41,45 @@ namespace serve {
 namespace {
 
 constexpr const char* kSuffix = ".tcsnap";
+constexpr char kGenMagic[8] = {'T', 'C', 'G', 'E', 'N', '0', '0', '1'};
+constexpr size_t kGenHeader = 16;  // the magic and the generation
+
+// What the start of a snapshot file says.
+struct FileHead {
+  bool exists = false;  // false: there is no file (or it cannot be opened)
+  bool valid = false;   // a tconst session snapshot
+  uint64_t generation = 0;
+  int64_t position = 0;
+};
+
+FileHead read_head(const std::string& path) {
+  FileHead h;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return h;
+  h.exists = true;
+  unsigned char head[kGenHeader + 40] = {};
+  size_t got = 0;
+  while (got < sizeof head) {
+    const ssize_t n = ::read(fd, head + got, sizeof head - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  size_t at = 0;
+  if (got >= kGenHeader && std::memcmp(head, kGenMagic, 8) == 0) {
+    std::memcpy(&h.generation, head + 8, 8);
+    at = kGenHeader;
+  }
+  // The token count is the first field of the state (snapshot.hpp: 32 bytes of header).
+  if (got >= at + 40 && std::memcmp(head + at, "TCSNAPSH", 8) == 0) {
+    uint64_t n = 0;
+    std::memcpy(&n, head + at + 32, 8);
+    h.position = static_cast<int64_t>(n);
+    h.valid = true;
+  }
+  return h;
+}
 
 bool valid_id(const std::string& id) {
   if (id.empty() || id.size() > 64) return false;
@@ -61,6 +108,38 @@ bool write_all(int fd, const char* p, size_t n) {
   return true;
 }
 
+// The whole file in one read where it can (a stream iterator reads it a byte at a time); false
+// (errno set) on failure.
+bool read_file(const std::string& path, std::vector<uint8_t>* out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    return false;
+  }
+  out->resize(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  for (;;) {
+    if (got == out->size()) out->resize(out->size() + 65536);  // it grew meanwhile
+    const ssize_t n = ::read(fd, out->data() + got, out->size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      return false;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out->resize(got);
+  return true;
+}
+
 }  // namespace
 
 int64_t session_bytes(const Session& s) {
@@ -77,6 +156,10 @@ SessionStore::SessionStore(std::shared_ptr<const Model> model, const ServeOption
                            Metrics& metrics)
     : model_(std::move(model)), opt_(opt), metrics_(metrics) {
   session_options_.max_context = opt.max_context;
+  if (opt_.durable && !opt_.session_dir.empty()) {
+    if (opt_.replica_id.empty()) opt_.replica_id = default_replica_id();
+    leases_ = std::make_unique<Leases>(opt_.session_dir, opt_.replica_id, opt_.lease_ms);
+  }
   fresh_bytes_ = session_bytes(*tconst::make_session(model_, session_options_));
   std::random_device rd;
   id_salt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
@@ -116,10 +199,16 @@ size_t SessionStore::scan() {
   }
   size_t found = 0;
   const std::string suffix = kSuffix;
+  const time_t now = ::time(nullptr);
   while (const dirent* ent = ::readdir(dir)) {
     const std::string name = ent->d_name;
-    if (name.size() > suffix.size() + 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
-      ::unlink((opt_.session_dir + "/" + name).c_str());  // an interrupted write
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      // An interrupted write. With replicas, only one that is old: another may be writing it.
+      const std::string path = opt_.session_dir + "/" + name;
+      struct stat st {};
+      if (!leases_ || (::stat(path.c_str(), &st) == 0 && st.st_mtime + 60 < now)) {
+        ::unlink(path.c_str());
+      }
       continue;
     }
     if (name.size() <= suffix.size() ||
@@ -129,13 +218,10 @@ size_t SessionStore::scan() {
     if (!valid_id(id)) continue;
     Entry e;
     e.dirty = false;
-    // The token count is the first field of the state (snapshot.hpp: 32 bytes of header).
-    std::ifstream in(path_of(id), std::ios::binary);
-    char head[40] = {};
-    if (in.read(head, sizeof head) && std::memcmp(head, "TCSNAPSH", 8) == 0) {
-      uint64_t n = 0;
-      std::memcpy(&n, head + 32, 8);
-      e.position = static_cast<int64_t>(n);
+    const FileHead head = read_head(path_of(id));
+    if (head.valid) {
+      e.position = head.position;
+      e.generation = head.generation;
     } else {
       e.error = "snapshot '" + path_of(id) + "' is not a tconst session snapshot";
     }
@@ -168,15 +254,36 @@ std::string SessionStore::create() {
   e.bytes = bytes;
   e.last_used = ++tick_;
   account(e, +1);
-  sessions_.emplace(id, std::move(e));
+  Entry& made = sessions_.emplace(id, std::move(e)).first->second;
+  // --durable: the session exists for every replica once its first snapshot is in the directory.
+  std::string why;
+  if (leases_ && !save(lock, id, made, &why)) {
+    account(made, -1);
+    sessions_.erase(id);
+    throw HttpError{503, "the new session's snapshot could not be written: " + why, "server_error"};
+  }
   return id;
 }
 
 nlohmann::json SessionStore::describe(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
-  if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
-  const Entry& e = it->second;
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = settled(lock, id);
+  Entry& e = it->second;
+  if (leases_ && !e.busy) {
+    // Another replica may have continued or deleted it: the directory says.
+    const FileHead h = read_head(path_of(id));
+    if (!h.exists) {
+      account(e, -1);
+      sessions_.erase(it);
+      throw HttpError{404, "no session '" + id + "'"};
+    }
+    if (h.valid && h.generation != e.generation) {
+      if (e.live) ++metrics_.stale_copies;
+      drop_live(e);
+      e.position = h.position;
+      e.generation = h.generation;
+    }
+  }
   nlohmann::json j = {{"id", id}, {"object", "session"}};
   if (e.live && !e.busy) {
     j["position"] = e.live->position();
@@ -186,6 +293,7 @@ nlohmann::json SessionStore::describe(const std::string& id) {
     j["position"] = e.position;  // as of the last release (a generation may be running)
   }
   j["tokens"] = j["position"];
+  if (!opt_.session_dir.empty()) j["generation"] = e.generation;
   j["resident_bytes"] = e.live ? e.bytes : 0;
   j["state"] = !e.error.empty() ? "error" : e.busy ? "generating" : e.live ? "resident" : "parked";
   if (!e.error.empty()) j["error"] = e.error;
@@ -196,6 +304,19 @@ std::map<std::string, SessionStore::Entry>::iterator SessionStore::settled(
     std::unique_lock<std::mutex>& lock, const std::string& id) {
   for (;;) {
     auto it = valid_id(id) ? sessions_.find(id) : sessions_.end();
+    if (it == sessions_.end() && leases_ && valid_id(id)) {
+      // Made by another replica (or since this one started): registered as parked.
+      const FileHead h = read_head(path_of(id));
+      if (h.exists) {
+        Entry e;
+        e.dirty = false;
+        e.position = h.position;
+        e.generation = h.generation;
+        if (!h.valid) e.error = "snapshot '" + path_of(id) + "' is not a tconst session snapshot";
+        account(e, +1);
+        it = sessions_.emplace(id, std::move(e)).first;
+      }
+    }
     if (it == sessions_.end()) throw HttpError{404, "no session '" + id + "'"};
     if (!it->second.moving) return it;
     moved_.wait(lock);
@@ -206,24 +327,92 @@ void SessionStore::remove(const std::string& id) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = settled(lock, id);
   if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating"};
-  if (!opt_.session_dir.empty()) ::unlink(path_of(id).c_str());
+  if (leases_) {
+    it->second.busy = true;  // while its lease is taken with the lock released
+    take_lease(lock, id);
+    lock.unlock();
+    ::unlink(path_of(id).c_str());
+    leases_->give_back(id);
+    lock.lock();
+  } else if (!opt_.session_dir.empty()) {
+    ::unlink(path_of(id).c_str());
+  }
   account(it->second, -1);
   sessions_.erase(it);
+}
+
+void SessionStore::take_lease(std::unique_lock<std::mutex>& lock, const std::string& id) {
+  lock.unlock();
+  std::string holder;
+  try {
+    holder = leases_->take(id, opt_.lease_wait_ms);
+  } catch (...) {
+    lock.lock();
+    sessions_[id].busy = false;
+    throw;
+  }
+  lock.lock();
+  if (holder.empty()) return;
+  sessions_[id].busy = false;
+  ++metrics_.lease_conflicts;
+  throw HttpError{409,
+                  "session '" + id + "' is in use by replica '" + holder + "' (waited " +
+                      std::to_string(opt_.lease_wait_ms) + " ms, --lease-wait-ms)",
+                  "conflict_error"};
+}
+
+void SessionStore::drop_live(Entry& e) {
+  account(e, -1);
+  e.live.reset();
+  e.bytes = 0;
+  e.dirty = false;
+  account(e, +1);
 }
 
 Session* SessionStore::acquire(const std::string& id) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = settled(lock, id);
   if (it->second.busy) throw HttpError{409, "session '" + id + "' is generating already"};
-  if (!it->second.error.empty()) throw HttpError{500, it->second.error, "server_error"};
+  // --durable: an error is checked against the file's generation below (it may be rewritten).
+  if (!leases_ && !it->second.error.empty()) {
+    throw HttpError{500, it->second.error, "server_error"};
+  }
   it->second.busy = true;  // nobody parks or removes it while the lock is dropped below
-  if (!it->second.live) {
+  Entry& e = it->second;
+  if (leases_) {
+    take_lease(lock, id);
+    // The resident copy is a cache of the file's generation.
+    lock.unlock();
+    const FileHead h = read_head(path_of(id));
+    lock.lock();
+    if (h.exists && h.valid && h.generation != e.generation) e.error.clear();  // a newer file
+    if (!h.exists || !h.valid || !e.error.empty()) {
+      e.busy = false;
+      leases_->give_back(id);
+      if (!h.exists) {
+        account(e, -1);
+        sessions_.erase(id);
+        throw HttpError{404, "no session '" + id + "'"};
+      }
+      if (e.error.empty()) {
+        e.error = "snapshot '" + path_of(id) + "' is not a tconst session snapshot";
+      }
+      throw HttpError{500, e.error, "server_error"};
+    }
+    if (e.live && e.generation != h.generation) {
+      ++metrics_.stale_copies;
+      drop_live(e);
+    }
+    if (!e.live) e.position = h.position;
+  }
+  if (!e.live) {
     try {
-      const int64_t expected = fresh_bytes_ + it->second.position * int64_t{sizeof(int32_t)};
+      const int64_t expected = fresh_bytes_ + e.position * int64_t{sizeof(int32_t)};
       fit_budget(lock, expected);
-      restore(lock, id, it->second, expected);  // busy: nobody else touches the entry meanwhile
+      restore(lock, id, e, expected);  // busy: nobody else touches the entry meanwhile
     } catch (...) {
-      it->second.busy = false;
+      e.busy = false;
+      if (leases_) leases_->give_back(id);
       throw;
     }
   }
@@ -231,12 +420,12 @@ Session* SessionStore::acquire(const std::string& id) {
   return it->second.live.get();
 }
 
-void SessionStore::release(const std::string& id) {
+std::string SessionStore::release(const std::string& id) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) return;
+  if (it == sessions_.end()) return "";
   Entry& e = it->second;
-  e.busy = false;
+  if (!leases_) e.busy = false;  // --durable: busy until its lease is given back
   e.dirty = true;
   e.last_used = ++tick_;
   account(e, -1);
@@ -244,9 +433,31 @@ void SessionStore::release(const std::string& id) {
   e.position = e.live->position();
   account(e, +1);
   // --durable: the turn is on disk before its client sees the end of the reply (release runs
-  // before the last event or the whole reply is sent), so a crash loses no completed turn.
-  if (opt_.durable && !opt_.session_dir.empty()) save(lock, id, e);
+  // before the last event or the whole reply is sent), so a crash loses no completed turn. A turn
+  // that cannot be written (or whose lease was lost) is dropped and its client told so.
+  std::string failure;
+  if (leases_) {
+    lock.unlock();
+    const bool ours = leases_->holds(id);
+    lock.lock();
+    if (!ours) {
+      failure = "the session's lease was lost to another replica";
+    } else {
+      save(lock, id, e, &failure);
+    }
+    if (!failure.empty()) {
+      drop_live(e);
+      const FileHead h = read_head(path_of(id));
+      e.position = h.position;
+      e.generation = h.generation;
+    }
+    lock.unlock();
+    leases_->give_back(id);
+    lock.lock();
+    e.busy = false;
+  }
   fit_budget(lock, 0);
+  return failure;
 }
 
 // Parks least recently used idle sessions until `incoming` more bytes fit the budget. Sessions
@@ -281,11 +492,14 @@ void SessionStore::fit_budget(std::unique_lock<std::mutex>& lock, int64_t incomi
   }
 }
 
-void SessionStore::write_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
+void SessionStore::write_atomically(const std::string& path, const std::string& head,
+                                    const std::string& bytes) {
+  // The process's own temporary name: replicas never write over each other's.
+  const std::string tmp = path + "." + std::to_string(::getpid()) + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw tconst::Error("cannot create '" + tmp + "': " + errno_text());
-  const bool ok = write_all(fd, bytes.data(), bytes.size()) && ::fsync(fd) == 0;
+  const bool ok = write_all(fd, head.data(), head.size()) &&
+                  write_all(fd, bytes.data(), bytes.size()) && ::fsync(fd) == 0;
   const std::string why = errno_text();
   ::close(fd);
   if (!ok) {
@@ -307,25 +521,38 @@ void SessionStore::write_atomically(const std::string& path, const std::string& 
 
 // The lock is released while the snapshot is taken and written: the entry, marked moving, is
 // neither used, parked nor removed meanwhile (std::map keeps its address).
-bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e) {
+bool SessionStore::save(std::unique_lock<std::mutex>& lock, const std::string& id, Entry& e,
+                        std::string* why) {
   if (!e.dirty) return true;
   e.moving = true;
+  const uint64_t next = e.generation + 1;
   std::string failure;
   lock.unlock();
+  const auto t0 = std::chrono::steady_clock::now();
   try {
-    write_atomically(path_of(id), tconst::snapshot_bytes(*e.live));
+    std::string head(kGenMagic, sizeof kGenMagic);
+    head.append(reinterpret_cast<const char*>(&next), sizeof next);
+    write_atomically(path_of(id), head, tconst::snapshot_bytes(*e.live));
   } catch (const std::exception& ex) {
     failure = ex.what();
+    if (failure.empty()) failure = "cannot write the snapshot";
   }
   lock.lock();
   e.moving = false;
   moved_.notify_all();
   if (!failure.empty()) {
     ++metrics_.park_failures;
-    log_line("snapshot of session " + id + " failed, kept resident: " + failure);
+    log_line("snapshot of session " + id + " failed" + (leases_ ? ": " : ", kept resident: ") +
+             failure);
+    if (why) *why = failure;
     return false;
   }
   e.dirty = false;
+  e.generation = next;
+  metrics_.write_ns +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  ++metrics_.writes;
   return true;
 }
 
@@ -351,16 +578,23 @@ void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string
                            int64_t expected_bytes) {
   const std::string path = path_of(id);
   std::unique_ptr<Session> session;
+  uint64_t generation = 0;
   std::string failure;
   restoring_bytes_ += expected_bytes;  // so that other restores meanwhile leave room for it
   lock.unlock();
+  const auto t0 = std::chrono::steady_clock::now();
   try {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw tconst::Error("cannot open snapshot '" + path + "'");
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                               std::istreambuf_iterator<char>());
+    std::vector<uint8_t> bytes;
+    if (!read_file(path, &bytes)) {
+      throw tconst::Error("cannot read snapshot '" + path + "': " + errno_text());
+    }
+    size_t at = 0;
+    if (bytes.size() >= kGenHeader && std::memcmp(bytes.data(), kGenMagic, 8) == 0) {
+      std::memcpy(&generation, bytes.data() + 8, 8);
+      at = kGenHeader;
+    }
     session = tconst::make_session(model_, session_options_);
-    tconst::restore_snapshot(*session, bytes.data(), bytes.size(), path);
+    tconst::restore_snapshot(*session, bytes.data() + at, bytes.size() - at, path);
   } catch (const std::exception& ex) {
     failure = ex.what();
     if (failure.empty()) failure = "cannot restore snapshot '" + path + "'";
@@ -377,8 +611,12 @@ void SessionStore::restore(std::unique_lock<std::mutex>& lock, const std::string
   e.live = std::move(session);
   e.bytes = session_bytes(*e.live);
   e.position = e.live->position();
+  e.generation = generation;
   e.dirty = false;
   account(e, +1);
+  metrics_.restore_ns +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   ++metrics_.restores;
 }
 
