@@ -150,7 +150,7 @@ void compute_rows(const KernelTable& kern, RowsView<const float> in, const Weigh
     if constexpr (Int8) {
       kern.int8_rows(W, sums, r0, r1, 0, k, packed, sxp, n, bias, out.data, out.ld, accumulate);
     } else {
-      kern.bf16_rows(W, r0, r1, 0, k, packed, n, bias, out.data, out.ld, accumulate);
+      kern.bf16_rows(W, r0, r1, rows, packed, n, bias, out.data, out.ld, accumulate);
     }
   });
 }

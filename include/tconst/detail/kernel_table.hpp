@@ -85,6 +85,11 @@ using Bf16ComputeFn = void (*)(const WeightMatrix& W, Eigen::Index o0, Eigen::In
                                Eigen::Index p0, Eigen::Index kc, const uint32_t* packed,
                                Eigen::Index rows, const float* bias, float* out,
                                Eigen::Index ld_out, bool load_out);
+/// bf16 mode, few rows: the `rows` input rows over all of W's columns, both prepared (rows ld
+/// units apart, ld = ceil(k / 2)) and packed; one row takes a GEMV along k.
+using Bf16RowsFn = void (*)(const WeightMatrix& W, Eigen::Index o0, Eigen::Index o1,
+                            const uint32_t* prepared, const uint32_t* packed, Eigen::Index rows,
+                            const float* bias, float* out, Eigen::Index ld_out, bool load_out);
 /// int8 mode over a Q8 W, the same with the blocks of columns [p0, p0 + kc) (p0 a multiple of the
 /// block): sums[o * blocks + b] = the sum of W's q over block b of row o; sx: the input rows'
 /// scales of block p0 / block on, in panel layout ([blocks][width] per panel, panel j0 at
@@ -123,7 +128,7 @@ struct KernelTable {
   Eigen::Index clanes = 0;
   UnitPackFn unit_pack = nullptr;
   Bf16PrepareFn bf16_prepare = nullptr;
-  Bf16ComputeFn bf16_rows = nullptr;
+  Bf16RowsFn bf16_rows = nullptr;
   Bf16ComputeFn bf16_compute = nullptr;
   Int8PrepareFn int8_prepare = nullptr;
   Int8ComputeFn int8_rows = nullptr;

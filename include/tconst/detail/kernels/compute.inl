@@ -206,10 +206,31 @@ inline void bf16_prepare(const float* in, Index ld_in, Index n, Index k, uint32_
   }
 }
 
+/// acc += the products of the BF16 pairs of x and w (vectors of units), pair by pair.
+inline V dot_bf16(V acc, VI x, VI w) {
+#if TCONST_CK_BF16 == 2
+  return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w);
+#elif TCONST_ISA_LANES == 16
+  const __m512i high = _mm512_set1_epi32(-65536);
+  const V x_lo = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+  const V x_hi = _mm512_castsi512_ps(_mm512_and_si512(x, high));
+  const V w_lo = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  const V w_hi = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+  return vfma(x_hi, w_hi, vfma(x_lo, w_lo, acc));
+#else
+  const __m256i high = _mm256_set1_epi32(-65536);
+  const V x_lo = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+  const V x_hi = _mm256_castsi256_ps(_mm256_and_si256(x, high));
+  const V w_lo = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  const V w_hi = _mm256_castsi256_ps(_mm256_and_si256(w, high));
+  return vfma(x_hi, w_hi, vfma(x_lo, w_lo, acc));
+#endif
+}
+
 /// acc += the products of the BF16 pairs of x (a vector of units) and the broadcast pair w.
 inline V dot_bf16(V acc, VI x, int32_t w) {
 #if TCONST_CK_BF16 == 2
-  return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(w));
+  return dot_bf16(acc, x, vi_set1(w));
 #else
   const uint32_t wu = static_cast<uint32_t>(w);
   const V w_lo = vset(bf16_bits_to_float(static_cast<uint16_t>(wu & 0xffffu)));
@@ -223,6 +244,48 @@ inline V dot_bf16(V acc, VI x, int32_t w) {
 #endif
   return vfma(x_hi, w_hi, vfma(x_lo, w_lo, acc));
 #endif
+}
+
+/// out[o] (+)= x . W[o, :] (+ bias[o]) for o in [o0, o1) and one prepared input row x (BF16, k
+/// columns): a GEMV, kLanes weight rows at a time, each a vector of sums along k (2 kLanes columns
+/// per step, weights and activations both read as they lie), summed across lanes at the end
+/// (lane_sums: the same tree for every row).
+inline void bf16_gemv(const WeightMatrix& W, Index o0, Index o1, const uint32_t* x,
+                      const float* bias, float* out, bool accumulate) {
+  constexpr Index kStep = 2 * kLanes;
+  const Index k = W.cols, full = k / kStep * kStep;
+  const uint16_t* base = static_cast<const uint16_t*>(W.data);
+  const uint16_t* xs = reinterpret_cast<const uint16_t*>(x);
+  alignas(64) uint16_t x_tail[kStep] = {};
+  std::memcpy(x_tail, xs + full, sizeof(uint16_t) * static_cast<size_t>(k - full));
+  for (Index o = o0; o < o1; o += kLanes) {
+    const Index m = std::min<Index>(kLanes, o1 - o);
+    const uint16_t* rows[kLanes];
+#pragma GCC unroll 16
+    for (int r = 0; r < kLanes; ++r) rows[r] = base + std::min<Index>(o + r, o1 - 1) * k;
+    V acc[kLanes];
+#pragma GCC unroll 16
+    for (int r = 0; r < kLanes; ++r) acc[r] = vzero();
+    for (Index c = 0; c < full; c += kStep) {
+      const VI xv = vi_load(xs + c);
+#pragma GCC unroll 16
+      for (int r = 0; r < kLanes; ++r) acc[r] = dot_bf16(acc[r], xv, vi_load(rows[r] + c));
+    }
+    if (full < k) {
+      const VI xv = vi_load(x_tail);
+      for (int r = 0; r < kLanes; ++r) {
+        alignas(64) uint16_t w_tail[kStep] = {};
+        std::memcpy(w_tail, rows[r] + full, sizeof(uint16_t) * static_cast<size_t>(k - full));
+        acc[r] = dot_bf16(acc[r], xv, vi_load(w_tail));
+      }
+    }
+    alignas(64) float sums[kLanes];
+    vstore(sums, lane_sums(acc));
+    for (Index r = 0; r < m; ++r) {
+      const float y = sums[r] + (bias != nullptr ? bias[o + r] : 0.0f);
+      out[o + r] = accumulate ? out[o + r] + y : y;
+    }
+  }
 }
 
 /// Weight rows per bf16 tile (by kCNv vectors), and per tile of a one-vector panel.
@@ -281,10 +344,14 @@ inline void bf16_run(const WeightMatrix& W, Index o0, Index o1, Index p0, Index 
   });
 }
 
-inline void bf16_rows(const WeightMatrix& W, Index o0, Index o1, Index p0, Index kc,
+inline void bf16_rows(const WeightMatrix& W, Index o0, Index o1, const uint32_t* prepared,
                       const uint32_t* packed, Index rows, const float* bias, float* out,
                       Index ld_out, bool load_out) {
-  bf16_run<kB16Mr1>(W, o0, o1, p0, kc, packed, rows, bias, out, ld_out, load_out);
+  if (rows == 1) {
+    bf16_gemv(W, o0, o1, prepared, bias, out, load_out);
+    return;
+  }
+  bf16_run<kB16Mr1>(W, o0, o1, 0, W.cols, packed, rows, bias, out, ld_out, load_out);
 }
 
 inline void bf16_compute(const WeightMatrix& W, Index o0, Index o1, Index p0, Index kc,
