@@ -373,8 +373,8 @@ TEST(ComputeLinear, SameBitsOnOneToFourThreads) {
   const int saved = omp_get_max_threads();
   for (Isa isa : paths()) {
     for (bool int8 : {false, true}) {
-      for (const Shape& s :
-           {Shape{8, 432, 1296, 32}, Shape{17, 433, 300, 64}, Shape{200, 1290, 203, 128}}) {
+      for (const Shape& s : {Shape{1, 433, 1296, 32}, Shape{8, 432, 1296, 32},
+                             Shape{17, 433, 300, 64}, Shape{200, 1290, 203, 128}}) {
         if (isa == Isa::none && s.n > 20) continue;  // scalar: slow, and split like the few rows
         SCOPED_TRACE(trace(isa, int8, s));
         const std::vector<float> x = uniform(static_cast<size_t>(s.n * s.k), 8);
