@@ -132,10 +132,11 @@ void compute_rows(const KernelTable& kern, RowsView<const float> in, const Weigh
   uint32_t* rows = at_least(buf.units, (n + padded) * ku);
   uint32_t* packed = rows + n * ku;
   const int32_t* sums = nullptr;
+  float* scales = nullptr;
   float* sxp = nullptr;
   if constexpr (Int8) {
     const Index nb = W.blocks();
-    float* scales = at_least(buf.unit_scales, (n + padded) * nb);
+    scales = at_least(buf.unit_scales, (n + padded) * nb);
     sxp = scales + n * nb;
     kern.int8_prepare(in.data, in.ld, n, k, W.block, rows, ku, scales, nb);
     pack_scales(scales, n, nb, nr, kern.clanes, sxp);
@@ -148,7 +149,8 @@ void compute_rows(const KernelTable& kern, RowsView<const float> in, const Weigh
   }
   for_row_ranges(W.rows, [&](Index r0, Index r1) {
     if constexpr (Int8) {
-      kern.int8_rows(W, sums, r0, r1, 0, k, packed, sxp, n, bias, out.data, out.ld, accumulate);
+      kern.int8_rows(W, sums, r0, r1, rows, scales, packed, sxp, n, bias, out.data, out.ld,
+                     accumulate);
     } else {
       kern.bf16_rows(W, r0, r1, rows, packed, n, bias, out.data, out.ld, accumulate);
     }

@@ -98,6 +98,13 @@ using Int8ComputeFn = void (*)(const WeightMatrix& W, const int32_t* sums, Eigen
                                Eigen::Index o1, Eigen::Index p0, Eigen::Index kc,
                                const uint32_t* packed, const float* sx, Eigen::Index rows,
                                const float* bias, float* out, Eigen::Index ld_out, bool load_out);
+/// int8 mode, few rows: the `rows` input rows over all of W's columns, both prepared (rows
+/// ceil(k / 4) units apart, their scales `scales`, W.blocks() apart) and packed (sx as for
+/// Int8ComputeFn); one row takes a GEMV along k.
+using Int8RowsFn = void (*)(const WeightMatrix& W, const int32_t* sums, Eigen::Index o0,
+                            Eigen::Index o1, const uint32_t* prepared, const float* scales,
+                            const uint32_t* packed, const float* sx, Eigen::Index rows,
+                            const float* bias, float* out, Eigen::Index ld_out, bool load_out);
 
 /// The kernels of one instruction set; all empty (isa none) when this build or this CPU cannot
 /// run it. Every kernel has a portable form (Eigen, `*_portable` in ops.hpp, gemm.hpp and
@@ -131,7 +138,7 @@ struct KernelTable {
   Bf16RowsFn bf16_rows = nullptr;
   Bf16ComputeFn bf16_compute = nullptr;
   Int8PrepareFn int8_prepare = nullptr;
-  Int8ComputeFn int8_rows = nullptr;
+  Int8RowsFn int8_rows = nullptr;
   Int8ComputeFn int8_compute = nullptr;
 };
 

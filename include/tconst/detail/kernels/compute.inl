@@ -564,10 +564,104 @@ inline void int8_run(const WeightMatrix& W, const int32_t* sums, Index o0, Index
   });
 }
 
-inline void int8_rows(const WeightMatrix& W, const int32_t* sums, Index o0, Index o1, Index p0,
-                      Index kc, const uint32_t* packed, const float* sx, Index rows,
-                      const float* bias, float* out, Index ld_out, bool load_out) {
-  int8_run<kI8Mr1>(W, sums, o0, o1, p0, kc, packed, sx, rows, bias, out, ld_out, load_out);
+/// acc += the sums of four products of x's bytes (q + 128) and w's (signed) in each 32-bit lane,
+/// 8 lanes (less 128 times w's sum where the accumulator starts from that, VNNI); q . w exactly
+/// otherwise.
+inline __m256i dot_i8_256(__m256i acc, __m256i x, __m256i w) {
+#if TCONST_CK_INT8 == 2 && TCONST_ISA_LANES == 16
+  return _mm256_dpbusd_epi32(acc, x, w);
+#elif TCONST_CK_INT8 == 2
+  return _mm256_dpbusd_avx_epi32(acc, x, w);
+#else
+  const __m256i q = _mm256_xor_si256(x, _mm256_set1_epi8(static_cast<char>(0x80)));
+  const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(q, w));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+/// Lane r of the result is the sum of a[r]'s lanes (exact: int32).
+inline __m256i lane_sums_i8x(const __m256i (&a)[8]) {
+  const __m256i h01 = _mm256_hadd_epi32(a[0], a[1]), h23 = _mm256_hadd_epi32(a[2], a[3]);
+  const __m256i h45 = _mm256_hadd_epi32(a[4], a[5]), h67 = _mm256_hadd_epi32(a[6], a[7]);
+  const __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20),
+                          _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+/// out[o] (+)= the int8 mode's product of one prepared input row x (bytes q + 128, its block
+/// scales sx) and W's rows [o0, o1) (+ bias[o]), for blocks of 32 columns or more: a GEMV along k,
+/// 8 weight rows at a time, each block's 32-column vectors multiplied as they lie and summed in
+/// int32 lanes, then across lanes exactly (lane_sums_i8x) into D_b, so that every output goes
+/// through the same operations as in int8_tile.
+inline void int8_gemv(const WeightMatrix& W, const int32_t* sums, Index o0, Index o1,
+                      const uint32_t* x, const float* sx, const float* bias, float* out,
+                      bool accumulate) {
+  const Index k = W.cols, nb = W.blocks(), block = W.block;
+  const int8_t* base = static_cast<const int8_t*>(W.data);
+  const uint8_t* xb = reinterpret_cast<const uint8_t*>(x);
+  for (Index o = o0; o < o1; o += 8) {
+    const Index m = std::min<Index>(8, o1 - o);
+    Index row[8];
+    for (int r = 0; r < 8; ++r) row[r] = std::min<Index>(o + r, o1 - 1);
+    __m256 acc = _mm256_setzero_ps();
+    for (Index b = 0, c0 = 0; b < nb; ++b, c0 += block) {
+      const Index cols = std::min(block, k - c0), full = c0 + cols / 32 * 32;
+      __m256i d[8];
+      alignas(32) int32_t start[8];
+      alignas(32) float sw[8];
+      for (int r = 0; r < 8; ++r) {
+#if TCONST_CK_INT8 == 2
+        start[r] = -128 * sums[row[r] * nb + b];
+#else
+        (void)sums;
+        start[r] = 0;
+#endif
+        sw[r] = W.scales[row[r] * nb + b];
+        d[r] = _mm256_setzero_si256();
+      }
+      for (Index c = c0; c < full; c += 32) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + c));
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) {
+          const __m256i wv =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + row[r] * k + c));
+          d[r] = dot_i8_256(d[r], xv, wv);
+        }
+      }
+      if (full < c0 + cols) {  // the row's last columns: nothing after them is read
+        const Index rem = c0 + cols - full;
+        alignas(32) uint8_t xt[32] = {};
+        std::memcpy(xt, xb + full, static_cast<size_t>(rem));
+        const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt));
+        for (int r = 0; r < 8; ++r) {
+          alignas(32) int8_t wt[32] = {};
+          std::memcpy(wt, base + row[r] * k + full, static_cast<size_t>(rem));
+          d[r] = dot_i8_256(d[r], xv, _mm256_load_si256(reinterpret_cast<const __m256i*>(wt)));
+        }
+      }
+      const __m256i dsum = _mm256_add_epi32(
+          lane_sums_i8x(d), _mm256_load_si256(reinterpret_cast<const __m256i*>(start)));
+      const __m256 t = _mm256_mul_ps(_mm256_load_ps(sw), _mm256_set1_ps(sx[b]));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dsum), t, acc);
+    }
+    alignas(32) float y[8];
+    _mm256_store_ps(y, acc);
+    for (Index r = 0; r < m; ++r) {
+      const float v = y[r] + (bias != nullptr ? bias[o + r] : 0.0f);
+      out[o + r] = accumulate ? out[o + r] + v : v;
+    }
+  }
+}
+
+inline void int8_rows(const WeightMatrix& W, const int32_t* sums, Index o0, Index o1,
+                      const uint32_t* prepared, const float* scales, const uint32_t* packed,
+                      const float* sx, Index rows, const float* bias, float* out, Index ld_out,
+                      bool load_out) {
+  if (rows == 1 && W.block >= 32) {
+    int8_gemv(W, sums, o0, o1, prepared, scales, bias, out, load_out);
+    return;
+  }
+  int8_run<kI8Mr1>(W, sums, o0, o1, 0, W.cols, packed, sx, rows, bias, out, ld_out, load_out);
 }
 
 inline void int8_compute(const WeightMatrix& W, const int32_t* sums, Index o0, Index o1, Index p0,
