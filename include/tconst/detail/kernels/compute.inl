@@ -469,11 +469,15 @@ constexpr int kI8Mr1 = kLanes == 16 ? 12 : kI8Mr;
 /// 128 times w's sum where the accumulator starts from that (VNNI); q * w summed exactly otherwise.
 inline VI dot_i8(VI acc, VI x, int32_t w) {
 #if TCONST_CK_INT8 == 2
+  // In assembly: GCC 12 copies the accumulator to another register and back around each
+  // vpdpbusd of its intrinsic inside a loop.
+  const VI wv = vi_set1(w);
 #if TCONST_ISA_LANES == 16
-  return _mm512_dpbusd_epi32(acc, x, _mm512_set1_epi32(w));
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(wv));
 #else
-  return _mm256_dpbusd_avx_epi32(acc, x, _mm256_set1_epi32(w));
+  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(x), "x"(wv));
 #endif
+  return acc;
 #else
   // x holds q + 128; |w| times q with w's sign: the pairs' sums fit int16.
   const __m256i wv = _mm256_set1_epi32(w);
@@ -569,9 +573,11 @@ inline void int8_run(const WeightMatrix& W, const int32_t* sums, Index o0, Index
 /// otherwise.
 inline __m256i dot_i8_256(__m256i acc, __m256i x, __m256i w) {
 #if TCONST_CK_INT8 == 2 && TCONST_ISA_LANES == 16
-  return _mm256_dpbusd_epi32(acc, x, w);
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));  // as in dot_i8
+  return acc;
 #elif TCONST_CK_INT8 == 2
-  return _mm256_dpbusd_avx_epi32(acc, x, w);
+  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(x), "x"(w));
+  return acc;
 #else
   const __m256i q = _mm256_xor_si256(x, _mm256_set1_epi8(static_cast<char>(0x80)));
   const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(q, w));
