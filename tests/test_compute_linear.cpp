@@ -366,6 +366,39 @@ TEST(ComputeLinear, Int8VectorLevelsAgreeBitForBit) {
   }
 }
 
+/// The emulation of vdpbf16ps adds each pair's products in its order, so the vector levels' bf16
+/// results agree bit for bit (none of these values is subnormal, which vdpbf16ps would flush).
+TEST(ComputeLinear, Bf16VectorLevelsAgreeBitForBit) {
+  std::vector<Isa> isas = paths();
+  isas.pop_back();  // the portable path sums in another order
+  if (isas.size() < 2) GTEST_SKIP() << "fewer than two vector levels run here";
+  for (const Shape& s : {Shape{1, 433, 37, 0}, Shape{12, 432, 50, 0}, Shape{100, 1290, 45, 0}}) {
+    SCOPED_TRACE(trace(Isa::none, false, s));
+    const std::vector<float> x = uniform(static_cast<size_t>(s.n * s.k), 15);
+    const Weights m = bf16_weights(s.o, s.k, 16);
+    std::vector<std::vector<float>> outs;
+    for (Isa isa : isas) {
+      std::vector<float> out(static_cast<size_t>(s.n * s.o));
+      GemmWorkspace ws;
+      td::linear_bf16(isa, td::rows_view<const float>(x.data(), s.n, s.k), m.W, nullptr,
+                      td::rows_view<float>(out.data(), s.n, s.o), &ws, false);
+      outs.push_back(out);
+    }
+    for (size_t i = 1; i < outs.size(); ++i) {
+      // One row is a GEMV whose lanes split k: the same bits for the same vector width only.
+      size_t j = 0;
+      if (s.n == 1) {
+        while (td::compute_kernels(isas[j], false).clanes !=
+               td::compute_kernels(isas[i], false).clanes) {
+          ++j;
+        }
+      }
+      EXPECT_EQ(std::memcmp(outs[i].data(), outs[j].data(), outs[0].size() * sizeof(float)), 0)
+          << td::isa_name(isas[i]) << " against " << td::isa_name(isas[j]);
+    }
+  }
+}
+
 #ifdef _OPENMP
 /// Threads split output rows (few rows) or the grid of rows and columns (many), never k: 1 to 4
 /// threads give the same bits on every path.

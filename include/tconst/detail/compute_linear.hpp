@@ -22,7 +22,10 @@
 // kernels/compute.inl has the kernels: vdpbf16ps (avx512_bf16), vpdpbusd (avx512_vnni, avx2_vnni)
 // and, on the levels without them, BF16 widened to float with FMAs and int8 by exact int16 pair
 // products. Every output comes from the same operations whichever thread and tile compute it, so
-// the result has the same bits for any number of threads.
+// the result has the same bits for any number of threads; the int8 mode's also on every vector
+// level, the bf16 mode's on every level but for one row (a GEMV whose lanes split k: per vector
+// width). vdpbf16ps treats subnormal BF16 inputs and results as zero: there (products below
+// 2^-126) its results differ by more than rounding.
 
 #include <Eigen/Core>
 #include <algorithm>

@@ -206,7 +206,9 @@ inline void bf16_prepare(const float* in, Index ld_in, Index n, Index k, uint32_
   }
 }
 
-/// acc += the products of the BF16 pairs of x and w (vectors of units), pair by pair.
+/// acc += the products of the BF16 pairs of x and w (vectors of units), pair by pair: the odd
+/// column's product added first, then the even one's, each exact and added with one rounding, as
+/// vdpbf16ps does (by Intel's description), so that every level gives the same bits.
 inline V dot_bf16(V acc, VI x, VI w) {
 #if TCONST_CK_BF16 == 2
   return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w);
@@ -216,14 +218,14 @@ inline V dot_bf16(V acc, VI x, VI w) {
   const V x_hi = _mm512_castsi512_ps(_mm512_and_si512(x, high));
   const V w_lo = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   const V w_hi = _mm512_castsi512_ps(_mm512_and_si512(w, high));
-  return vfma(x_hi, w_hi, vfma(x_lo, w_lo, acc));
+  return vfma(x_lo, w_lo, vfma(x_hi, w_hi, acc));
 #else
   const __m256i high = _mm256_set1_epi32(-65536);
   const V x_lo = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
   const V x_hi = _mm256_castsi256_ps(_mm256_and_si256(x, high));
   const V w_lo = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   const V w_hi = _mm256_castsi256_ps(_mm256_and_si256(w, high));
-  return vfma(x_hi, w_hi, vfma(x_lo, w_lo, acc));
+  return vfma(x_lo, w_lo, vfma(x_hi, w_hi, acc));
 #endif
 }
 
@@ -242,7 +244,7 @@ inline V dot_bf16(V acc, VI x, int32_t w) {
   const V x_lo = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
   const V x_hi = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(-65536)));
 #endif
-  return vfma(x_hi, w_hi, vfma(x_lo, w_lo, acc));
+  return vfma(x_lo, w_lo, vfma(x_hi, w_hi, acc));
 #endif
 }
 
