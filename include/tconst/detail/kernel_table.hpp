@@ -91,9 +91,8 @@ using Bf16RowsFn = void (*)(const WeightMatrix& W, Eigen::Index o0, Eigen::Index
                             const uint32_t* prepared, const uint32_t* packed, Eigen::Index rows,
                             const float* bias, float* out, Eigen::Index ld_out, bool load_out);
 /// int8 mode over a Q8 W, the same with the blocks of columns [p0, p0 + kc) (p0 a multiple of the
-/// block): sums[o * blocks + b] = the sum of W's q over block b of row o; sx: the input rows'
-/// scales of block p0 / block on, in panel layout ([blocks][width] per panel, panel j0 at
-/// sx + j0 * blocks).
+/// block): sums[o * blocks + b] = the sum of W's q over block b of row o; sx: the input rows' block
+/// scales in panel layout, panel j0 at sx + j0 * blocks, block b of it at b * (panel width).
 using Int8ComputeFn = void (*)(const WeightMatrix& W, const int32_t* sums, Eigen::Index o0,
                                Eigen::Index o1, Eigen::Index p0, Eigen::Index kc,
                                const uint32_t* packed, const float* sx, Eigen::Index rows,

@@ -39,6 +39,9 @@ inline VI vi_set1(int32_t a) {
 inline V vi_to_float(VI a) {
   return _mm512_cvtepi32_ps(a);
 }
+inline VI vi_or(VI a, VI b) {
+  return _mm512_or_si512(a, b);
+}
 #else
 using VI = __m256i;
 inline VI vi_load(const void* p) {
@@ -49,6 +52,9 @@ inline VI vi_set1(int32_t a) {
 }
 inline V vi_to_float(VI a) {
   return _mm256_cvtepi32_ps(a);
+}
+inline VI vi_or(VI a, VI b) {
+  return _mm256_or_si256(a, b);
 }
 #endif
 
@@ -64,6 +70,25 @@ inline int32_t load_unit_head(const void* p, Index bytes) {
   int32_t u = 0;
   std::memcpy(&u, p, static_cast<size_t>(bytes));
   return u;
+}
+
+/// The first `bytes` (< 4 kLanes) bytes at p in a vector, the rest 0: reads nothing past
+/// p + bytes.
+inline VI vi_load_bytes(const void* p, Index bytes) {
+  const Index units = bytes / 4;
+#if TCONST_ISA_LANES == 16
+  VI v = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << units) - 1u), p);
+#else
+  VI v = _mm256_maskload_epi32(static_cast<const int*>(p),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(units)),
+                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+#endif
+  if (bytes % 4 != 0) {
+    alignas(64) int32_t part[kLanes] = {};
+    part[units] = load_unit_head(static_cast<const char*>(p) + 4 * units, bytes % 4);
+    v = vi_or(v, vi_load(part));
+  }
+  return v;
 }
 
 /// Transposes 32-bit units: dst[u * width + r] = src[r * ld + u0 + u] for r < rows (<= kCNr), u <
@@ -275,10 +300,9 @@ inline void bf16_gemv(const WeightMatrix& W, Index o0, Index o1, const uint32_t*
     }
     if (full < k) {
       const VI xv = vi_load(x_tail);
+#pragma GCC unroll 16
       for (int r = 0; r < kLanes; ++r) {
-        alignas(64) uint16_t w_tail[kStep] = {};
-        std::memcpy(w_tail, rows[r] + full, sizeof(uint16_t) * static_cast<size_t>(k - full));
-        acc[r] = dot_bf16(acc[r], xv, vi_load(w_tail));
+        acc[r] = dot_bf16(acc[r], xv, vi_load_bytes(rows[r] + full, 2 * (k - full)));
       }
     }
     alignas(64) float sums[kLanes];
@@ -596,6 +620,29 @@ inline __m256i lane_sums_i8x(const __m256i (&a)[8]) {
                           _mm256_permute2x128_si256(lo, hi, 0x31));
 }
 
+/// t[j] lane i = the 32-bit value at p[i] + j, for 8 pointers and j < 8 (8 x 8 transposed).
+inline void gather8x8(const int32_t* const (&p)[8], __m256i (&t)[8]) {
+  __m256i a[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[i]));
+  const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(a[4], a[5]), t5 = _mm256_unpackhi_epi32(a[4], a[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(a[6], a[7]), t7 = _mm256_unpackhi_epi32(a[6], a[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+  t[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+  t[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+  t[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+  t[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+  t[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+  t[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+  t[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+  t[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
 /// out[o] (+)= the int8 mode's product of one prepared input row x (bytes q + 128, its block
 /// scales sx) and W's rows [o0, o1) (+ bias[o]), for blocks of 32 columns or more: a GEMV along k,
 /// 8 weight rows at a time, each block's 32-column vectors multiplied as they lie and summed in
@@ -607,26 +654,47 @@ inline void int8_gemv(const WeightMatrix& W, const int32_t* sums, Index o0, Inde
   const Index k = W.cols, nb = W.blocks(), block = W.block;
   const int8_t* base = static_cast<const int8_t*>(W.data);
   const uint8_t* xb = reinterpret_cast<const uint8_t*>(x);
+  // x's columns after the last whole 32 (the last block's tail), zero-filled.
+  alignas(32) uint8_t x_tail[32] = {};
+  const Index last = (nb - 1) * block, x_full = last + (k - last) / 32 * 32;
+  std::memcpy(x_tail, xb + x_full, static_cast<size_t>(k - x_full));
   for (Index o = o0; o < o1; o += 8) {
     const Index m = std::min<Index>(8, o1 - o);
     Index row[8];
     for (int r = 0; r < 8; ++r) row[r] = std::min<Index>(o + r, o1 - 1);
     __m256 acc = _mm256_setzero_ps();
+    // The 8 rows' scales and block sums of 8 blocks at a time, transposed: lane r of sw[j] is row
+    // r's scale of block b0 + j.
+    __m256i sw[8], ws[8];
     for (Index b = 0, c0 = 0; b < nb; ++b, c0 += block) {
+      const Index j = b % 8;
+      if (j == 0) {
+        const int32_t* ps[8];
+        const int32_t* pw[8];
+        if (b + 8 <= nb) {
+          for (int r = 0; r < 8; ++r) {
+            ps[r] = reinterpret_cast<const int32_t*>(W.scales + row[r] * nb + b);
+            pw[r] = sums + row[r] * nb + b;
+          }
+          gather8x8(ps, sw);
+          gather8x8(pw, ws);
+        } else {  // the last blocks: fewer than 8
+          alignas(32) int32_t tmp_s[8][8] = {}, tmp_w[8][8] = {};
+          for (int r = 0; r < 8; ++r) {
+            for (Index i = 0; i < nb - b; ++i) {
+              std::memcpy(&tmp_s[r][i], W.scales + row[r] * nb + b + i, sizeof(float));
+              tmp_w[r][i] = sums[row[r] * nb + b + i];
+            }
+            ps[r] = tmp_s[r];
+            pw[r] = tmp_w[r];
+          }
+          gather8x8(ps, sw);
+          gather8x8(pw, ws);
+        }
+      }
       const Index cols = std::min(block, k - c0), full = c0 + cols / 32 * 32;
       __m256i d[8];
-      alignas(32) int32_t start[8];
-      alignas(32) float sw[8];
-      for (int r = 0; r < 8; ++r) {
-#if TCONST_CK_INT8 == 2
-        start[r] = -128 * sums[row[r] * nb + b];
-#else
-        (void)sums;
-        start[r] = 0;
-#endif
-        sw[r] = W.scales[row[r] * nb + b];
-        d[r] = _mm256_setzero_si256();
-      }
+      for (int r = 0; r < 8; ++r) d[r] = _mm256_setzero_si256();
       for (Index c = c0; c < full; c += 32) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + c));
 #pragma GCC unroll 8
@@ -638,18 +706,26 @@ inline void int8_gemv(const WeightMatrix& W, const int32_t* sums, Index o0, Inde
       }
       if (full < c0 + cols) {  // the row's last columns: nothing after them is read
         const Index rem = c0 + cols - full;
-        alignas(32) uint8_t xt[32] = {};
-        std::memcpy(xt, xb + full, static_cast<size_t>(rem));
-        const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt));
+        const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x_tail));
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem / 4)),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for (int r = 0; r < 8; ++r) {
-          alignas(32) int8_t wt[32] = {};
-          std::memcpy(wt, base + row[r] * k + full, static_cast<size_t>(rem));
-          d[r] = dot_i8_256(d[r], xv, _mm256_load_si256(reinterpret_cast<const __m256i*>(wt)));
+          const int8_t* p = base + row[r] * k + full;
+          __m256i wv = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), mask);
+          if (rem % 4 != 0) {  // the last unit's first rem % 4 bytes
+            alignas(32) int32_t part[8] = {};
+            part[rem / 4] = load_unit_head(p + rem / 4 * 4, rem % 4);
+            wv = _mm256_or_si256(wv, _mm256_load_si256(reinterpret_cast<const __m256i*>(part)));
+          }
+          d[r] = dot_i8_256(d[r], xv, wv);
         }
       }
-      const __m256i dsum = _mm256_add_epi32(
-          lane_sums_i8x(d), _mm256_load_si256(reinterpret_cast<const __m256i*>(start)));
-      const __m256 t = _mm256_mul_ps(_mm256_load_ps(sw), _mm256_set1_ps(sx[b]));
+      __m256i dsum = lane_sums_i8x(d);
+#if TCONST_CK_INT8 == 2
+      // Less 128 times the rows' sums of the block's weights (the activations carry + 128).
+      dsum = _mm256_sub_epi32(dsum, _mm256_slli_epi32(ws[j], 7));
+#endif
+      const __m256 t = _mm256_mul_ps(_mm256_castsi256_ps(sw[j]), _mm256_set1_ps(sx[b]));
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dsum), t, acc);
     }
     alignas(32) float y[8];
