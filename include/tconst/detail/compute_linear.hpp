@@ -12,8 +12,10 @@
 //
 // The paths mirror quant_linear.hpp's:
 //   few rows (n <= kRowsGemmMaxRows, or no workspace): the rows rounded or quantized (the kernel
-//     table's *_prepare), packed into panels (unit_pack) and multiplied by the *_rows tiles, output
-//     rows split over threads by for_row_ranges. Without a workspace the buffers are the calling
+//     table's *_prepare) and multiplied by the *_rows kernels: one row by a GEMV along k; more, in
+//     bf16, by blocks of weight rows and input rows read as they lie (rows_gemm.inl's scheme), in
+//     int8 by the packed product's tiles over panels (unit_pack); output rows split over threads
+//     by for_row_ranges. Without a workspace the buffers are the calling
 //     thread's own (compute_buffers()): they grow to the largest product the thread has run and are
 //     then reused, so a product allocates only when it is larger than every one before it;
 //   many rows: gemm.hpp's blocking and thread grid (gemm_drive's, with the rows prepared and packed
@@ -23,9 +25,9 @@
 // and, on the levels without them, BF16 widened to float with FMAs and int8 by exact int16 pair
 // products. Every output comes from the same operations whichever thread and tile compute it, so
 // the result has the same bits for any number of threads; the int8 mode's also on every vector
-// level, the bf16 mode's on every level but for one row (a GEMV whose lanes split k: per vector
-// width). vdpbf16ps treats subnormal BF16 inputs and results as zero: there (products below
-// 2^-126) its results differ by more than rounding.
+// level; the bf16 mode's on every level for the packed product, on the levels of one vector
+// width for the few-row kernels (whose lanes split k). vdpbf16ps treats subnormal BF16 inputs and
+// results as zero: there (products below 2^-126) its results differ by more than rounding.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -147,15 +149,17 @@ void compute_rows(const KernelTable& kern, RowsView<const float> in, const Weigh
   } else {
     kern.bf16_prepare(in.data, in.ld, n, k, rows, ku);
   }
-  for (Index j0 = 0; j0 < n; j0 += nr) {
-    kern.unit_pack(rows + j0 * ku, ku, std::min(nr, n - j0), 0, ku, packed + j0 * ku);
+  if constexpr (Int8) {  // the bf16 few-row kernels read the prepared rows as they lie
+    for (Index j0 = 0; j0 < n; j0 += nr) {
+      kern.unit_pack(rows + j0 * ku, ku, std::min(nr, n - j0), 0, ku, packed + j0 * ku);
+    }
   }
   for_row_ranges(W.rows, [&](Index r0, Index r1) {
     if constexpr (Int8) {
       kern.int8_rows(W, sums, r0, r1, rows, scales, packed, sxp, n, bias, out.data, out.ld,
                      accumulate);
     } else {
-      kern.bf16_rows(W, r0, r1, rows, packed, n, bias, out.data, out.ld, accumulate);
+      kern.bf16_rows(W, r0, r1, rows, n, bias, out.data, out.ld, accumulate);
     }
   });
 }

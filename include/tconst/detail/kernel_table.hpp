@@ -85,11 +85,12 @@ using Bf16ComputeFn = void (*)(const WeightMatrix& W, Eigen::Index o0, Eigen::In
                                Eigen::Index p0, Eigen::Index kc, const uint32_t* packed,
                                Eigen::Index rows, const float* bias, float* out,
                                Eigen::Index ld_out, bool load_out);
-/// bf16 mode, few rows: the `rows` input rows over all of W's columns, both prepared (rows ld
-/// units apart, ld = ceil(k / 2)) and packed; one row takes a GEMV along k.
+/// bf16 mode, few rows: the `rows` prepared input rows (ceil(k / 2) units apart) over all of W's
+/// columns: one row by a GEMV along k, more by blocks of weight rows and input rows, each pair a
+/// vector of sums along k.
 using Bf16RowsFn = void (*)(const WeightMatrix& W, Eigen::Index o0, Eigen::Index o1,
-                            const uint32_t* prepared, const uint32_t* packed, Eigen::Index rows,
-                            const float* bias, float* out, Eigen::Index ld_out, bool load_out);
+                            const uint32_t* prepared, Eigen::Index rows, const float* bias,
+                            float* out, Eigen::Index ld_out, bool load_out);
 /// int8 mode over a Q8 W, the same with the blocks of columns [p0, p0 + kc) (p0 a multiple of the
 /// block): sums[o * blocks + b] = the sum of W's q over block b of row o; sx: the input rows' block
 /// scales in panel layout, panel j0 at sx + j0 * blocks, block b of it at b * (panel width).
@@ -128,8 +129,9 @@ struct KernelTable {
   QuantRowsFn quant_rows = nullptr;
   QuantComputeFn quant_compute = nullptr;
   // The compute modes (compute.inl): bf16 (activations rounded to BF16, BF16 W) and int8
-  // (activations quantized per block, Q8 W). `rows`: a tile shaped for few input rows (one panel);
-  // `compute`: the packed product's tile. Panels hold cnr input rows, clanes per vector.
+  // (activations quantized per block, Q8 W). `rows`: few input rows (GEMVs and row blocks for bf16,
+  // a GEMV and tiles for int8); `compute`: the packed product's tiles. Panels hold cnr input rows,
+  // clanes per vector.
   Eigen::Index cnr = 0;
   Eigen::Index clanes = 0;
   UnitPackFn unit_pack = nullptr;

@@ -314,9 +314,8 @@ inline void bf16_gemv(const WeightMatrix& W, Index o0, Index o1, const uint32_t*
   }
 }
 
-/// Weight rows per bf16 tile (by kCNv vectors), and per tile of a one-vector panel.
+/// Weight rows per bf16 tile (by kCNv vectors).
 constexpr int kB16Mr = TCONST_CK_BF16 == 2 ? 12 : (kLanes == 16 ? 8 : 4);
-constexpr int kB16Mr1 = kLanes == 16 ? 16 : kB16Mr;
 
 /// One bf16 tile: out[j, i] (+)= sum_c x[j, c] W[i, c] (+ bias[i]) over `cols` columns for i < M,
 /// j < rows; w: weight row 0 at the pass's first column, rows ldw apart.
@@ -370,14 +369,76 @@ inline void bf16_run(const WeightMatrix& W, Index o0, Index o1, Index p0, Index 
   });
 }
 
+/// Weight rows and input rows of the few-row bf16 block (bf16_rows): one vector of sums each.
+constexpr int kB16BlockRows = 4;
+constexpr int kB16BlockInputs = kLanes / kB16BlockRows;
+
+/// out[g, o] (+)= x_g . W[o, :] (+ bias[o]) for g < n (n > 1) prepared input rows (ld units apart)
+/// and o in [o0, o1): rows_gemm.inl's scheme, kB16BlockRows weight rows read once against every
+/// group of kB16BlockInputs input rows while they are in L1, each pair's products a vector of sums
+/// along k (weights and activations read as they lie), summed across lanes at the end (lane_sums:
+/// the same tree for every pair). The last rows of a block repeat the last ones (not stored).
+inline void bf16_rows_blocks(const WeightMatrix& W, Index o0, Index o1, const uint32_t* prepared,
+                             Index ld, Index n, const float* bias, float* out, Index ld_out,
+                             bool accumulate) {
+  constexpr int R = kB16BlockRows, G = kB16BlockInputs;
+  constexpr Index kStep = 2 * kLanes;
+  const Index k = W.cols, full = k / kStep * kStep;
+  const uint16_t* base = static_cast<const uint16_t*>(W.data);
+  const uint16_t* xs = reinterpret_cast<const uint16_t*>(prepared);
+  for (Index o = o0; o < o1; o += R) {
+    const Index m = std::min<Index>(R, o1 - o);
+    const uint16_t* wr[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wr[r] = base + std::min<Index>(o + r, o1 - 1) * k;
+    for (Index g0 = 0; g0 < n; g0 += G) {
+      const Index gm = std::min<Index>(G, n - g0);
+      const uint16_t* xr[G];
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) xr[g] = xs + std::min<Index>(g0 + g, n - 1) * 2 * ld;
+      V acc[kLanes];  // acc[r + R g]
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) acc[i] = vzero();
+      for (Index c = 0; c < full; c += kStep) {
+        VI xv[G];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) xv[g] = vi_load(xr[g] + c);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const VI wv = vi_load(wr[r] + c);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc[r + R * g] = dot_bf16(acc[r + R * g], xv[g], wv);
+        }
+      }
+      if (full < k) {
+        const Index bytes = 2 * (k - full);
+        VI xv[G];
+        for (int g = 0; g < G; ++g) xv[g] = vi_load_bytes(xr[g] + full, bytes);
+        for (int r = 0; r < R; ++r) {
+          const VI wv = vi_load_bytes(wr[r] + full, bytes);
+          for (int g = 0; g < G; ++g) acc[r + R * g] = dot_bf16(acc[r + R * g], xv[g], wv);
+        }
+      }
+      alignas(64) float sums[kLanes];
+      vstore(sums, lane_sums(acc));
+      for (Index g = 0; g < gm; ++g) {
+        float* y = out + (g0 + g) * ld_out + o;
+        for (Index r = 0; r < m; ++r) {
+          const float v = sums[r + R * g] + (bias != nullptr ? bias[o + r] : 0.0f);
+          y[r] = accumulate ? y[r] + v : v;
+        }
+      }
+    }
+  }
+}
+
 inline void bf16_rows(const WeightMatrix& W, Index o0, Index o1, const uint32_t* prepared,
-                      const uint32_t* packed, Index rows, const float* bias, float* out,
-                      Index ld_out, bool load_out) {
+                      Index rows, const float* bias, float* out, Index ld_out, bool load_out) {
   if (rows == 1) {
     bf16_gemv(W, o0, o1, prepared, bias, out, load_out);
     return;
   }
-  bf16_run<kB16Mr1>(W, o0, o1, 0, W.cols, packed, rows, bias, out, ld_out, load_out);
+  bf16_rows_blocks(W, o0, o1, prepared, (W.cols + 1) / 2, rows, bias, out, ld_out, load_out);
 }
 
 inline void bf16_compute(const WeightMatrix& W, Index o0, Index o1, Index p0, Index kc,
