@@ -29,11 +29,13 @@
 #include <vector>
 
 #include "tconst/detail/big_buffer.hpp"
+#include "tconst/detail/compute_linear.hpp"
 #include "tconst/detail/gemm.hpp"
 #include "tconst/detail/layers.hpp"
 #include "tconst/detail/ops.hpp"
 #include "tconst/detail/quant_linear.hpp"
 #include "tconst/model.hpp"
+#include "tconst/model/quantize.hpp"
 #include "tconst/synthetic.hpp"
 
 #ifdef _OPENMP
@@ -298,10 +300,9 @@ float fma_chains_avx512() {
   for (int j = 1; j < kFmaChains512; ++j) s = _mm512_add_ps(s, a[j]);
   return _mm512_reduce_add_ps(s);
 }
-// clang-format off (the region above closes before the next opens)
-#include "tconst/detail/kernels/target_avx2_begin.inl"
 #include "tconst/detail/kernels/target_end.inl"
-// clang-format on
+// (the region above closes before the next opens)
+#include "tconst/detail/kernels/target_avx2_begin.inl"
 /// As fma_chains_avx512 with 8 lanes and kFmaChains256 chains.
 float fma_chains_avx2() {
   __m256 a[kFmaChains256];
@@ -740,6 +741,209 @@ const bool kQuantBenchmarks = [] {
       benchmark::RegisterBenchmark(name.c_str(), BM_QuantLinear, f.format, f.block, m.rows, m.cols)
           ->ArgsProduct({{kW, 4 * kW}, thread_counts(), {0}})
           ->ArgNames({"rows", "threads", "cold"})
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  return true;
+}();
+
+// ---- compute modes: dot-instruction peaks and the products ---------------------------------
+//
+// Peaks per thread, as BM_FmaPeak: independent chains of one instruction on registers. Counted in
+// the FMA peak's convention (a multiply and an add are 2 operations): vdpbf16ps does 2 multiplies
+// and 2 adds per float lane, 64 FLOP per 512-bit instruction (GFLOP); vpdpbusd 4 and 4 per int32
+// lane, 128 operations per 512-bit instruction, 64 per 256-bit one (GOP). The products count 2 n o
+// k operations whatever the mode, so each rate holds against its instruction's peak.
+
+constexpr int kDotChains = 16;
+
+#if TCONST_X86_DISPATCH
+#include "tconst/detail/kernels/target_avx512_bf16_begin.inl"
+/// kFmaSteps steps of kDotChains chains a += b . c (vdpbf16ps, 16 lanes); returns their sum.
+float dpbf16_chains() {
+  __m512 a[kDotChains];
+  for (int j = 0; j < kDotChains; ++j) a[j] = _mm512_set1_ps(0.01f * static_cast<float>(j));
+  const __m512i b = _mm512_set1_epi32(0x3c003c00), c = _mm512_set1_epi32(0x38003800);  // tiny
+  for (int64_t i = 0; i < kFmaSteps; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kDotChains; ++j) a[j] = _mm512_dpbf16_ps(a[j], (__m512bh)b, (__m512bh)c);
+  }
+  __m512 s = a[0];
+  for (int j = 1; j < kDotChains; ++j) s = _mm512_add_ps(s, a[j]);
+  return _mm512_reduce_add_ps(s);
+}
+#include "tconst/detail/kernels/target_end.inl"
+// (the region above closes before the next opens)
+#include "tconst/detail/kernels/target_avx512_vnni_begin.inl"
+/// kFmaSteps steps of kDotChains chains a += b . c (vpdpbusd, 16 lanes); returns their sum.
+float dpbusd512_chains() {
+  __m512i a[kDotChains];
+  for (int j = 0; j < kDotChains; ++j) a[j] = _mm512_set1_epi32(j);
+  const __m512i b = _mm512_set1_epi8(3), c = _mm512_set1_epi8(-2);
+  for (int64_t i = 0; i < kFmaSteps; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kDotChains; ++j) a[j] = _mm512_dpbusd_epi32(a[j], b, c);
+  }
+  __m512i s = a[0];
+  for (int j = 1; j < kDotChains; ++j) s = _mm512_add_epi32(s, a[j]);
+  return static_cast<float>(_mm512_reduce_add_epi32(s));
+}
+#include "tconst/detail/kernels/target_end.inl"
+// (the region above closes before the next opens)
+#include "tconst/detail/kernels/target_avx2_vnni_begin.inl"
+/// As dpbusd512_chains with AVX-VNNI's 8 lanes and kFmaChains256 chains.
+float dpbusd256_chains() {
+  __m256i a[kFmaChains256];
+  for (int j = 0; j < kFmaChains256; ++j) a[j] = _mm256_set1_epi32(j);
+  const __m256i b = _mm256_set1_epi8(3), c = _mm256_set1_epi8(-2);
+  for (int64_t i = 0; i < kFmaSteps; ++i) {
+#pragma GCC unroll 12
+    for (int j = 0; j < kFmaChains256; ++j) a[j] = _mm256_dpbusd_avx_epi32(a[j], b, c);
+  }
+  __m256i s = a[0];
+  for (int j = 1; j < kFmaChains256; ++j) s = _mm256_add_epi32(s, a[j]);
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s);
+  int32_t t = 0;
+  for (int32_t x : lanes) t += x;
+  return static_cast<float>(t);
+}
+#include "tconst/detail/kernels/target_end.inl"
+#endif  // TCONST_X86_DISPATCH
+
+/// The peak of one dot instruction on range(0) threads: `isa` is the level that has it
+/// (avx512_bf16: vdpbf16ps; avx512_vnni: vpdpbusd zmm; avx2_vnni: vpdpbusd ymm).
+void BM_DotPeak(benchmark::State& state, td::Isa isa) {
+#if TCONST_X86_DISPATCH
+  if (td::kernels(isa).isa != isa) {
+    state.SkipWithError("this CPU does not run this instruction");
+    return;
+  }
+  const int64_t threads = state.range(0);
+  float (*run)() = isa == td::Isa::avx512_bf16   ? &dpbf16_chains
+                   : isa == td::Isa::avx512_vnni ? &dpbusd512_chains
+                                                 : &dpbusd256_chains;
+  // Operations per instruction (see above) times instructions per call.
+  const double per_instruction = isa == td::Isa::avx512_vnni ? 128.0 : 64.0;
+  const int chains = isa == td::Isa::avx2_vnni ? kFmaChains256 : kDotChains;
+  for (auto _ : state) {
+    float total = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
+    for (int64_t t = 0; t < threads; ++t) total += run();
+#else
+    total = run();
+#endif
+    benchmark::DoNotOptimize(total);
+  }
+  const double ops =
+      per_instruction * chains * static_cast<double>(kFmaSteps) * static_cast<double>(threads);
+  state.counters[isa == td::Isa::avx512_bf16 ? "GFLOP" : "GOP"] =
+      benchmark::Counter(ops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+#else
+  (void)isa;
+  state.SkipWithError("no x86 vector kernels in this build");
+#endif
+}
+BENCHMARK_CAPTURE(BM_DotPeak, vdpbf16ps_avx512_bf16, td::Isa::avx512_bf16)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DotPeak, vpdpbusd_avx512_vnni, td::Isa::avx512_vnni)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DotPeak, vpdpbusd_avx2_vnni, td::Isa::avx2_vnni)
+    ->ArgsProduct({thread_counts()})
+    ->ArgNames({"threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+enum class Mode { f32, bf16, int8 };
+
+/// out[n, rows] = in[n, cols] W^T on n = range(0) rows and range(1) threads, hot (one copy of W):
+/// f32 through linear() (the float kernels), bf16 through linear_bf16() over BF16 W, int8 through
+/// linear_int8() over Q8 W with blocks of 32 and its block sums (as a model keeps them), each at
+/// active_isa() (TCONST_ISA caps it). GFLOP counts 2 n rows cols (for int8 too: GOP), to hold
+/// against BM_FmaPeak (f32) and BM_DotPeak (bf16, int8) on as many threads.
+void BM_ComputeLinear(benchmark::State& state, Mode mode, Index rows, Index cols) {
+  const Index n = state.range(0);
+  set_threads(state.range(1));
+  const size_t mat = static_cast<size_t>(rows * cols);
+  const std::vector<float> w = random_floats(mat, 93, 0.05f);
+  std::vector<uint16_t> bf16(mat);
+  std::vector<int8_t> q8;
+  std::vector<float> scales;
+  std::vector<int32_t> sums;
+  td::WeightMatrix W;
+  W.rows = rows;
+  W.cols = cols;
+  if (mode == Mode::f32) {
+    W.data = w.data();
+  } else if (mode == Mode::bf16) {
+    for (size_t i = 0; i < mat; ++i) bf16[i] = tconst::float_to_bf16(w[i]);
+    W.format = td::WeightFormat::bf16;
+    W.data = bf16.data();
+  } else {
+    W.format = td::WeightFormat::q8;
+    W.block = 32;
+    q8.resize(mat);
+    scales.resize(static_cast<size_t>(rows * W.blocks()));
+    tconst::quantize_q8(w.data(), rows, cols, W.block, q8.data(), scales.data());
+    sums.resize(scales.size());
+    W.data = q8.data();
+    W.scales = scales.data();
+    td::int8_block_sums(W, sums.data());
+    W.block_sums = sums.data();
+  }
+  const std::vector<float> in = random_floats(static_cast<size_t>(n * cols), 94);
+  std::vector<float> out(static_cast<size_t>(n * rows));
+  td::GemmWorkspace ws;
+  const auto inv = td::rows_view(in.data(), n, cols);
+  const auto outv = td::rows_view(out.data(), n, rows);
+  for (auto _ : state) {
+    switch (mode) {
+      case Mode::f32:
+        td::linear(inv, W, nullptr, outv, &ws);
+        break;
+      case Mode::bf16:
+        td::linear_bf16(inv, W, nullptr, outv, &ws);
+        break;
+      case Mode::int8:
+        td::linear_int8(inv, W, nullptr, outv, &ws);
+        break;
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const double ops = 2.0 * static_cast<double>(n) * static_cast<double>(mat);
+  state.counters[mode == Mode::int8 ? "GOP" : "GFLOP"] =
+      benchmark::Counter(ops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  const td::Isa isa = mode == Mode::f32    ? td::float_isa(td::active_isa())
+                      : mode == Mode::bf16 ? td::compute_kernels(td::active_isa(), false).isa
+                                           : td::compute_kernels(td::active_isa(), true).isa;
+  state.SetLabel(td::isa_name(isa));
+}
+
+/// BM_ComputeLinear/<matrix>/<mode>: the resync's shapes on 512 rows and a step's on 1 and 8.
+const bool kComputeBenchmarks = [] {
+  struct Matrix {
+    const char* name;
+    Index rows, cols;
+  };
+  const Matrix matrices[] = {
+      {"qkv_1296x432", 3 * kD, kD}, {"w1_w3_1280x432", kF, kD}, {"w2_432x1280", kD, kF}};
+  const std::pair<const char*, Mode> modes[] = {
+      {"f32", Mode::f32}, {"bf16", Mode::bf16}, {"int8", Mode::int8}};
+  for (const Matrix& m : matrices) {
+    for (const auto& [mode_name, mode] : modes) {
+      const std::string name = std::string("BM_ComputeLinear/") + m.name + "/" + mode_name;
+      benchmark::RegisterBenchmark(name.c_str(), BM_ComputeLinear, mode, m.rows, m.cols)
+          ->ArgsProduct({{1, 8, 512}, thread_counts()})
+          ->ArgNames({"rows", "threads"})
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
     }

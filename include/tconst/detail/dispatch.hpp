@@ -1,9 +1,10 @@
 #pragma once
 // The run-time choice of vector kernels: the widest instruction set this CPU runs among those the
 // build has (kernel_table.hpp), so that a build for the baseline x86-64 still runs at the
-// machine's vector width. TCONST_ISA=avx512|avx2|none in the environment caps the choice (read
-// once, on first use), for comparing the paths; a choice the CPU cannot run falls back to the next
-// one down. Without kernels (Isa::none, double, other CPUs) every driver takes its portable form.
+// machine's vector width. TCONST_ISA=avx512_bf16|avx512_vnni|avx512|avx2_vnni|avx2|none in the
+// environment caps the choice (read once, on first use), for comparing the paths; a choice the CPU
+// cannot run falls back to the next one down. Without kernels (Isa::none, double, other CPUs) every
+// driver takes its portable form.
 
 #include <cstdlib>
 #include <cstring>
@@ -12,7 +13,10 @@
 
 #if TCONST_X86_DISPATCH && TCONST_KERNELS_HERE
 #include "tconst/detail/kernels/avx2.hpp"
+#include "tconst/detail/kernels/avx2_vnni.hpp"
 #include "tconst/detail/kernels/avx512.hpp"
+#include "tconst/detail/kernels/avx512_bf16.hpp"
+#include "tconst/detail/kernels/avx512_vnni.hpp"
 #endif
 
 namespace tconst {
@@ -23,14 +27,26 @@ namespace detail {
 /// per instruction set.
 inline const KernelTable& kernels(Isa isa) {
   struct Rows {
-    KernelTable row[3];  // by Isa
+    KernelTable row[kIsaCount];  // by Isa
   };
   static const Rows rows = [] {
     Rows r;
 #if TCONST_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) r.row[1] = kernels_avx2();
-    if (__builtin_cpu_supports("avx512f")) r.row[2] = kernels_avx512();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+    const bool avx512_vnni =
+        avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    if (avx2) r.row[static_cast<int>(Isa::avx2)] = kernels_avx2();
+    if (avx2 && __builtin_cpu_supports("avxvnni")) {
+      r.row[static_cast<int>(Isa::avx2_vnni)] = kernels_avx2_vnni();
+    }
+    if (avx512) r.row[static_cast<int>(Isa::avx512)] = kernels_avx512();
+    if (avx512_vnni) r.row[static_cast<int>(Isa::avx512_vnni)] = kernels_avx512_vnni();
+    if (avx512_vnni && __builtin_cpu_supports("avx512bf16")) {
+      r.row[static_cast<int>(Isa::avx512_bf16)] = kernels_avx512_bf16();
+    }
 #endif
     return r;
   }();
@@ -49,8 +65,14 @@ inline const KernelTable& kernels_at_most(Isa isa) {
 /// Name of an instruction set as TCONST_ISA spells it.
 inline const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512_bf16:
+      return "avx512_bf16";
+    case Isa::avx512_vnni:
+      return "avx512_vnni";
     case Isa::avx512:
       return "avx512";
+    case Isa::avx2_vnni:
+      return "avx2_vnni";
     case Isa::avx2:
       return "avx2";
     case Isa::none:
@@ -59,14 +81,31 @@ inline const char* isa_name(Isa isa) {
   return "none";
 }
 
+/// The level whose float kernels `isa` uses (each level's float entries are its base's).
+inline Isa float_isa(Isa isa) {
+  switch (isa) {
+    case Isa::avx512_bf16:
+    case Isa::avx512_vnni:
+    case Isa::avx512:
+      return Isa::avx512;
+    case Isa::avx2_vnni:
+    case Isa::avx2:
+      return Isa::avx2;
+    case Isa::none:
+      break;
+  }
+  return Isa::none;
+}
+
 /// The instruction set the kernels use in this process: the best one the CPU runs, capped by
 /// TCONST_ISA. Chosen once.
 inline Isa active_isa() {
   static const Isa chosen = [] {
-    Isa cap = Isa::avx512;
+    Isa cap = static_cast<Isa>(kIsaCount - 1);
     if (const char* env = std::getenv("TCONST_ISA")) {
-      if (std::strcmp(env, "avx2") == 0) cap = Isa::avx2;
-      if (std::strcmp(env, "none") == 0) cap = Isa::none;
+      for (int i = 0; i < kIsaCount; ++i) {
+        if (std::strcmp(env, isa_name(static_cast<Isa>(i))) == 0) cap = static_cast<Isa>(i);
+      }
     }
     return kernels_at_most(cap).isa;
   }();

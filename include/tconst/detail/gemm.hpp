@@ -23,6 +23,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
@@ -41,6 +42,12 @@ struct GemmWorkspace {
   // Per thread: [panels][kc][panel width] one block of input rows, transposed; then, for weights
   // that are not float (quant_linear.hpp), [mr][kc] one tile's weight rows widened to float.
   LineVector<float> packed;
+  // The compute modes (compute_linear.hpp): per thread, input rows rounded or quantized and then
+  // packed, in 32-bit units; their int8 block scales, as rows and then in panel layout; the
+  // weights' block sums when the WeightMatrix has none.
+  LineVector<uint32_t> units;
+  LineVector<float> unit_scales;
+  LineVector<int32_t> block_sums;
 };
 
 /// Columns of k per pass, at most. The model's k (432, 1280) take one pass: passes short enough to

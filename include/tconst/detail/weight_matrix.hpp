@@ -40,6 +40,9 @@ struct WeightMatrix {
   const float* scales = nullptr;  // q8 only: [rows, blocks()], block c / block of row r
   Eigen::Index block = 0;         // q8 only: weights per scale along a row (SPEC §6.1 B)
   Eigen::Index rows = 0, cols = 0;
+  // q8 only, optional: [rows, blocks()] the sums of each block's q (int8_block_sums), which the
+  // int8 compute mode needs; computed on every call of a product when absent.
+  const int32_t* block_sums = nullptr;
 
   /// Scales per row (q8): ceil(cols / block).
   Eigen::Index blocks() const { return block > 0 ? (cols + block - 1) / block : 0; }
@@ -59,6 +62,7 @@ struct WeightMatrix {
       case WeightFormat::q8:
         w.data = static_cast<const int8_t*>(data) + first;
         w.scales = scales + r0 * blocks();
+        if (block_sums != nullptr) w.block_sums = block_sums + r0 * blocks();
         break;
     }
     return w;
@@ -84,6 +88,17 @@ inline float bf16_bits_to_float(uint16_t b) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+/// The BF16 bits nearest x, ties to even; a NaN stays a quiet NaN (model/quantize.hpp's
+/// float_to_bf16, which the compute modes' rounding of activations follows).
+inline uint16_t float_to_bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu) != 0) {
+    return static_cast<uint16_t>((u >> 16) | 0x40u);
+  }
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 /// out[c] = W[r, c] for c < cols, by SPEC §6.1's formula (one float32 multiplication for q8).

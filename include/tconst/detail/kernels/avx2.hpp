@@ -1,5 +1,6 @@
 #pragma once
-// The kernels compiled for AVX2 and FMA: the avx2 row of the kernel table.
+// The kernels compiled for AVX2 and FMA: the avx2 row of the kernel table (compute modes: BF16
+// widened to float, int8 by the sign trick).
 
 #include <immintrin.h>
 
@@ -7,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include "tconst/detail/kernel_table.hpp"
 
@@ -19,6 +22,9 @@
 #define TCONST_ISA_GROUP 2
 #define TCONST_ISA_MR 6
 #define TCONST_ISA_NV 2
+#define TCONST_ISA_LEVEL Isa::avx2
+#define TCONST_CK_BF16 1
+#define TCONST_CK_INT8 1
 #include "tconst/detail/kernels/isa.inl"
 #include "tconst/detail/kernels/target_end.inl"
 // clang-format on

@@ -6,6 +6,8 @@
 //   TCONST_ISA_LANES   floats per vector (16: AVX-512, 8: AVX2 + FMA)
 //   TCONST_ISA_ROWS, TCONST_ISA_GROUP   the few-row product's register block (rows_gemm.inl)
 //   TCONST_ISA_MR, TCONST_ISA_NV        the packed product's register tile (gemm.inl)
+//   TCONST_ISA_LEVEL   the set's value of Isa
+//   TCONST_CK_BF16, TCONST_CK_INT8      which compute-mode kernels it compiles (compute.inl)
 // The files below are this layer's only per-set code; the drivers that call them (ops.hpp,
 // gemm.hpp, quant_linear.hpp) are the same for every set.
 
@@ -16,7 +18,8 @@
 #include "tconst/detail/kernels/attention.inl"
 #include "tconst/detail/kernels/gemm.inl"
 #include "tconst/detail/kernels/quant_rows.inl"
-#include "tconst/detail/kernels/quant_gemm.inl"  // last: uses gemm.inl's tile, quant_rows.inl's strips
+#include "tconst/detail/kernels/quant_gemm.inl"  // uses gemm.inl's tile, quant_rows.inl's strips
+#include "tconst/detail/kernels/compute.inl"  // uses gemm.inl's store_tile
 // clang-format on
 
 namespace tconst {
@@ -30,7 +33,7 @@ inline KernelTable TCONST_ISA_ENTRY() {
 #endif
   namespace k = TCONST_ISA_NS;
   KernelTable t;
-  t.isa = TCONST_ISA_LANES == 16 ? Isa::avx512 : Isa::avx2;
+  t.isa = TCONST_ISA_LEVEL;
   t.rows_gemm = &k::rows_gemm;
   t.attend_one = &k::attend_one;
   t.silu_gate = &k::silu_gate;
@@ -45,6 +48,7 @@ inline KernelTable TCONST_ISA_ENTRY() {
   t.attend = &k::attend_panels;
   t.quant_rows = &k::quant_rows;
   t.quant_compute = &k::compute_quant;
+  k::fill_compute(t);
   return t;
 }
 
@@ -59,3 +63,6 @@ inline KernelTable TCONST_ISA_ENTRY() {
 #undef TCONST_ISA_GROUP
 #undef TCONST_ISA_MR
 #undef TCONST_ISA_NV
+#undef TCONST_ISA_LEVEL
+#undef TCONST_CK_BF16
+#undef TCONST_CK_INT8

@@ -1,4 +1,4 @@
-// Closes the region that target_avx512_begin.inl or target_avx2_begin.inl opened.
+// Closes the region that a kernels/target_<set>_begin.inl opened.
 #if defined(__clang__)
 #pragma clang attribute pop
 #pragma clang diagnostic pop
