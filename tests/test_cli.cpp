@@ -170,6 +170,13 @@ TEST(Cli, InfoReportsTheFixedCache) {
   const Outcome j = run("info --json --model " + kModel);
   ASSERT_EQ(j.status, 0);
   EXPECT_THAT(j.out, HasSubstr("\"fixed_cache_bytes\": 28672"));
+  // The kernels each compute runs on (tconst::compute_kernels), capped by TCONST_ISA.
+  ::setenv("TCONST_ISA", "none", 1);
+  const Outcome capped = run("info --json --model " + kModel);
+  ::unsetenv("TCONST_ISA");
+  const auto kernels = nlohmann::json::parse(capped.out)["kernels"];
+  EXPECT_EQ(kernels, nlohmann::json::parse(R"({"f32": "none", "bf16": "none", "int8": "none"})"));
+  EXPECT_THAT(r.out, HasSubstr("kernels          f32 "));
 }
 
 TEST(Cli, TokenizeAndDetokenizeBytes) {
@@ -304,7 +311,8 @@ TEST(CliBench, ReportHasExactlyTheKeysAndTheFixedCacheDoesNotGrow) {
                                       "amortized_ms_per_token",
                                       "cache_bytes",
                                       "peak_rss_bytes",
-                                      "weights"};
+                                      "weights",
+                                      "compute"};
   const int64_t depths[] = {0, 20, 100};
   for (size_t i = 0; i < arr.size(); ++i) {
     const auto& o = arr[i];
@@ -438,6 +446,60 @@ TEST(CliQuantize, BenchMeasuresEachWeightFormat) {
   expect_error(run("bench --model " + kModel + " --weights f32,int4"),
                "--weights takes f32, bf16 and q8, got 'int4'");
   expect_error(run("bench --model " + kModel + " --weights q8,q8"), "--weights names 'q8' twice");
+}
+
+// --compute (SPEC §6.3): logits over the F32 file in bf16 and int8 equal that compute's over the
+// file converted beforehand, and differ from f32's; generate saves a session that only its own
+// compute restores; bench reports each compute in turn.
+TEST(CliCompute, LogitsGenerateAndBench) {
+  const std::string dir = kGolden + std::string("tconst_D4_W8_H8/");
+  const std::string ids = dir + "ids.txt";
+  auto logits = [&](const std::string& model, const std::string& compute) {
+    const std::string out = temp_path("compute_logits.f32");
+    const Outcome r = run("logits --model " + model + " --ids " + ids + " --out " + out +
+                          " --compute " + compute);
+    EXPECT_EQ(r.status, 0) << r.err;
+    return tconst_test::read_f32(out);
+  };
+  const std::vector<float> f32 = logits(kModel, "f32");
+  for (const std::string type : {"bf16", "q8"}) {
+    SCOPED_TRACE(type);
+    const std::string compute = type == "q8" ? "int8" : "bf16";
+    const std::string q = temp_path(type + "_compute.safetensors");
+    ASSERT_EQ(run("quantize --in " + kModel + " --out " + q + " --type " + type).status, 0);
+    const std::vector<float> a = logits(kModel, compute);
+    EXPECT_EQ(a, logits(q, compute)) << "converted at load and beforehand";
+    EXPECT_NE(a, f32);
+  }
+  const std::string m = "--model " + kModel + " --ids " + dir + "prompt.txt ";
+  const std::string snap = temp_path("compute.snap");
+  ASSERT_EQ(run("generate " + m +
+                "--max-new 5 --greedy --print-ids --compute int8 --save-session " + snap)
+                .status,
+            0);
+  expect_error(
+      run("generate --model " + kModel + " --load-session " + snap + " --max-new 2 --print-ids"),
+      "saved by a session of compute int8, restoring into one of compute f32");
+  EXPECT_EQ(run("generate --model " + kModel + " --load-session " + snap +
+                " --max-new 2 --compute int8 --greedy --print-ids")
+                .status,
+            0);
+  expect_error(run("logits --model " + kModel + " --ids " + ids + " --out " + temp_path("x.f32") +
+                   " --compute fp8"),
+               "--compute: unknown compute 'fp8'");
+  expect_error(run("perplexity --model " + kModel + " --ids " + ids + " --compute bf16 " +
+                   "--precision double"),
+               "--compute bf16 needs --precision float");
+  const auto arr = bench_json("--model " + kModel +
+                              " --depths 20 --n-gen 8 --threads 1 --compute f32,bf16,int8");
+  ASSERT_EQ(arr.size(), 3u);
+  const char* computes[] = {"f32", "bf16", "int8"};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(arr[i]["compute"], std::string(computes[i]));
+    EXPECT_GT(arr[i]["hit_ms_median"].get<double>(), 0.0);
+  }
+  expect_error(run("bench --model " + kModel + " --compute bf16,bf16"),
+               "--compute names 'bf16' twice");
 }
 
 TEST(CliQuantize, KeepAndBlock) {

@@ -25,8 +25,10 @@ int run_streams(const BenchOptions& o) {
     for (const std::string& weights : o.weights) {
       auto model = bench_model(o, arch, weights);
       for (int64_t depth : o.depths) {
-        rows.push_back(bench_streams(model, depth, o.streams, o.n_gen));
-        rows.back()["weights"] = weights;
+        for (tconst::Compute compute : o.computes) {
+          rows.push_back(bench_streams(model, compute, depth, o.streams, o.n_gen));
+          rows.back()["weights"] = weights;
+        }
       }
     }
   }
@@ -40,9 +42,11 @@ int run_interleaved(const BenchOptions& o) {
   for (const std::string& arch : o.archs) {
     for (const std::string& weights : o.weights) {
       auto model = bench_model(o, arch, weights);
-      for (auto& row : bench_interleaved(model, o.depths, o.n_gen, o.threads)) {
-        row["weights"] = weights;
-        rows.push_back(row);
+      for (tconst::Compute compute : o.computes) {
+        for (auto& row : bench_interleaved(model, compute, o.depths, o.n_gen, o.threads)) {
+          row["weights"] = weights;
+          rows.push_back(row);
+        }
       }
     }
   }
@@ -52,12 +56,15 @@ int run_interleaved(const BenchOptions& o) {
 
 int run_depths(const BenchOptions& o) {
   std::vector<BenchResult> results;
-  // Each depth's weight formats one after another, so that they are measured side by side.
+  // Each depth's weight formats and computes one after another, so that they are measured side
+  // by side.
   for (const std::string& arch : o.archs) {
     for (int64_t depth : o.depths) {
       for (const std::string& weights : o.weights) {
-        results.push_back(bench_in_child(o, arch, weights, depth));
-        if (!o.json) print_progress(results.back());
+        for (tconst::Compute compute : o.computes) {
+          results.push_back(bench_in_child(o, arch, weights, compute, depth));
+          if (!o.json) print_progress(results.back());
+        }
       }
     }
   }

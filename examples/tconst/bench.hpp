@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "tconst/compute.hpp"
 #include "tconst/model.hpp"
 
 namespace tconst_cli {
@@ -20,9 +21,11 @@ std::string bench_usage();
 /// The command line of `tconst bench`, checked.
 struct BenchOptions {
   std::string model_path;          // --model; empty: the preset
+  std::string preset;              // --preset: paper-41m or 1b
   std::vector<std::string> archs;  // the preset's architectures; {""} (the file's own) for --model
   uint64_t seed = 1;               // of the preset's random weights
   std::vector<std::string> weights = {"f32"};  // --weights: f32, bf16, q8 (SPEC §6.1), in turn
+  std::vector<tconst::Compute> computes = {tconst::Compute::f32};  // --compute, in turn
   std::vector<int64_t> depths;
   int64_t n_gen = 64;
   int threads = 1;
@@ -51,6 +54,7 @@ constexpr int64_t kBaselineRealPrefillMax = 4096;
 struct BenchResult {
   std::string arch;
   std::string weights = "f32";
+  tconst::Compute compute = tconst::Compute::f32;
   int64_t depth = 0;
   int threads = 1;
   double prefill_ms = -1;  // time to first token: prefill of `depth` tokens; < 0: synthetic
@@ -68,18 +72,19 @@ struct BenchResult {
 
 /// Prefills `depth` tokens, then times each step of a span of exactly W tokens that starts with a
 /// resync (TConstFormer, TLinFormer), or n-gen steps (baseline), in this process.
-BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
-                      int64_t n_gen, int64_t trace_steps, int threads);
+BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, tconst::Compute compute,
+                      int64_t depth, int64_t n_gen, int64_t trace_steps, int threads);
 /// bench_one in a child process (built from nothing there), so that peak_rss_bytes is that run's
 /// own.
 BenchResult bench_in_child(const BenchOptions& o, const std::string& arch,
-                           const std::string& weights, int64_t depth);
+                           const std::string& weights, tconst::Compute compute, int64_t depth);
 /// S streams stepped together against the same streams stepped one at a time.
-nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
-                             int64_t S, int64_t steps);
+nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model,
+                             tconst::Compute compute, int64_t depth, int64_t S, int64_t steps);
 /// Cache-hit steps at several depths measured side by side, one session per depth.
 nlohmann::json bench_interleaved(std::shared_ptr<const tconst::Model<float>> model,
-                                 const std::vector<int64_t>& depths, int64_t n_gen, int threads);
+                                 tconst::Compute compute, const std::vector<int64_t>& depths,
+                                 int64_t n_gen, int threads);
 
 // bench_report.cpp
 

@@ -18,8 +18,9 @@ namespace tconst_cli {
 const std::vector<Flag>& bench_flags() {
   static const std::vector<Flag> flags = {
       {"model", "FILE", "measure this model file (this or --preset is required)"},
-      {"preset", "paper-41m",
-       "or random weights of the paper's 41M shape (this or --model is\nrequired)"},
+      {"preset", "paper-41m|1b",
+       "or random weights of the paper's 41M shape, or of a 1.3B shape (d 2048,\n"
+       "16 heads of 128, f 5632, B 2, D 12, W = Hh = 512; this or --model is\nrequired)"},
       {"arch", "LIST",
        "comma-separated tconstformer,tlinformer,transformer (preset only;\n"
        "default all three)"},
@@ -32,11 +33,15 @@ const std::vector<Flag>& bench_flags() {
       {"weights", "LIST",
        "comma-separated f32,bf16,q8: the weight matrices re-written in memory\n"
        "in each format (SPEC 6.1), each measured in turn (default f32)"},
+      {"compute", "LIST",
+       "comma-separated f32,bf16,int8: the sessions' compute (SPEC 6.3), each\n"
+       "measured in turn beside the others (default f32)"},
       {"precision", "float", "bench runs in float only (default float)"},
       {"json", "", "one JSON report instead of tables"},
       {"trace-steps", "N", "record the first N steps' times (default 0: none)"},
       {"trace-out", "FILE",
-       "write the traced steps there, CSV arch,depth,step,ms,resync (default:\nno file)"},
+       "write the traced steps there, CSV arch,weights,compute,depth,step,\nms,resync "
+       "(default:\nno file)"},
       {"streams", "S",
        "instead: total tokens/s of S streams stepped together (weights read\n"
        "once per step) against the same streams one at a time (default: off)"},
@@ -49,9 +54,10 @@ const std::vector<Flag>& bench_flags() {
 
 std::string bench_usage() {
   return usage_text(
-      "usage: tconst bench [--model FILE | --preset paper-41m] [--arch LIST] [--depths LIST]\n"
-      "                    [--n-gen N] [--threads T] [--seed N] [--weights LIST] [--json]\n"
-      "                    [--trace-steps N --trace-out FILE] [--streams S | --interleave]\n"
+      "usage: tconst bench [--model FILE | --preset paper-41m|1b] [--arch LIST] [--depths LIST]\n"
+      "                    [--n-gen N] [--threads T] [--seed N] [--weights LIST] [--compute LIST]\n"
+      "                    [--json] [--trace-steps N --trace-out FILE] [--streams S | "
+      "--interleave]\n"
       "per-token cost at each depth: cache-hit steps and the amortised resync",
       bench_flags());
 }
@@ -62,8 +68,8 @@ namespace {
 void check_source(const Args& a) {
   if (a.has("model") == a.has("preset"))
     throw UsageError("give exactly one of --model or --preset");
-  if (a.has("preset") && a.str("preset") != "paper-41m") {
-    throw UsageError("unknown preset '" + a.str("preset") + "' (known: paper-41m)");
+  if (a.has("preset") && a.str("preset") != "paper-41m" && a.str("preset") != "1b") {
+    throw UsageError("unknown preset '" + a.str("preset") + "' (known: paper-41m, 1b)");
   }
   if (a.str("precision", "float") != "float") throw UsageError("bench runs in float only");
   if (a.has("model") && (a.has("arch") || a.has("seed")))
@@ -108,6 +114,29 @@ std::vector<std::string> weight_list(const std::string& list) {
   return out;
 }
 
+/// --compute's comma-separated computes, each checked, none twice.
+std::vector<tconst::Compute> compute_list(const std::string& list) {
+  std::vector<tconst::Compute> out;
+  size_t s = 0;
+  while (s <= list.size()) {
+    const size_t e = list.find(',', s);
+    const std::string name = list.substr(s, e == std::string::npos ? std::string::npos : e - s);
+    tconst::Compute c;
+    try {
+      c = tconst::parse_compute(name);
+    } catch (const tconst::Error& err) {
+      throw UsageError(std::string("--compute: ") + err.what());
+    }
+    if (std::find(out.begin(), out.end(), c) != out.end()) {
+      throw UsageError("--compute names '" + name + "' twice");
+    }
+    out.push_back(c);
+    if (e == std::string::npos) break;
+    s = e + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 BenchOptions parse_bench_options(int argc, char** argv) {
@@ -115,6 +144,7 @@ BenchOptions parse_bench_options(int argc, char** argv) {
   check_source(a);
   BenchOptions o;
   o.model_path = a.str("model");
+  o.preset = a.str("preset");
   o.depths = a.integer_list("depths", "1024,4096,16384,65536");
   o.n_gen = a.integer("n-gen", 64, 1, 1 << 20);
   o.threads = static_cast<int>(a.integer("threads", default_threads(), 1, 1024));
@@ -127,6 +157,7 @@ BenchOptions parse_bench_options(int argc, char** argv) {
     o.archs = arch_list(a.str("arch", "tconstformer,tlinformer,transformer"));
   }
   o.weights = weight_list(a.str("weights", "f32"));
+  o.computes = compute_list(a.str("compute", "f32"));
   o.seed = static_cast<uint64_t>(a.integer("seed", 1, 0, std::numeric_limits<int64_t>::max()));
   if (a.has("streams") && a.flag("interleave"))
     throw UsageError("give at most one of --streams and --interleave");
@@ -142,8 +173,10 @@ std::shared_ptr<const tconst::Model<float>> bench_model(const BenchOptions& o,
       arch.empty() ? tconst::SafetensorsFile::open(o.model_path)
                    : tconst::SafetensorsFile::from_bytes(
                          tconst::random_model_bytes(
-                             tconst::paper_41m(tconst::parse_architecture(arch)), o.seed),
-                         "paper-41m " + arch);
+                             o.preset == "1b" ? tconst::preset_1b(tconst::parse_architecture(arch))
+                                              : tconst::paper_41m(tconst::parse_architecture(arch)),
+                             o.seed),
+                         o.preset + " " + arch);
   if (weights == "f32") return tconst::Model<float>::from_file(file);
   tconst::QuantizeOptions q;
   q.format = weights == "bf16" ? tconst::WeightFormat::bf16 : tconst::WeightFormat::q8;

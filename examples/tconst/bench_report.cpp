@@ -13,6 +13,7 @@ namespace tconst_cli {
 nlohmann::json to_json(const BenchResult& r) {
   nlohmann::json j = {{"arch", r.arch},
                       {"weights", r.weights},
+                      {"compute", tconst::to_string(r.compute)},
                       {"depth", r.depth},
                       {"threads", r.threads},
                       {"prefill_ms", nullptr},
@@ -27,19 +28,19 @@ nlohmann::json to_json(const BenchResult& r) {
 }
 
 void print_progress(const BenchResult& r) {
-  std::fprintf(stderr, "  %-12s %-4s depth %8lld  hit %.3f ms%s\n", r.arch.c_str(),
-               r.weights.c_str(), (long long)r.depth, r.hit_ms_median,
+  std::fprintf(stderr, "  %-12s %-4s %-4s depth %8lld  hit %.3f ms%s\n", r.arch.c_str(),
+               r.weights.c_str(), tconst::to_string(r.compute), (long long)r.depth, r.hit_ms_median,
                r.synthetic ? "  (synthetic cache)" : "");
 }
 
 void write_trace(const std::string& path, const std::vector<BenchResult>& results) {
   std::ofstream t(path);
   if (!t) throw tconst::Error("cannot write '" + path + "'");
-  t << "arch,weights,depth,step,ms,resync\n";
+  t << "arch,weights,compute,depth,step,ms,resync\n";
   for (const auto& r : results) {
     for (size_t i = 0; i < r.trace_ms.size(); ++i) {
-      t << r.arch << ',' << r.weights << ',' << r.depth << ',' << i << ',' << r.trace_ms[i] << ','
-        << r.trace_resync[i] << '\n';
+      t << r.arch << ',' << r.weights << ',' << tconst::to_string(r.compute) << ',' << r.depth
+        << ',' << i << ',' << r.trace_ms[i] << ',' << r.trace_resync[i] << '\n';
     }
   }
 }
@@ -47,9 +48,9 @@ void write_trace(const std::string& path, const std::vector<BenchResult>& result
 namespace {
 
 void print_results_table(const std::vector<BenchResult>& results) {
-  std::printf("%-13s %-7s %8s %7s %12s %12s %11s %14s %13s %13s\n", "arch", "weights", "depth",
-              "threads", "prefill ms", "hit ms", "resync ms", "amortized ms", "cache MB",
-              "peak RSS MB");
+  std::printf("%-13s %-7s %-7s %8s %7s %12s %12s %11s %14s %13s %13s\n", "arch", "weights",
+              "compute", "depth", "threads", "prefill ms", "hit ms", "resync ms", "amortized ms",
+              "cache MB", "peak RSS MB");
   auto figure = [](double ms) {
     if (ms < 0) return std::string("-");
     char text[32];
@@ -57,10 +58,11 @@ void print_results_table(const std::vector<BenchResult>& results) {
     return std::string(text);
   };
   for (const auto& r : results) {
-    std::printf("%-13s %-7s %8lld %7d %12s %12.3f %11s %14.3f %13.2f %13.1f%s\n", r.arch.c_str(),
-                r.weights.c_str(), (long long)r.depth, r.threads, figure(r.prefill_ms).c_str(),
-                r.hit_ms_median, figure(r.resync_ms).c_str(), r.amortized_ms_per_token,
-                r.cache_bytes / 1e6, r.peak_rss_bytes / 1e6, r.synthetic ? "  *" : "");
+    std::printf("%-13s %-7s %-7s %8lld %7d %12s %12.3f %11s %14.3f %13.2f %13.1f%s\n",
+                r.arch.c_str(), r.weights.c_str(), tconst::to_string(r.compute), (long long)r.depth,
+                r.threads, figure(r.prefill_ms).c_str(), r.hit_ms_median,
+                figure(r.resync_ms).c_str(), r.amortized_ms_per_token, r.cache_bytes / 1e6,
+                r.peak_rss_bytes / 1e6, r.synthetic ? "  *" : "");
   }
 }
 
@@ -94,13 +96,15 @@ void print_streams(const nlohmann::json& rows, bool json) {
     std::printf("%s\n", rows.dump(2).c_str());
     return;
   }
-  std::printf("%-13s %-7s %8s %8s %6s %14s %17s %8s %14s\n", "arch", "weights", "depth", "streams",
-              "steps", "batched tok/s", "one-by-one tok/s", "speedup", "median round");
+  std::printf("%-13s %-7s %-7s %8s %8s %6s %14s %17s %8s %14s\n", "arch", "weights", "compute",
+              "depth", "streams", "steps", "batched tok/s", "one-by-one tok/s", "speedup",
+              "median round");
   for (const auto& j : rows) {
-    std::printf("%-13s %-7s %8lld %8lld %6lld %14.1f %17.1f %8.2f %14.2f\n",
+    std::printf("%-13s %-7s %-7s %8lld %8lld %6lld %14.1f %17.1f %8.2f %14.2f\n",
                 j["arch"].get<std::string>().c_str(), j.value("weights", "f32").c_str(),
-                (long long)j["depth"].get<int64_t>(), (long long)j["streams"].get<int64_t>(),
-                (long long)j["steps"].get<int64_t>(), j["batched_tokens_per_s"].get<double>(),
+                j.value("compute", "f32").c_str(), (long long)j["depth"].get<int64_t>(),
+                (long long)j["streams"].get<int64_t>(), (long long)j["steps"].get<int64_t>(),
+                j["batched_tokens_per_s"].get<double>(),
                 j["one_at_a_time_tokens_per_s"].get<double>(), j["speedup"].get<double>(),
                 j["speedup_median_round"].get<double>());
   }
@@ -111,15 +115,16 @@ void print_interleaved(const nlohmann::json& rows, bool json) {
     std::printf("%s\n", rows.dump(2).c_str());
     return;
   }
-  std::printf("%-13s %-7s %8s %7s %9s %12s %14s\n", "arch", "weights", "depth", "threads",
-              "hit steps", "hit ms", "vs first depth");
+  std::printf("%-13s %-7s %-7s %8s %7s %9s %12s %14s\n", "arch", "weights", "compute", "depth",
+              "threads", "hit steps", "hit ms", "vs first depth");
   bool any_synthetic = false;
   for (const auto& j : rows) {
-    std::printf("%-13s %-7s %8lld %7d %9lld %12.3f %14.3f%s\n",
+    std::printf("%-13s %-7s %-7s %8lld %7d %9lld %12.3f %14.3f%s\n",
                 j["arch"].get<std::string>().c_str(), j.value("weights", "f32").c_str(),
-                (long long)j["depth"].get<int64_t>(), j["threads"].get<int>(),
-                (long long)j["hit_steps"].get<int64_t>(), j["hit_ms_median"].get<double>(),
-                j["ratio_to_first_depth"].get<double>(), j["synthetic"].get<bool>() ? "  *" : "");
+                j.value("compute", "f32").c_str(), (long long)j["depth"].get<int64_t>(),
+                j["threads"].get<int>(), (long long)j["hit_steps"].get<int64_t>(),
+                j["hit_ms_median"].get<double>(), j["ratio_to_first_depth"].get<double>(),
+                j["synthetic"].get<bool>() ? "  *" : "");
     any_synthetic |= j["synthetic"].get<bool>();
   }
   if (any_synthetic) {

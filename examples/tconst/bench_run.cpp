@@ -109,14 +109,17 @@ size_t peak_rss_bytes() {
 
 }  // namespace
 
-BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
-                      int64_t n_gen, int64_t trace_steps, int threads) {
+BenchResult bench_one(std::shared_ptr<const tconst::Model<float>> model, tconst::Compute compute,
+                      int64_t depth, int64_t n_gen, int64_t trace_steps, int threads) {
   const tconst::ModelConfig& c = model->config();
   BenchResult r;
   r.arch = tconst::to_string(c.arch);
   r.depth = depth;
   r.threads = threads;
-  auto session = tconst::make_session(model);
+  r.compute = compute;
+  tconst::SessionOptions so;
+  so.compute = compute;
+  auto session = tconst::make_session(model, so);
   tconst::Rng rng(12345);
   const auto t0 = std::chrono::steady_clock::now();
   r.synthetic = prefill_to_depth(*session, depth, rng);
@@ -152,6 +155,7 @@ BenchResult from_child_report(const nlohmann::json& j) {
   BenchResult r;
   r.arch = j.at("arch").get<std::string>();
   r.weights = j.at("weights").get<std::string>();
+  r.compute = tconst::parse_compute(j.at("compute").get<std::string>());
   r.depth = j.at("depth").get<int64_t>();
   r.threads = j.at("threads").get<int>();
   r.prefill_ms = j.at("prefill_ms").is_null() ? -1.0 : j.at("prefill_ms").get<double>();
@@ -185,13 +189,13 @@ std::string read_all(int fd) {
 
 /// The child's whole life: measure, write the report (or the error) as JSON, exit.
 [[noreturn]] void child_main(int fd, const BenchOptions& o, const std::string& arch,
-                             const std::string& weights, int64_t depth) {
+                             const std::string& weights, tconst::Compute compute, int64_t depth) {
   int code = 0;
   std::string out;
   try {
     set_thread_count(o.threads);
     BenchResult r =
-        bench_one(bench_model(o, arch, weights), depth, o.n_gen, o.trace_steps, o.threads);
+        bench_one(bench_model(o, arch, weights), compute, depth, o.n_gen, o.trace_steps, o.threads);
     r.weights = weights;
     out = child_report(r).dump();
   } catch (const std::exception& e) {
@@ -207,14 +211,14 @@ std::string read_all(int fd) {
 }  // namespace
 
 BenchResult bench_in_child(const BenchOptions& o, const std::string& arch,
-                           const std::string& weights, int64_t depth) {
+                           const std::string& weights, tconst::Compute compute, int64_t depth) {
   int fds[2];
   if (::pipe(fds) != 0) throw tconst::Error("bench: pipe failed");
   const pid_t pid = ::fork();
   if (pid < 0) throw tconst::Error("bench: fork failed");
   if (pid == 0) {
     ::close(fds[0]);
-    child_main(fds[1], o, arch, weights, depth);
+    child_main(fds[1], o, arch, weights, compute, depth);
   }
   ::close(fds[1]);
   const std::string text = read_all(fds[0]);
@@ -236,11 +240,14 @@ namespace {
 /// S sessions of the model, each one token past the depth, so that the timed steps are all cache
 /// hits (a resync of each stream would otherwise dominate both figures).
 std::vector<std::unique_ptr<tconst::TConstSession<float>>> make_streams(
-    const std::shared_ptr<const tconst::Model<float>>& model, int64_t depth, int64_t S) {
+    const std::shared_ptr<const tconst::Model<float>>& model, tconst::Compute compute,
+    int64_t depth, int64_t S) {
+  tconst::SessionOptions so;
+  so.compute = compute;
   tconst::Rng rng(12345);
   std::vector<std::unique_ptr<tconst::TConstSession<float>>> streams;
   for (int64_t i = 0; i < S; ++i) {
-    streams.push_back(std::make_unique<tconst::TConstSession<float>>(model));
+    streams.push_back(std::make_unique<tconst::TConstSession<float>>(model, so));
     streams.back()->prefill(
         random_ids(rng, static_cast<size_t>(depth + 1), model->config().vocab_size));
   }
@@ -284,11 +291,11 @@ RoundTimes time_rounds(const std::vector<tconst::TConstSession<float>*>& session
 
 /// Throughput of S streams stepped together (one weight read per step for all of them) against
 /// the same S streams stepped one after another, over `steps` tokens each from `depth`.
-nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, int64_t depth,
-                             int64_t S, int64_t steps) {
+nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model,
+                             tconst::Compute compute, int64_t depth, int64_t S, int64_t steps) {
   const tconst::ModelConfig& c = model->config();
   if (c.is_baseline()) throw UsageError("--streams needs a tconstformer or tlinformer model");
-  const auto own = make_streams(model, depth, S);
+  const auto own = make_streams(model, compute, depth, S);
   const int64_t W = c.generate_window;
   steps = std::min<int64_t>(steps, W - 1 - (depth + 1) % W);  // stay within the window
   if (steps < 1) throw UsageError("--streams: no cache-hit steps left in the window at this depth");
@@ -301,6 +308,7 @@ nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, 
   const RoundTimes t = time_rounds(sessions, copies, steps);
   const double tokens_total = static_cast<double>(S * steps);
   return {{"arch", tconst::to_string(c.arch)},
+          {"compute", tconst::to_string(compute)},
           {"depth", depth},
           {"streams", S},
           {"steps", steps},
@@ -316,12 +324,15 @@ nlohmann::json bench_streams(std::shared_ptr<const tconst::Model<float>> model, 
 /// that every depth sees the same machine state. Reports each depth's median cache-hit step and
 /// its ratio to the first depth's.
 nlohmann::json bench_interleaved(std::shared_ptr<const tconst::Model<float>> model,
-                                 const std::vector<int64_t>& depths, int64_t n_gen, int threads) {
+                                 tconst::Compute compute, const std::vector<int64_t>& depths,
+                                 int64_t n_gen, int threads) {
+  tconst::SessionOptions so;
+  so.compute = compute;
   std::vector<SessionPtr> sessions;
   std::vector<bool> synthetic;
   tconst::Rng rng(12345);
   for (int64_t depth : depths) {
-    sessions.push_back(tconst::make_session(model));
+    sessions.push_back(tconst::make_session(model, so));
     synthetic.push_back(prefill_to_depth(*sessions.back(), depth, rng));
   }
   std::vector<std::vector<double>> hits(depths.size());
@@ -340,6 +351,7 @@ nlohmann::json bench_interleaved(std::shared_ptr<const tconst::Model<float>> mod
   for (size_t i = 0; i < depths.size(); ++i) {
     const double m = median(hits[i]);
     rows.push_back({{"arch", tconst::to_string(model->config().arch)},
+                    {"compute", tconst::to_string(compute)},
                     {"depth", depths[i]},
                     {"threads", threads},
                     {"hit_steps", hits[i].size()},

@@ -9,6 +9,7 @@
 
 #include "args.hpp"
 #include "tconst/config.hpp"
+#include "tconst/session.hpp"
 #include "tconst/tokenizer/tokenizer.hpp"
 
 namespace tconst_cli {
@@ -38,6 +39,13 @@ void set_thread_count(int threads);
 /// saturates on common machines, and OpenMP threads that compete with other processes for cores
 /// can make a step many times slower. More threads speed up the resync's matrix products.
 void set_threads(const Args& args);
+
+/// --compute f32|bf16|int8 (default f32), the flag of the commands that run a session (a function:
+/// the command tables of other units are built from it during static initialisation).
+Flag compute_flag();
+/// The session options the command line gives (--compute); UsageError for a compute it does not
+/// name, or a compute other than f32 with --precision double.
+tconst::SessionOptions session_options(const Args& args);
 
 /// All of standard input.
 std::string read_stdin();

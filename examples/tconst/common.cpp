@@ -38,6 +38,26 @@ void set_threads(const Args& args) {
   set_thread_count(static_cast<int>(args.integer("threads", default_threads(), 1, 1024)));
 }
 
+Flag compute_flag() {
+  return {"compute", "f32|bf16|int8",
+          "arithmetic of the weight products: f32 exact, bf16 or int8 on the\n"
+          "CPU's faster dot instructions (default f32; README \"Compute\")"};
+}
+
+tconst::SessionOptions session_options(const Args& args) {
+  tconst::SessionOptions o;
+  try {
+    o.compute = tconst::parse_compute(args.str("compute", "f32"));
+  } catch (const tconst::Error& e) {
+    throw UsageError(std::string("--compute: ") + e.what());
+  }
+  if (o.compute != tconst::Compute::f32 && args.str("precision", "float") != "float") {
+    throw UsageError(std::string("--compute ") + tconst::to_string(o.compute) +
+                     " needs --precision float");
+  }
+  return o;
+}
+
 std::string read_stdin() {
   std::ostringstream ss;
   ss << std::cin.rdbuf();

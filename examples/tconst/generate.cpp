@@ -133,7 +133,7 @@ int generate(const Args& args) {
   if (args.has("ids")) prompt = tconst::read_ids_file(args.str("ids"), c.vocab_size);
   if (args.has("prompt")) prompt = tok->encode(args.str("prompt"));
 
-  auto session = tconst::make_session(model);
+  auto session = tconst::make_session(model, session_options(args));
   if (args.has("load-session")) tconst::load_session(*session, args.str("load-session"));
   if (prompt.empty() && session->position() == 0) {
     throw UsageError("nothing to continue from: give a non-empty --ids or --prompt");

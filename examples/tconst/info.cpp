@@ -117,6 +117,11 @@ void print_json(const tconst::Model<Scalar>& model, const tconst::SafetensorsFil
   j["parameters"] = model.parameter_count();
   j["fixed_cache_bytes"] = static_cast<size_t>(c.fixed_cache_scalars()) * sizeof(Scalar);
   j["tokenizer"] = c.tokenizer;
+  nlohmann::ordered_json kernels;
+  for (tconst::Compute k : {tconst::Compute::f32, tconst::Compute::bf16, tconst::Compute::int8}) {
+    kernels[tconst::to_string(k)] = tconst::compute_kernels(k);
+  }
+  j["kernels"] = kernels;
   add_storage(j, file, each);
   std::printf("%s\n", one_line_json(j).c_str());
 }
@@ -166,6 +171,10 @@ void print_text(const std::string& path, const tconst::Model<Scalar>& model,
   std::printf("tokenizer        %s\n", c.tokenizer.empty() ? "(none named)" : c.tokenizer.c_str());
   std::printf("parameters       %lld\n", (long long)model.parameter_count());
   print_cache<Scalar>(c);
+  std::printf("kernels          f32 %s, bf16 %s, int8 %s (--compute; TCONST_ISA caps them)\n",
+              tconst::compute_kernels(tconst::Compute::f32),
+              tconst::compute_kernels(tconst::Compute::bf16),
+              tconst::compute_kernels(tconst::Compute::int8));
   print_storage(file, each);
 }
 

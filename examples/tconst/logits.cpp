@@ -18,7 +18,7 @@ int logits(const Args& args) {
   const std::string out_path = args.required("out");
   std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
   if (!out) throw tconst::Error("cannot open '" + out_path + "' for writing");
-  auto session = tconst::make_session(model);
+  auto session = tconst::make_session(model, session_options(args));
   std::vector<float> row(static_cast<size_t>(model->config().vocab_size));
   for (int32_t id : ids) {
     const auto& logits = session->feed(id);

@@ -115,7 +115,7 @@ int perplexity(const Args& args) {
   auto model = tconst::Model<Scalar>::load(args.required("model"));
   std::unique_ptr<tconst::Tokenizer> tok;
   const std::vector<int32_t> ids = read_tokens(args, model->config(), tok);
-  auto session = tconst::make_session(model);
+  auto session = tconst::make_session(model, session_options(args));
   const bool progress = !args.flag("quiet") && ::isatty(2);
   const int64_t segment = args.integer("segment", 0, 0, int64_t{1} << 40);
   const auto t0 = std::chrono::steady_clock::now();

@@ -145,6 +145,7 @@ ServeOptions options_from(const Args& args) {
   o.max_body_bytes =
       static_cast<size_t>(args.integer("max-body-bytes", 1 << 20, 1024, int64_t{1} << 30));
   o.quiet = args.flag("quiet");
+  o.compute = session_options(args).compute;
   if (args.has("model") == args.has("preset")) {
     throw UsageError("give --model FILE or --preset paper-41m");
   }
@@ -194,6 +195,7 @@ std::vector<Flag> serve_flags() {
   return {
       {"model", "FILE",
        "the model file, read into memory at start (this or --preset is\nrequired)"},
+      compute_flag(),
       {"preset", "paper-41m",
        "or random weights of the paper's 41M shape, for load tests (this or\n--model is required)"},
       {"alias", "NAME", "the model's id in replies and /v1/models (default: the file's name)"},
@@ -246,6 +248,8 @@ int cmd_serve(const Args& args) {
   ServerContext ctx;
   ctx.opt = options_from(args);
   ctx.model = load_model(args, &ctx.model_name);
+  // Converted for --compute now (kept with the model), not on the first request.
+  tconst::Model<float>::for_compute(ctx.model, ctx.opt.compute);
   if (args.has("alias")) {
     ctx.model_name = args.str("alias");
     if (ctx.model_name.empty()) throw UsageError("--alias must not be empty");

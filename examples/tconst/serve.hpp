@@ -52,7 +52,8 @@ struct ServeOptions {
   int64_t max_context = int64_t{1} << 20;         // tokens a session may hold
   int64_t max_sessions = 100000;                  // named sessions, resident or parked
   size_t max_body_bytes = size_t{1} << 20;
-  bool quiet = false;  // no request log on standard error
+  bool quiet = false;                              // no request log on standard error
+  tconst::Compute compute = tconst::Compute::f32;  // every session's (SessionOptions::compute)
 };
 
 /// Counters for /metrics. Everything atomic: read without locks while the worker runs.

@@ -644,6 +644,7 @@ void add_routes(httplib::Server& svr, ServerContext& ctx) {
              run->ctx = &ctx;
              tconst::SessionOptions so;
              so.max_context = ctx.opt.max_context;
+             so.compute = ctx.opt.compute;
              std::vector<Session*> sessions;
              for (size_t i = 0; i < r.prompts.size(); ++i) {
                run->own.push_back(tconst::make_session(ctx.model, so));

@@ -156,6 +156,7 @@ SessionStore::SessionStore(std::shared_ptr<const Model> model, const ServeOption
                            Metrics& metrics)
     : model_(std::move(model)), opt_(opt), metrics_(metrics) {
   session_options_.max_context = opt.max_context;
+  session_options_.compute = opt.compute;
   if (opt_.durable && !opt_.session_dir.empty()) {
     if (opt_.replica_id.empty()) opt_.replica_id = default_replica_id();
     leases_ = std::make_unique<Leases>(opt_.session_dir, opt_.replica_id, opt_.lease_ms);

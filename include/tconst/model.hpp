@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tconst/compute.hpp"
 #include "tconst/config.hpp"
 #include "tconst/detail/abi.hpp"
 #include "tconst/detail/big_buffer.hpp"
@@ -31,6 +32,8 @@ class SafetensorsFile;
 struct TensorInfo;
 namespace detail {
 class FileBytes;
+template <typename Scalar>
+struct ComputeModels;
 }  // namespace detail
 
 /// The SPEC §6 name prefix of layer j of block b (for the baseline, layer b; j = 0), e.g.
@@ -104,6 +107,16 @@ class Model {
   static std::shared_ptr<const Model> load_from_bytes(std::vector<uint8_t> bytes,
                                                       const std::string& label = "<memory>");
   static std::shared_ptr<const Model> from_file(const SafetensorsFile& file);
+
+  /// `model` prepared for `compute` (SPEC §6.3): `model` itself for Compute::f32; otherwise the
+  /// same model with its matrices converted for that compute (BF16, or Q8 by the reference
+  /// quantizer; matrices already in that format are used in place), made once, on first use, and
+  /// kept as long as `model` is. Thread-safe. Throws Error for a double model, or for a matrix
+  /// that cannot be quantized (a NaN or infinite weight).
+  static std::shared_ptr<const Model> for_compute(const std::shared_ptr<const Model>& model,
+                                                  Compute compute);
+  /// The compute this model's products run in (Compute::f32 for a model as loaded).
+  Compute compute() const { return compute_; }
 
   const ModelConfig& config() const { return config_; }
   /// Layer j of block b. TConstFormer/TLinFormer: j = 0 compress, 1..D-2 hidden, D-1 restore.
@@ -180,6 +193,18 @@ class Model {
   size_t converted_bytes_ = 0;
   int64_t q8_block_ = 0;  // SPEC §6.1 B, 0 without Q8 tensors
   uint64_t identity_ = 0;
+  Compute compute_ = Compute::f32;
+  // A loaded model's versions for the other computes (for_compute); null in those versions.
+  std::shared_ptr<detail::ComputeModels<Scalar>> compute_models_;
+  std::vector<detail::BigBuffer<uint16_t>> owned_bf16_;  // matrices converted to BF16
+  std::vector<detail::BigBuffer<int8_t>> owned_q8_;      // matrices quantized to Q8
+  std::vector<detail::BigBuffer<int32_t>> owned_sums_;   // the int8 compute's block sums
+
+  // This model's matrices converted for `compute`, in a new Model that views everything else of
+  // this one (which must outlive it).
+  std::unique_ptr<const Model> converted_for(Compute compute) const;
+  // One matrix converted for `compute` into buffers of this model.
+  detail::WeightMatrix converted_matrix(const detail::WeightMatrix& W, Compute compute);
 };
 
 // The instantiations tconst::precompiled holds (detail/abi.hpp).

@@ -45,6 +45,11 @@ struct SessionOptions {
   /// several engines can give each its own. The results have the same bits on any count. Without
   /// OpenMP every session runs on the calling thread.
   int threads = 0;
+  /// The arithmetic of the weight products (compute.hpp, SPEC §6.3): f32, the exact reference, or
+  /// bf16 / int8 on the CPU's faster dot instructions. Fixed when the session is made; the model
+  /// is prepared for it once (Model::for_compute) and shared by every session of that compute. A
+  /// snapshot records it and restores only into a session of the same compute.
+  Compute compute = Compute::f32;
 };
 
 template <typename Scalar>

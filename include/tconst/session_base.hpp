@@ -112,7 +112,9 @@ class SessionBase : public Session<Scalar> {
 
  protected:
   SessionBase(std::shared_ptr<const Model<Scalar>> model, SessionOptions options)
-      : model_(std::move(model)), options_(options), logits_(model_->config().vocab_size) {}
+      : model_(Model<Scalar>::for_compute(std::move(model), options.compute)),
+        options_(options),
+        logits_(model_->config().vocab_size) {}
   SessionBase(const SessionBase& o)
       : model_(o.model_), options_(o.options_), log_(o.log_), logits_(o.logits_) {
     log_.reserve(o.log_.capacity());

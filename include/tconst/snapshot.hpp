@@ -3,8 +3,10 @@
 // that continuing gives identical logits.
 //
 // File layout (little-endian):
-//   magic "TCSNAPSH" | u32 format version | u32 scalar bytes | u64 model identity |
+//   magic "TCSNAPSH" | u32 format version | u32 scalar bytes | [u32 compute] | u64 model identity |
 //   u64 state length | state bytes (Session::write_state) | u64 FNV-1a checksum of all before it
+// Version 1 (a session of compute f32) has no compute field; version 2 (bf16, int8) has it, with
+// the value of tconst::Compute. Both are read.
 // Restoring into a different model, a truncated or corrupted file, or a future version fails with
 // an Error that says which, and leaves the session untouched. Saving writes a temporary file and
 // renames it over the target, so an existing snapshot is never left half-written.
@@ -25,7 +27,8 @@
 namespace tconst {
 inline namespace TCONST_ABI {
 
-constexpr uint32_t kSnapshotVersion = 1;
+/// The newest snapshot format version (the one written for a compute other than f32).
+constexpr uint32_t kSnapshotVersion = 2;
 
 /// The snapshot of a session as bytes: the file that save_session() writes (for a program that
 /// stores it elsewhere, or writes it its own way).
@@ -36,8 +39,10 @@ std::string snapshot_bytes(const Session<Scalar>& session) {
   std::string file;
   detail::ByteWriter w(file);
   file.append("TCSNAPSH", 8);
-  w.put<uint32_t>(kSnapshotVersion);
+  const Compute compute = session.options().compute;
+  w.put<uint32_t>(compute == Compute::f32 ? 1 : 2);
   w.put<uint32_t>(sizeof(Scalar));
+  if (compute != Compute::f32) w.put<uint32_t>(static_cast<uint32_t>(compute));
   w.put<uint64_t>(session.model().identity());
   w.put<uint64_t>(state.size());
   file += state;
@@ -67,9 +72,10 @@ void restore_snapshot(Session<Scalar>& session, const uint8_t* bytes, size_t siz
       throw Error("format version " + std::to_string(version) + " is newer than this library's " +
                   std::to_string(kSnapshotVersion));
     }
-    if (version != kSnapshotVersion)
+    if (version != 1 && version != 2)
       throw Error("unknown format version " + std::to_string(version));
     const uint32_t scalar = r.get<uint32_t>("header");
+    const uint32_t compute = version == 1 ? 0 : r.get<uint32_t>("header");
     const uint64_t identity = r.get<uint64_t>("header");
     const uint64_t state_len = r.get<uint64_t>("header");
     if (state_len != r.left()) throw Error("file is truncated or has trailing bytes");
@@ -83,7 +89,16 @@ void restore_snapshot(Session<Scalar>& session, const uint8_t* bytes, size_t siz
     if (identity != session.model().identity()) {
       throw Error("saved for a different model (identity mismatch)");
     }
-    session.read_state(bytes + 8 + 4 + 4 + 8 + 8, static_cast<size_t>(state_len));
+    const Compute want = session.options().compute;
+    if (compute > static_cast<uint32_t>(Compute::int8) || (version == 2 && compute == 0)) {
+      throw Error("unknown compute " + std::to_string(compute) + " in the header");
+    }
+    if (compute != static_cast<uint32_t>(want)) {
+      throw Error(std::string("saved by a session of compute ") +
+                  to_string(static_cast<Compute>(compute)) + ", restoring into one of compute " +
+                  to_string(want));
+    }
+    session.read_state(bytes + size - 8 - state_len, static_cast<size_t>(state_len));
   } catch (const Error& e) {
     throw Error(where + e.what());
   }

@@ -42,6 +42,26 @@ inline ModelConfig paper_41m(Architecture arch) {
   return c;
 }
 
+/// A 1.3B-parameter shape for measuring the kernels at a larger width (V 50257, d 2048, 16 heads
+/// of 128, f 5632; B 2, D 12, W = Hh = 512; the baseline of the same depth has 24 layers).
+inline ModelConfig preset_1b(Architecture arch) {
+  ModelConfig c;
+  c.arch = arch;
+  c.vocab_size = 50257;
+  c.n_embd = 2048;
+  c.n_head = 16;
+  c.ffn_hidden = 5632;
+  if (arch == Architecture::kTransformer) {
+    c.n_block = 24;
+  } else {
+    c.n_block = 2;
+    c.inner_depth = 12;
+    c.history_window = 512;
+    c.generate_window = 512;
+  }
+  return c;
+}
+
 /// p[0..n) uniform in [lo, hi), drawn from rng.
 template <typename Scalar>
 void fill_uniform(Rng& rng, Scalar* p, int64_t n, double lo, double hi) {

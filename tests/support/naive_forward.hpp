@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -72,9 +74,57 @@ inline Mat layer_norm(const Mat& x, const std::vector<double>& w, const std::vec
   return y;
 }
 
+// SPEC §6.3: what the weight products (Lin and the head) multiply. `exact` is SPEC §4's x; the
+// float32 computes round it first: bf16 to the nearest bfloat16 (ties to even), int8 to s * q per
+// row and block of `block` columns, s = max|x| / 127 and q = round(x / s) in float32. The model's
+// matrices are converted by the caller (RefModel holds the values the compute multiplies by).
+struct ProductInputs {
+  enum Mode { exact, bf16, int8 } mode = exact;
+  int block = 32;
+};
+inline ProductInputs& product_inputs() {
+  static ProductInputs p;
+  return p;
+}
+
+inline float round_to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  const uint32_t lsb = (u >> 16) & 1u;
+  u = (u + 0x7FFFu + lsb) & 0xFFFF0000u;  // finite inputs only: activations here are finite
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+inline Mat product_input(const Mat& x) {
+  const ProductInputs& p = product_inputs();
+  if (p.mode == ProductInputs::exact) return x;
+  Mat y = x;
+  for (int i = 0; i < x.rows; ++i) {
+    if (p.mode == ProductInputs::bf16) {
+      for (int j = 0; j < x.cols; ++j) y.at(i, j) = round_to_bf16(static_cast<float>(x.at(i, j)));
+      continue;
+    }
+    for (int j0 = 0; j0 < x.cols; j0 += p.block) {
+      const int j1 = std::min(x.cols, j0 + p.block);
+      float amax = 0;
+      for (int j = j0; j < j1; ++j)
+        amax = std::max(amax, std::fabs(static_cast<float>(x.at(i, j))));
+      const float s = amax / 127.0f;
+      for (int j = j0; j < j1; ++j) {
+        const float q = s > 0 ? std::nearbyint(static_cast<float>(x.at(i, j)) / s) : 0.0f;
+        y.at(i, j) = static_cast<double>(s) * std::min(127.0f, std::max(-127.0f, q));
+      }
+    }
+  }
+  return y;
+}
+
 // Lin(x) = x W^T + b, W stored [out, in]; an empty b means no bias.
-inline Mat linear(const Mat& x, const std::vector<double>& W, const std::vector<double>& b,
+inline Mat linear(const Mat& x_in, const std::vector<double>& W, const std::vector<double>& b,
                   int out) {
+  const Mat x = product_input(x_in);
   const int in = x.cols;
   Mat y(x.rows, out);
   for (int i = 0; i < x.rows; ++i) {
@@ -171,7 +221,7 @@ inline Mat finish_layer(const Mat& x, const Mat& a, const RefLayer& L, const Ref
 
 // Logits of one row: LN_f(x) head^T, head = lm_head if present else the embedding.
 inline std::vector<double> head_logits(const RefModel& m, const Mat& x, int row) {
-  const Mat y = layer_norm(slice_rows(x, row, row + 1), m.norm_w, m.norm_b, m.eps);
+  const Mat y = product_input(layer_norm(slice_rows(x, row, row + 1), m.norm_w, m.norm_b, m.eps));
   const std::vector<double>& H = m.lm_head.empty() ? m.embedding : m.lm_head;
   std::vector<double> logits(static_cast<size_t>(m.V));
   for (int v = 0; v < m.V; ++v) {

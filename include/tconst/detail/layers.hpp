@@ -98,8 +98,9 @@ void attend_blocked(ConstRows<S> Q, ConstRows<S> K, ConstRows<S> V, Heads heads,
 }
 
 /// Whether this CPU has a few-row kernel for W's format (rows_gemm.inl for F32, quant_rows.inl for
-/// BF16 and Q8).
+/// BF16 and Q8) that ffn_up_fused() may call directly (f32 compute only).
 inline bool has_few_rows_kernel(const WeightMatrix& W) noexcept {
+  if (W.compute != Compute::f32) return false;  // compute_linear.hpp's products, through linear()
   return W.format == WeightFormat::f32 ? active_kernels().rows_gemm != nullptr
                                        : active_kernels().quant_rows != nullptr;
 }

@@ -25,6 +25,7 @@
 #include <cstring>
 
 #include "tconst/detail/abi.hpp"
+#include "tconst/detail/compute_linear.hpp"
 #include "tconst/detail/dispatch.hpp"
 #include "tconst/detail/gemm.hpp"
 #include "tconst/detail/ops.hpp"
@@ -138,12 +139,21 @@ inline void quant_linear(Isa isa, RowsView<const float> in, const WeightMatrix& 
 }
 
 /// out[n, o] = in[n, k] W^T (+ bias[o]), or out += that when `accumulate`, for W [o, k] in any
-/// WeightMatrix format (f32 goes to the float linear()); n = in.rows. ws may be nullptr for n <=
+/// WeightMatrix format (f32 goes to the float linear()) and compute (bf16 and int8 to
+/// compute_linear.hpp); n = in.rows. ws may be nullptr for n <=
 /// kRowsGemmMaxRows (few-row kernel / GEMV); more rows take the packed GEMM, whose buffer ws holds.
 /// A q8 W has scales and a block of 16 .. 256 (a power of two), as the loader checks. Allocates
 /// only when ws has to grow.
 inline void linear(RowsView<const float> in, const WeightMatrix& W, const float* bias,
                    RowsView<float> out, GemmWorkspace* ws = nullptr, bool accumulate = false) {
+  if (W.compute == Compute::bf16) {
+    linear_bf16(in, W, bias, out, ws, accumulate);
+    return;
+  }
+  if (W.compute == Compute::int8) {
+    linear_int8(in, W, bias, out, ws, accumulate);
+    return;
+  }
   if (W.format == WeightFormat::f32) {
     const ConstMatrixMap<float> Wm(static_cast<const float*>(W.data), W.rows, W.cols);
     linear<float>(in, Wm, bias, out, ws, accumulate);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tconst/compute.hpp"
 #include "tconst/detail/abi.hpp"
 
 namespace tconst {
@@ -43,6 +44,9 @@ struct WeightMatrix {
   // q8 only, optional: [rows, blocks()] the sums of each block's q (int8_block_sums), which the
   // int8 compute mode needs; computed on every call of a product when absent.
   const int32_t* block_sums = nullptr;
+  /// How products over it take their inputs (compute.hpp): f32 multiplies float32 activations by
+  /// the stored values; bf16 (format bf16) and int8 (format q8) round or quantize them first.
+  Compute compute = Compute::f32;
 
   /// Scales per row (q8): ceil(cols / block).
   Eigen::Index blocks() const { return block > 0 ? (cols + block - 1) / block : 0; }
@@ -90,8 +94,8 @@ inline float bf16_bits_to_float(uint16_t b) {
   return f;
 }
 
-/// The BF16 bits nearest x, ties to even; a NaN stays a quiet NaN (model/quantize.hpp's
-/// float_to_bf16, which the compute modes' rounding of activations follows).
+/// The BF16 bits nearest x, ties to even; a NaN stays a quiet NaN: SPEC §6.1's rounding, of the
+/// reference quantizer (float_to_bf16) and of the bf16 compute's activations.
 inline uint16_t float_to_bf16_bits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof u);

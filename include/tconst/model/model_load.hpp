@@ -7,13 +7,16 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "tconst/detail/abi.hpp"
+#include "tconst/detail/compute_linear.hpp"
 #include "tconst/model.hpp"
+#include "tconst/model/reference_quantizer.hpp"
 #include "tconst/model/safetensors.hpp"
 #include "tconst/model/tensor_values.hpp"
 #include "tconst/model/weight_formats.hpp"
@@ -36,6 +39,7 @@ template <typename Scalar>
 auto Model<Scalar>::from_file(const SafetensorsFile& file) -> std::shared_ptr<const Model> {
   std::shared_ptr<Model> m(new Model());
   m->build(file);
+  m->compute_models_ = std::make_shared<detail::ComputeModels<Scalar>>();
   return m;
 }
 
@@ -274,6 +278,118 @@ auto Model<Scalar>::copied_floats(const TensorInfo& t) -> const float* {
   } else {
     throw Error("internal: float32 copies are made for float models only");
   }
+}
+
+namespace detail {
+
+/// A loaded model's versions for the computes other than f32, made on first use (for_compute).
+template <typename Scalar>
+struct ComputeModels {
+  std::mutex mutex;
+  std::unique_ptr<const Model<Scalar>> of[3];  // by Compute
+};
+
+}  // namespace detail
+
+template <typename Scalar>
+auto Model<Scalar>::for_compute(const std::shared_ptr<const Model>& model, Compute compute)
+    -> std::shared_ptr<const Model> {
+  if (!model) throw Error("Model::for_compute needs a model");
+  if (compute == model->compute_) return model;
+  if constexpr (!std::is_same_v<Scalar, float>) {
+    throw Error(std::string("compute ") + to_string(compute) +
+                " needs a float model (a double model computes in double)");
+  } else {
+    if (model->compute_models_ == nullptr) {
+      throw Error(std::string("a model prepared for compute ") + to_string(model->compute_) +
+                  " cannot be prepared for " + to_string(compute) + "; use the loaded model");
+    }
+    detail::ComputeModels<Scalar>& all = *model->compute_models_;
+    const std::lock_guard<std::mutex> lock(all.mutex);
+    std::unique_ptr<const Model>& slot = all.of[static_cast<int>(compute)];
+    if (!slot) slot = model->converted_for(compute);
+    // Shares ownership with `model`, whose tensors the version views.
+    return std::shared_ptr<const Model>(model, slot.get());
+  }
+}
+
+template <typename Scalar>
+auto Model<Scalar>::converted_for(Compute compute) const -> std::unique_ptr<const Model> {
+  std::unique_ptr<Model> m(new Model());
+  m->config_ = config_;
+  m->file_ = file_;
+  m->layers_ = layers_;
+  m->embedding_ = embedding_;
+  m->lm_head_ = lm_head_;
+  m->norm_w_ = norm_w_;
+  m->norm_b_ = norm_b_;
+  m->rope_theta_ = rope_theta_;
+  m->parameter_count_ = parameter_count_;
+  m->q8_block_ = q8_block_;
+  m->identity_ = identity_;
+  m->compute_ = compute;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    const bool tied = lm_head_.data == embedding_.data;
+    m->embedding_ = m->converted_matrix(embedding_, compute);
+    m->lm_head_ = tied ? m->embedding_ : m->converted_matrix(lm_head_, compute);
+    for (LayerWeights<Scalar>& L : m->layers_) {
+      for (const LayerTensor<Scalar>& t : layer_tensors<Scalar>(config_)) {
+        if (t.mat != nullptr) L.*t.mat = m->converted_matrix(L.*t.mat, compute);
+      }
+    }
+  }
+  return m;
+}
+
+template <typename Scalar>
+auto Model<Scalar>::converted_matrix(const detail::WeightMatrix& W, Compute compute)
+    -> detail::WeightMatrix {
+  detail::WeightMatrix out = W;
+  out.compute = compute;
+  const WeightFormat want = compute == Compute::bf16 ? WeightFormat::bf16 : WeightFormat::q8;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (compute == Compute::f32 || (W.format == want && compute == Compute::bf16)) return out;
+    const int64_t rows = W.rows, cols = W.cols;
+    const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+    std::vector<float> row(static_cast<size_t>(cols));
+    if (compute == Compute::bf16) {
+      detail::BigBuffer<uint16_t> bits(n, "a matrix converted to BF16");
+      for (int64_t r = 0; r < rows; ++r) {
+        detail::dequantize_row(W, r, row.data());
+        for (int64_t c = 0; c < cols; ++c) bits.data()[r * cols + c] = float_to_bf16(row[c]);
+      }
+      out.data = bits.data();
+      out.scales = nullptr;
+      out.block = 0;
+      converted_bytes_ += n * sizeof(uint16_t);
+      owned_bf16_.push_back(std::move(bits));
+    } else if (W.format != WeightFormat::q8) {
+      // The file's Q8 block size where it has one, the reference quantizer's default otherwise.
+      const int64_t block = q8_block_ > 0 ? q8_block_ : 32;
+      const int64_t blocks = (cols + block - 1) / block;
+      detail::BigBuffer<int8_t> q(n, "a matrix quantized to Q8");
+      float* scales = owned(rows * blocks);
+      for (int64_t r = 0; r < rows; ++r) {
+        detail::dequantize_row(W, r, row.data());
+        quantize_q8(row.data(), 1, cols, block, q.data() + r * cols, scales + r * blocks);
+      }
+      out.data = q.data();
+      out.scales = scales;
+      out.block = block;
+      converted_bytes_ += n;
+      owned_q8_.push_back(std::move(q));
+    }
+    out.format = want;
+    if (compute == Compute::int8) {
+      // The sums of each block's q, which the int8 products subtract (compute_linear.hpp).
+      detail::BigBuffer<int32_t> sums(static_cast<size_t>(rows * out.blocks()), "block sums");
+      detail::int8_block_sums(out, sums.data());
+      out.block_sums = sums.data();
+      converted_bytes_ += sums.size() * sizeof(int32_t);
+      owned_sums_.push_back(std::move(sums));
+    }
+  }
+  return out;
 }
 
 }  // namespace TCONST_ABI
