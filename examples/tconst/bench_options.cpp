@@ -76,63 +76,56 @@ void check_source(const Args& a) {
     throw UsageError("--arch and --seed apply to --preset only (a model file has its own)");
 }
 
-/// --arch's comma-separated names, each checked.
-std::vector<std::string> arch_list(const std::string& list) {
-  std::vector<std::string> archs;
-  size_t s = 0;
-  while (s <= list.size()) {
-    const size_t e = list.find(',', s);
-    archs.push_back(list.substr(s, e == std::string::npos ? std::string::npos : e - s));
-    try {
-      tconst::parse_architecture(archs.back());  // validates the name
-    } catch (const tconst::Error& e) {
-      throw UsageError(std::string("--arch: ") + e.what());
-    }
-    if (e == std::string::npos) break;
-    s = e + 1;
-  }
-  return archs;
-}
-
-/// --weights' comma-separated formats, each checked, none twice.
-std::vector<std::string> weight_list(const std::string& list) {
+/// The comma-separated items of `list` (flag --`flag`), each at most once.
+std::vector<std::string> split_list(const std::string& list, const std::string& flag) {
   std::vector<std::string> out;
   size_t s = 0;
   while (s <= list.size()) {
     const size_t e = list.find(',', s);
-    const std::string w = list.substr(s, e == std::string::npos ? std::string::npos : e - s);
-    if (w != "f32" && w != "bf16" && w != "q8") {
-      throw UsageError("--weights takes f32, bf16 and q8, got '" + w + "'");
+    const std::string item = list.substr(s, e == std::string::npos ? std::string::npos : e - s);
+    if (std::find(out.begin(), out.end(), item) != out.end()) {
+      throw UsageError("--" + flag + " names '" + item + "' twice");
     }
-    if (std::find(out.begin(), out.end(), w) != out.end()) {
-      throw UsageError("--weights names '" + w + "' twice");
-    }
-    out.push_back(w);
+    out.push_back(item);
     if (e == std::string::npos) break;
     s = e + 1;
   }
   return out;
 }
 
-/// --compute's comma-separated computes, each checked, none twice.
+/// --arch's comma-separated names, each checked.
+std::vector<std::string> arch_list(const std::string& list) {
+  const std::vector<std::string> archs = split_list(list, "arch");
+  for (const std::string& name : archs) {
+    try {
+      tconst::parse_architecture(name);  // validates the name
+    } catch (const tconst::Error& e) {
+      throw UsageError(std::string("--arch: ") + e.what());
+    }
+  }
+  return archs;
+}
+
+/// --weights' comma-separated formats, each checked.
+std::vector<std::string> weight_list(const std::string& list) {
+  const std::vector<std::string> formats = split_list(list, "weights");
+  for (const std::string& w : formats) {
+    if (w != "f32" && w != "bf16" && w != "q8") {
+      throw UsageError("--weights takes f32, bf16 and q8, got '" + w + "'");
+    }
+  }
+  return formats;
+}
+
+/// --compute's comma-separated computes, each checked.
 std::vector<tconst::Compute> compute_list(const std::string& list) {
   std::vector<tconst::Compute> out;
-  size_t s = 0;
-  while (s <= list.size()) {
-    const size_t e = list.find(',', s);
-    const std::string name = list.substr(s, e == std::string::npos ? std::string::npos : e - s);
-    tconst::Compute c;
+  for (const std::string& name : split_list(list, "compute")) {
     try {
-      c = tconst::parse_compute(name);
+      out.push_back(tconst::parse_compute(name));
     } catch (const tconst::Error& err) {
       throw UsageError(std::string("--compute: ") + err.what());
     }
-    if (std::find(out.begin(), out.end(), c) != out.end()) {
-      throw UsageError("--compute names '" + name + "' twice");
-    }
-    out.push_back(c);
-    if (e == std::string::npos) break;
-    s = e + 1;
   }
   return out;
 }

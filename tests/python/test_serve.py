@@ -132,10 +132,11 @@ class Server:
         return self.proc.returncode
 
 
-def generate_ids(prompt, max_new, seed, sampling=SAMPLING, model=MODEL):
+def generate_ids(prompt, max_new, seed, sampling=SAMPLING, model=MODEL, compute="f32"):
     """What `tconst generate` gives (the reference for the server)."""
     args = [TCONST_BIN, "generate", "--model", model, "--prompt", prompt, "--max-new",
-            str(max_new), "--seed", str(seed), "--print-ids", "--quiet", "--threads", "1"]
+            str(max_new), "--seed", str(seed), "--print-ids", "--quiet", "--threads", "1",
+            "--compute", compute]
     flags = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
              "min_p": "--min-p", "repeat_penalty": "--repeat-penalty"}
     for k, v in sampling.items():
@@ -191,6 +192,26 @@ class TestServe(unittest.TestCase):
         greedy = s.complete({"prompt": text_ids(PROMPT), "max_tokens": 30, "temperature": 0})
         self.assertEqual(greedy["choices"][0]["token_ids"],
                          generate_ids(PROMPT, 30, 0, {"temperature": 0}))
+
+    def test_compute_modes_equal_generate_of_the_same_compute(self):
+        # --compute (SPEC 6.3) applies to every session the server makes, named or not: the same
+        # tokens as `tconst generate --compute`, and the prompt's log-probabilities move.
+        def prompt_logprobs(server):
+            reply = server.complete({"prompt": PROMPT, "max_tokens": 0, "echo": True,
+                                     "logprobs": 1})
+            return reply["choices"][0]["logprobs"]["token_logprobs"][1:]
+        f32 = prompt_logprobs(self.start())
+        for compute in ("bf16", "int8"):
+            s = self.start("--compute", compute, "--session-dir", self.session_dir(compute))
+            body = dict(SAMPLING, prompt=PROMPT, max_tokens=70, seed=5)
+            want = generate_ids(PROMPT, 70, 5, compute=compute)
+            self.assertEqual(s.complete(body)["choices"][0]["token_ids"], want, compute)
+            sid = s.new_session()
+            self.assertEqual(s.complete(body, session=sid)["choices"][0]["token_ids"], want)
+            got = prompt_logprobs(s)
+            self.assertEqual(len(got), len(f32))
+            self.assertNotEqual(got, f32, compute)
+            self.assertLess(max(abs(a - b) for a, b in zip(got, f32)), 0.5, compute)
 
     def test_stop_string_ends_with_the_matching_token(self):
         s = self.start()

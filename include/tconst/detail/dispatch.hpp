@@ -9,6 +9,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "tconst/detail/abi.hpp"
+#if TCONST_X86_DISPATCH
+#include <cpuid.h>
+#endif
+
 #include "tconst/detail/kernel_table.hpp"
 
 #if TCONST_X86_DISPATCH && TCONST_KERNELS_HERE
@@ -22,6 +27,17 @@
 namespace tconst {
 inline namespace TCONST_ABI {
 namespace detail {
+
+#if TCONST_X86_DISPATCH
+/// Whether the CPU has AVX-VNNI (CPUID leaf 7, sub-leaf 1, EAX bit 4): read directly, as not
+/// every compiler's __builtin_cpu_supports knows the name.
+inline bool has_avx_vnni() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 1, a, b, c, d);
+  return (a >> 4) & 1u;
+}
+#endif
 
 /// The kernels of exactly `isa` (empty where this build or this CPU cannot run it), looked up once
 /// per instruction set.
@@ -39,7 +55,7 @@ inline const KernelTable& kernels(Isa isa) {
         avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
     if (avx2) r.row[static_cast<int>(Isa::avx2)] = kernels_avx2();
-    if (avx2 && __builtin_cpu_supports("avxvnni")) {
+    if (avx2 && has_avx_vnni()) {
       r.row[static_cast<int>(Isa::avx2_vnni)] = kernels_avx2_vnni();
     }
     if (avx512) r.row[static_cast<int>(Isa::avx512)] = kernels_avx512();
