@@ -324,6 +324,19 @@ float fma_chains_avx2() {
 #include "tconst/detail/kernels/target_end.inl"
 #endif  // TCONST_X86_DISPATCH
 
+/// The sum of run()'s results, run once on each of `threads` threads at the same time (OpenMP).
+float on_each_thread(int64_t threads, float (*run)()) {
+  float total = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
+  for (int64_t t = 0; t < threads; ++t) total += run();
+#else
+  (void)threads;
+  total = run();
+#endif
+  return total;
+}
+
 /// The FMA units' rate on `threads` = range(0) threads, each running its own chains.
 void BM_FmaPeak(benchmark::State& state, td::Isa isa) {
 #if TCONST_X86_DISPATCH
@@ -335,16 +348,7 @@ void BM_FmaPeak(benchmark::State& state, td::Isa isa) {
   const int lanes = isa == td::Isa::avx512 ? 16 : 8;
   const int chains = isa == td::Isa::avx512 ? kFmaChains512 : kFmaChains256;
   float (*run)() = isa == td::Isa::avx512 ? &fma_chains_avx512 : &fma_chains_avx2;
-  for (auto _ : state) {
-    float total = 0;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
-    for (int64_t t = 0; t < threads; ++t) total += run();
-#else
-    total = run();
-#endif
-    benchmark::DoNotOptimize(total);
-  }
+  for (auto _ : state) benchmark::DoNotOptimize(on_each_thread(threads, run));
   report_flops(
       state, 2.0 * lanes * chains * static_cast<double>(kFmaSteps) * static_cast<double>(threads));
 #else
@@ -827,16 +831,7 @@ void BM_DotPeak(benchmark::State& state, td::Isa isa) {
   // Operations per instruction (see above) times instructions per call.
   const double per_instruction = isa == td::Isa::avx512_vnni ? 128.0 : 64.0;
   const int chains = isa == td::Isa::avx2_vnni ? kFmaChains256 : kDotChains;
-  for (auto _ : state) {
-    float total = 0;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(static_cast<int>(threads)) reduction(+ : total) schedule(static)
-    for (int64_t t = 0; t < threads; ++t) total += run();
-#else
-    total = run();
-#endif
-    benchmark::DoNotOptimize(total);
-  }
+  for (auto _ : state) benchmark::DoNotOptimize(on_each_thread(threads, run));
   const double ops =
       per_instruction * chains * static_cast<double>(kFmaSteps) * static_cast<double>(threads);
   state.counters[isa == td::Isa::avx512_bf16 ? "GFLOP" : "GOP"] =
