@@ -590,7 +590,7 @@ void BM_OnlineAttentionAdd(benchmark::State& state) {
   td::AttentionWorkers<float> workers;
   workers.workers.resize(static_cast<size_t>(state.range(1)));
   td::OnlineAttention<float> online;
-  online.reset(Q.data(), kD, nq, kHeads, kDh);
+  online.reset(Q.data(), kD, nq, kHeads, kDh, state.range(2) != 0);
   for (auto _ : state) {
     online.add(qkv.data() + kD, qkv.data() + 2 * kD, 3 * kD, nk, scores.data(),
                static_cast<Index>(scores.size()), &workers);
@@ -602,8 +602,8 @@ void BM_OnlineAttentionAdd(benchmark::State& state) {
   state.SetLabel("items = keys");
 }
 BENCHMARK(BM_OnlineAttentionAdd)
-    ->ArgsProduct({{kW}, thread_counts()})
-    ->ArgNames({"keys", "threads"})
+    ->ArgsProduct({{kW}, thread_counts(), {0, 1}})
+    ->ArgNames({"keys", "threads", "bf16"})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
@@ -622,7 +622,8 @@ void BM_AttendRows(benchmark::State& state) {
                     td::rows_view(qkv.data() + kD, nk, kD, 3 * kD),
                     td::rows_view(qkv.data() + 2 * kD, nk, kD, 3 * kD), td::Heads{kHeads, kDh},
                     Index{-1}, td::rows_view(out.data(), nq, kD), false,
-                    {scores.data(), static_cast<Index>(scores.size()), &workers});
+                    {scores.data(), static_cast<Index>(scores.size()), &workers,
+                     state.range(2) != 0});
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -630,8 +631,8 @@ void BM_AttendRows(benchmark::State& state) {
   state.SetItemsProcessed(nq * state.iterations());  // tokens (query rows)
 }
 BENCHMARK(BM_AttendRows)
-    ->ArgsProduct({{kW}, thread_counts()})
-    ->ArgNames({"rows", "threads"})
+    ->ArgsProduct({{kW}, thread_counts(), {0, 1}})
+    ->ArgNames({"rows", "threads", "bf16"})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -19,11 +19,14 @@
 namespace {
 
 template <typename Scalar>
-void check_no_allocation(const tconst_test::RefShape& shape) {
+void check_no_allocation(const tconst_test::RefShape& shape,
+                         tconst::Compute compute = tconst::Compute::f32) {
   const std::string path = tconst_test::temp_path("model.safetensors");
   tconst_test::write_model(tconst_test::make_random_model(shape, 11), path, "F32");
   auto model = tconst::Model<Scalar>::load(path);
-  tconst::TConstSession<Scalar> s(model);
+  tconst::SessionOptions options;
+  options.compute = compute;
+  tconst::TConstSession<Scalar> s(model, options);
   long hit_allocations = 0, hits = 0, resyncs = 0;
   for (int p = 0; p < 10 * shape.W; ++p) {
     const bool hit = p == 0 || p % shape.W != 0;
@@ -45,6 +48,12 @@ TEST(Allocation, CacheHitStepsAllocateNothingFloat) {
 }
 TEST(Allocation, CacheHitStepsAllocateNothingDouble) {
   check_no_allocation<double>({"tconstformer", 41, 32, 4, 2, 3, 16, 8, 64});
+}
+TEST(Allocation, CacheHitStepsAllocateNothingInBf16AndInt8) {
+  for (tconst::Compute c : {tconst::Compute::bf16, tconst::Compute::int8}) {
+    SCOPED_TRACE(tconst::to_string(c));
+    check_no_allocation<float>({"tconstformer", 41, 32, 4, 2, 4, 16, 24, 64}, c);
+  }
 }
 TEST(Allocation, TLinFormerHitStepsAllocateNothing) {
   check_no_allocation<float>({"tlinformer", 41, 32, 4, 2, 3, 16, 8, 64});

@@ -23,6 +23,8 @@
 // infinite activations, weights in the wrong format.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -552,6 +554,163 @@ TEST(ComputeLinear, EmptyShapesAndWrongFormats) {
     EXPECT_THROW(td::linear_int8(isa, td::rows_view<const float>(x.data(), 1, 8), b.W, nullptr,
                                  td::rows_view<float>(out.data(), 1, 5), nullptr, false),
                  tconst::Error);
+  }
+}
+
+// ---- the resync's attention in bf16 (ops.hpp's attend_head_bf16) ----------------------------
+//
+// SPEC §6.3 in double: q, k, v rounded to BF16; s_t = q . k_t / sqrt(dh); each weight e^s_t
+// rounded to BF16 with the exponent unbounded (2^m bf16(e^(s_t - m ln 2)), any integer m, here
+// m = ceil(max_t s_t / ln 2)); out = sum_t w_t v_t / sum_t e^s_t. The float result differs by its
+// sums' roundings, whose root mean square over the outputs is about sqrt(nk + dh) u max|v|, and by
+// the rare weight that lies within float rounding of a BF16 boundary. A weight rounded against
+// another shift (one that is not a multiple of ln 2) moves each output by about 2^-9 / sqrt(nk)
+// max|v|, a key left out or paired with the wrong value by about max|v| / nk: both far above the
+// bound of 8 sqrt(nk + dh) u max|v| that the tests put on the root mean square.
+
+/// One head's inputs: Q [nq, dh], K and V [nk, dh], rows dh apart.
+struct Head {
+  Index nq, nk, dh;
+  std::vector<float> q, k, v;
+};
+
+Head head(Index nq, Index nk, Index dh, uint32_t seed) {
+  // Queries scaled up so that some rows' softmax is peaked, others flat.
+  Head h{nq,
+         nk,
+         dh,
+         uniform(static_cast<size_t>(nq * dh), seed, -3.0f, 3.0f),
+         uniform(static_cast<size_t>(nk * dh), seed + 1),
+         uniform(static_cast<size_t>(nk * dh), seed + 2)};
+  return h;
+}
+
+/// SPEC §6.3's attention of one head in double; with real_shift, the weights rounded against the
+/// row's largest score instead (a wrong reading, which the checks must tell apart).
+std::vector<double> bf16_attention_reference(const Head& h, bool real_shift = false) {
+  auto r = [](float x) { return static_cast<double>(td::round_to_bf16(x)); };
+  const double scale = 1.0 / std::sqrt(static_cast<double>(h.dh)), ln2 = std::log(2.0);
+  std::vector<double> out(static_cast<size_t>(h.nq * h.dh)), s(static_cast<size_t>(h.nk));
+  for (Index i = 0; i < h.nq; ++i) {
+    double top = -INFINITY;
+    for (Index t = 0; t < h.nk; ++t) {
+      double dot = 0;
+      for (Index c = 0; c < h.dh; ++c) dot += r(h.q[i * h.dh + c]) * r(h.k[t * h.dh + c]);
+      s[t] = dot * scale;
+      top = std::max(top, s[t]);
+    }
+    const double shift = real_shift ? top : std::ceil(top / ln2) * ln2;
+    double total = 0;
+    std::vector<double> w(static_cast<size_t>(h.nk));
+    for (Index t = 0; t < h.nk; ++t) {
+      const double e = std::exp(s[t] - shift);
+      total += e;
+      w[t] = r(static_cast<float>(e));
+    }
+    for (Index c = 0; c < h.dh; ++c) {
+      double acc = 0;
+      for (Index t = 0; t < h.nk; ++t) acc += w[t] * r(h.v[t * h.dh + c]);
+      out[i * h.dh + c] = acc / total;
+    }
+  }
+  return out;
+}
+
+/// The root mean square of got - want.
+double rms_error(const std::vector<float>& got, const std::vector<double>& want) {
+  double e = 0;
+  for (size_t i = 0; i < want.size(); ++i) e += std::pow(got[i] - want[i], 2);
+  return std::sqrt(e / static_cast<double>(want.size()));
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, static_cast<double>(std::abs(x)));
+  return m;
+}
+
+/// One head through attend_head_bf16 on the path of `isa`: in one call (normalised), or online in
+/// the chunks of keys that `cuts` ends, then divided by the running sums.
+std::vector<float> bf16_attention(Isa isa, const Head& h, const std::vector<Index>& cuts = {}) {
+  const td::KernelTable& kern =
+      isa == Isa::none ? td::kernels(Isa::none) : td::compute_kernels(isa, false);
+  td::AttentionWorkers<float>::Worker worker;
+  std::vector<float> p(static_cast<size_t>(h.nk));
+  std::vector<float> out(static_cast<size_t>(h.nq * h.dh), kNaN);
+  auto view = [&](const std::vector<float>& m, Index r0, Index rows) {
+    return td::rows_view<const float>(m.data() + r0 * h.dh, rows, h.dh);
+  };
+  const auto outv = td::rows_view<float>(out.data(), h.nq, h.dh);
+  if (cuts.empty()) {
+    td::attend_head_bf16(kern, view(h.q, 0, h.nq), view(h.k, 0, h.nk), view(h.v, 0, h.nk), &worker,
+                         nullptr, nullptr, nullptr, p.data(), outv);
+    return out;
+  }
+  std::fill(out.begin(), out.end(), 0.0f);
+  const size_t stats = static_cast<size_t>((h.nq + 15) / 16 * 16);
+  std::vector<float> mx(stats, -std::numeric_limits<float>::infinity()), sum(stats, 0.0f);
+  Index t0 = 0;
+  for (Index t1 : cuts) {
+    td::attend_head_bf16(kern, view(h.q, 0, h.nq), view(h.k, t0, t1 - t0), view(h.v, t0, t1 - t0),
+                         &worker, nullptr, mx.data(), sum.data(), p.data(), outv);
+    t0 = t1;
+  }
+  for (Index i = 0; i < h.nq; ++i) {
+    for (Index c = 0; c < h.dh; ++c)
+      out[static_cast<size_t>(i * h.dh + c)] /= sum[static_cast<size_t>(i)];
+  }
+  return out;
+}
+
+/// Shapes: one query and one key; odd head sizes and key counts (a half-filled last pair); query
+/// counts that are not whole panels; the paper's head (36) and the 1b preset's (128).
+const std::vector<std::array<Index, 3>> kHeadShapes = {
+    {1, 1, 2}, {5, 3, 7}, {17, 50, 5}, {40, 300, 36}, {33, 257, 128}, {100, 64, 36}};
+
+TEST(ComputeAttention, Bf16MatchesTheSpecOnEveryPath) {
+  for (Isa isa : paths()) {
+    for (const auto& [nq, nk, dh] : kHeadShapes) {
+      SCOPED_TRACE(std::string(td::isa_name(isa)) + " nq " + std::to_string(nq) + " nk " +
+                   std::to_string(nk) + " dh " + std::to_string(dh));
+      const Head h = head(nq, nk, dh, static_cast<uint32_t>(nq + nk + dh));
+      const std::vector<double> want = bf16_attention_reference(h);
+      const double bound = 8.0 * std::sqrt(static_cast<double>(nk + dh)) * kU * max_abs(h.v);
+      EXPECT_LE(rms_error(bf16_attention(isa, h), want), bound) << "in one call";
+      // Online, in chunks of odd and even sizes (each chunk's own shift): the same result.
+      std::vector<Index> cuts;
+      for (Index t : {Index{7}, Index{8}, Index{71}, Index{72}}) {
+        if (t < nk) cuts.push_back(t);
+      }
+      cuts.push_back(nk);
+      EXPECT_LE(rms_error(bf16_attention(isa, h, cuts), want), bound) << "online";
+    }
+  }
+}
+
+/// The check above tells the SPEC's rounding of the weights from a rounding against another shift.
+TEST(ComputeAttention, Bf16CheckSeesTheShiftOfTheWeights) {
+  const Head h = head(40, 300, 36, 3);
+  const double bound = 8.0 * std::sqrt(336.0) * kU * max_abs(h.v);
+  const std::vector<float> got = bf16_attention(paths().front(), h);
+  EXPECT_LE(rms_error(got, bf16_attention_reference(h)), bound);
+  EXPECT_GT(rms_error(got, bf16_attention_reference(h, true)), 4 * bound);
+}
+
+/// Every vector level gives the same bits (the same order of sums in each lane; none of these
+/// values is subnormal).
+TEST(ComputeAttention, Bf16VectorLevelsAgreeBitForBit) {
+  std::vector<Isa> isas = paths();
+  isas.pop_back();
+  if (isas.size() < 2) GTEST_SKIP() << "fewer than two vector levels run here";
+  for (const auto& [nq, nk, dh] : kHeadShapes) {
+    const Head h = head(nq, nk, dh, 11);
+    const std::vector<float> first = bf16_attention(isas[0], h, {nk / 2 + 1, nk});
+    for (size_t i = 1; i < isas.size(); ++i) {
+      const std::vector<float> got = bf16_attention(isas[i], h, {nk / 2 + 1, nk});
+      EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * sizeof(float)), 0)
+          << td::isa_name(isas[i]) << " against " << td::isa_name(isas[0]) << ", nq " << nq
+          << " nk " << nk << " dh " << dh;
+    }
   }
 }
 

@@ -114,10 +114,13 @@ class SessionBase : public Session<Scalar> {
   SessionBase(std::shared_ptr<const Model<Scalar>> model, SessionOptions options)
       : model_(Model<Scalar>::for_compute(std::move(model), options.compute)),
         options_(options),
-        logits_(model_->config().vocab_size) {}
+        logits_(model_->config().vocab_size) {
+    detail::reserve_compute(*model_, 1, head_ws_);
+  }
   SessionBase(const SessionBase& o)
       : model_(o.model_), options_(o.options_), log_(o.log_), logits_(o.logits_) {
     log_.reserve(o.log_.capacity());
+    detail::reserve_compute(*model_, 1, head_ws_);
   }
   SessionBase& operator=(const SessionBase&) = delete;
 
@@ -151,11 +154,11 @@ class SessionBase : public Session<Scalar> {
   void emit_logits(const Scalar* xn, Index rows, const RowCallback* on_row, size_t index0) {
     const Index d = model_->config().n_embd;
     if (on_row == nullptr) {
-      detail::head_logits(*model_, xn + (rows - 1) * d, logits_.data());
+      detail::head_logits(*model_, xn + (rows - 1) * d, logits_.data(), &head_ws_);
       return;
     }
     for (Index r = 0; r < rows; ++r) {
-      detail::head_logits(*model_, xn + r * d, logits_.data());
+      detail::head_logits(*model_, xn + r * d, logits_.data(), &head_ws_);
       (*on_row)(index0 + static_cast<size_t>(r), logits_);
     }
   }
@@ -176,9 +179,10 @@ class SessionBase : public Session<Scalar> {
 
   std::shared_ptr<const Model<Scalar>> model_;
   SessionOptions options_;
-  std::vector<int32_t> log_;  // every token consumed, in position order
-  Logits logits_;             // [V] after the last token
-  Logits empty_;              // what logits() returns before the first token
+  std::vector<int32_t> log_;       // every token consumed, in position order
+  Logits logits_;                  // [V] after the last token
+  Logits empty_;                   // what logits() returns before the first token
+  detail::GemmWorkspace head_ws_;  // the LM head's product buffers (compute modes)
 };
 
 // The instantiations tconst::precompiled holds (detail/abi.hpp).

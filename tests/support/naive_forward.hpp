@@ -213,6 +213,49 @@ inline Mat attn(const Mat& Q, const Mat& K, const Mat& Vv, int h, bool causal) {
   return out;
 }
 
+// SPEC §6.3: the resync's attention (the context stream's three attentions of §4) in bf16 and
+// int8: Q, K and V rounded to bf16; each weight e^s (s the scaled score) rounded to bf16 as a
+// float with unbounded exponent, that is 2^k bf16(e^(s - k ln 2)) for any integer k (here k =
+// ceil(max_t s_t / ln 2), as a single pass would take it); out = sum_t w_t bf16(v_t) / sum_t e^s_t
+// with the sums of unrounded weights. Exact (f32): attn.
+inline Mat attn_resync(const Mat& Q, const Mat& K, const Mat& Vv, int h) {
+  if (product_inputs().mode == ProductInputs::exact) return attn(Q, K, Vv, h, false);
+  auto rounded = [](const Mat& x) {
+    Mat y = x;
+    for (double& v : y.a) v = round_to_bf16(static_cast<float>(v));
+    return y;
+  };
+  const Mat q = rounded(Q), k = rounded(K), v = rounded(Vv);
+  const int d = Q.cols, dh = d / h;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  const double ln2 = std::log(2.0);
+  Mat out(Q.rows, d);
+  std::vector<double> score(static_cast<size_t>(K.rows));
+  for (int hd = 0; hd < h; ++hd) {
+    const int c0 = hd * dh;
+    for (int i = 0; i < Q.rows; ++i) {
+      double mx = -INFINITY;
+      for (int t = 0; t < K.rows; ++t) {
+        double s = 0.0;
+        for (int j = 0; j < dh; ++j) s += q.at(i, c0 + j) * k.at(t, c0 + j);
+        score[t] = s * scale;
+        mx = std::max(mx, score[t]);
+      }
+      const double shift = std::ceil(mx / ln2) * ln2;
+      double sum = 0.0;
+      for (int t = 0; t < K.rows; ++t) {
+        const double e = std::exp(score[t] - shift);
+        sum += e;
+        score[t] = round_to_bf16(static_cast<float>(e));
+      }
+      for (int t = 0; t < K.rows; ++t)
+        for (int j = 0; j < dh; ++j) out.at(i, c0 + j) += score[t] * v.at(t, c0 + j);
+      for (int j = 0; j < dh; ++j) out.at(i, c0 + j) /= sum;
+    }
+  }
+  return out;
+}
+
 // Residual tail shared by every layer: x + out(a), then + FFN(LN2(.)).
 inline Mat finish_layer(const Mat& x, const Mat& a, const RefLayer& L, const RefModel& m) {
   Mat y = add(x, linear(a, L.out_w, L.out_b, m.d));
@@ -276,7 +319,7 @@ inline std::vector<double> tconst_last_logits(const RefModel& m, const std::vect
       Kc_rot = rope(c.k, 0, h, base);
       Vc = c.v;
       const Mat Qh = rope(slice_rows(c.q, hs, Lc), hs, h, base);
-      const Mat A = attn(Qh, Kc_rot, Vc, h, false);
+      const Mat A = attn_resync(Qh, Kc_rot, Vc, h);
       Z = finish_layer(slice_rows(C, hs, Lc), A, P0, m);
     }
     {
@@ -295,7 +338,7 @@ inline std::vector<double> tconst_last_logits(const RefModel& m, const std::vect
         const QKV z = qkv(layer_norm(Z, P.norm1_w, P.norm1_b, m.eps), P);  // of Zin
         Kz_rot = rope(z.k, hs, h, base);
         Vz = z.v;
-        const Mat A = attn(rope(z.q, hs, h, base), Kz_rot, Vz, h, false);
+        const Mat A = attn_resync(rope(z.q, hs, h, base), Kz_rot, Vz, h);
         Znew = finish_layer(Z, A, P, m);
       }
       const QKV x = qkv(layer_norm(X, P.norm1_w, P.norm1_b, m.eps), P);
@@ -314,7 +357,7 @@ inline std::vector<double> tconst_last_logits(const RefModel& m, const std::vect
       Kz_rot = rope(z.k, hs, h, base);
       Vz = z.v;
       // The compress layer's query of this block, over all Lc rows, rotated at 0...
-      const Mat A = attn(rope(Qc, 0, h, base), Kz_rot, Vz, h, false);
+      const Mat A = attn_resync(rope(Qc, 0, h, base), Kz_rot, Vz, h);
       C = finish_layer(C, A, PR, m);  // C': the context entering the next block
     }
     const QKV x = qkv(layer_norm(X, PR.norm1_w, PR.norm1_b, m.eps), PR);

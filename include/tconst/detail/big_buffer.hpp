@@ -157,6 +157,13 @@ struct LineAllocator {
 template <typename T>
 using LineVector = std::vector<T, LineAllocator<T>>;
 
+/// Grows v to at least n entries (never shrinks); returns its data.
+template <typename T>
+T* at_least(LineVector<T>& v, std::ptrdiff_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
 }  // namespace detail
 }  // namespace TCONST_ABI
 }  // namespace tconst

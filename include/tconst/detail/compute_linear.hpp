@@ -90,13 +90,6 @@ inline GemmWorkspace& compute_buffers() {
   return buffers;
 }
 
-/// Grows v to at least n entries (never shrinks); returns its data.
-template <typename T>
-T* at_least(LineVector<T>& v, Index n) {
-  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
 /// The best table at most `isa` that this CPU runs and that has the mode's kernels (int8 or
 /// bf16); Isa::none's (no kernels) if there is none.
 inline const KernelTable& compute_kernels(Isa isa, bool int8) {
@@ -116,6 +109,15 @@ inline const int32_t* block_sums_of(const WeightMatrix& W, LineVector<int32_t>& 
 }
 
 /// sxp, panel after panel of nr rows (panel j0 at sxp + j0 * nb, block b of it at b * width):
+/// Grows buf so that the compute modes' few-row products (compute_rows, or the portable loops) of
+/// up to n rows of at most k columns allocate nothing: what a session reserves before its first
+/// step.
+inline void reserve_compute_rows(GemmWorkspace& buf, Index n, Index k) {
+  const Index padded = (n + 31) / 32 * 32;  // every table's cnr divides 32
+  at_least(buf.units, std::max((n + padded) * ((k + 1) / 2), (n * k + 3) / 4));
+  at_least(buf.unit_scales, std::max(n * k, (n + padded) * ((k + 15) / 16)));  // blocks >= 16
+}
+
 /// the scales of `rows` prepared rows (row g's at scales + g * nb), 0 past the last row.
 inline void pack_scales(const float* scales, Index rows, Index nb, Index nr, Index lanes,
                         float* sxp) {

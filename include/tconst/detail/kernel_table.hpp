@@ -105,6 +105,19 @@ using Int8RowsFn = void (*)(const WeightMatrix& W, const int32_t* sums, Eigen::I
                             Eigen::Index o1, const uint32_t* prepared, const float* scales,
                             const uint32_t* packed, const float* sx, Eigen::Index rows,
                             const float* bias, float* out, Eigen::Index ld_out, bool load_out);
+/// bf16 mode, one head of the resync's attention (SPEC §6.3; compute.inl's bf16_attend): the nq
+/// queries in unit panels at qp (rounded to BF16 by Bf16PrepareFn, packed by UnitPackFn, panel j0
+/// at qp + j0 * ceil(dh / 2)), the nk keys K [nk, ceil(dh / 2)] in units, the values Vp
+/// [ceil(nk / 2), dh] in units pairing rows 2u and 2u + 1 per column; pp holds cnr * nk floats.
+/// Normalised (out overwritten) when mx is nullptr, else one step of an online softmax with the
+/// rows' running power-of-two exponent mx and sum.
+/// bf16 mode: pairs of rows rounded to BF16, dst[u * k + e] = bf16(in[2u, e]) (low half) and
+/// bf16(in[2u + 1, e]) (high half, 0 past row n - 1) for u < ceil(n / 2), e < k.
+using Bf16PairRowsFn = void (*)(const float* in, Eigen::Index ld_in, Eigen::Index n, Eigen::Index k,
+                                uint32_t* dst);
+using AttendBf16Fn = void (*)(const uint32_t* K, const uint32_t* Vp, Eigen::Index nk,
+                              const uint32_t* qp, Eigen::Index nq, Eigen::Index dh, float scale,
+                              float* pp, float* mx, float* sum, float* out, Eigen::Index ld_out);
 
 /// The kernels of one instruction set; all empty (isa none) when this build or this CPU cannot
 /// run it. Every kernel has a portable form (Eigen, `*_portable` in ops.hpp, gemm.hpp and
@@ -138,6 +151,8 @@ struct KernelTable {
   Bf16PrepareFn bf16_prepare = nullptr;
   Bf16RowsFn bf16_rows = nullptr;
   Bf16ComputeFn bf16_compute = nullptr;
+  AttendBf16Fn attend_bf16 = nullptr;
+  Bf16PairRowsFn bf16_pair_rows = nullptr;
   Int8PrepareFn int8_prepare = nullptr;
   Int8RowsFn int8_rows = nullptr;
   Int8ComputeFn int8_compute = nullptr;

@@ -157,7 +157,7 @@ void ffn_residual(RowsView<S> x, const LayerWeights<S>& L, double eps, S* xn, S*
   if (n <= kRowsGemmMaxRows) {
     // w2's product into xn, free again, then the residual, so that the product can take the
     // few-row kernel.
-    linear(rows_view(h1, n, f), L.w2, nullptr, xn_rows);
+    linear(rows_view(h1, n, f), L.w2, nullptr, xn_rows, ws);
     RowsMap<S>(x.data, n, d, Eigen::OuterStride<>(ld_x)) +=
         ConstRowsMap<S>(xn, n, d, Eigen::OuterStride<>(d));
     return;
@@ -237,11 +237,20 @@ void final_norm(const Model<S>& m, Index n, WindowScratch<S>& s) noexcept {
              m.norm_b(), m.config().norm_eps);
 }
 
-/// logits[V] = head * h, h one row of final-normalised hidden state.
+/// logits[V] = head * h, h one row of final-normalised hidden state; ws: the compute modes'
+/// buffers (reserve_compute_rows).
 template <typename S>
-void head_logits(const Model<S>& m, const S* h, S* logits) noexcept {
+void head_logits(const Model<S>& m, const S* h, S* logits, GemmWorkspace* ws = nullptr) noexcept {
   const auto& W = m.lm_head();
-  linear(rows_view(h, 1, W.cols), W, nullptr, rows_view(logits, 1, W.rows));
+  linear(rows_view(h, 1, W.cols), W, nullptr, rows_view(logits, 1, W.rows), ws);
+}
+
+/// Reserves s's buffers for the compute modes' products of up to `rows` rows (none for f32).
+template <typename S>
+void reserve_compute(const Model<S>& m, Index rows, GemmWorkspace& ws) {
+  if (m.compute() == Compute::f32) return;
+  const ModelConfig& c = m.config();
+  reserve_compute_rows(ws, std::min(rows, kRowsGemmMaxRows), std::max(c.n_embd, c.ffn_hidden));
 }
 
 }  // namespace detail

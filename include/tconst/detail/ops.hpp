@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -281,6 +282,11 @@ struct AttentionWorkers {
     GemmWorkspace gemm;
     LineVector<float> qp;  // [nq rounded up to vectors, dh] one head's queries, packed
     LineVector<float> pp;  // [panel rows, nk] one panel's scores, then probabilities
+    // The bf16 attention's (attend_head_bf16), in units of two BF16 values, du = ceil(dh / 2):
+    LineVector<uint32_t> q2;   // [nq, du] one head's queries
+    LineVector<uint32_t> qp2;  // [nq rounded up to panels, du] the same, packed
+    LineVector<uint32_t> k2;   // [nk, du] one head's keys
+    LineVector<uint32_t> v2;   // [ceil(nk / 2), dh] the values, rows 2u and 2u + 1 paired
   };
   std::vector<Worker> workers;
 
@@ -288,7 +294,9 @@ struct AttentionWorkers {
     size_t b = 0;
     for (const Worker& l : workers) {
       b += sizeof(S) * (l.k.capacity() + l.v.capacity() + l.vt.capacity()) +
-           sizeof(float) * (l.gemm.packed.capacity() + l.qp.capacity() + l.pp.capacity());
+           sizeof(float) * (l.gemm.packed.capacity() + l.qp.capacity() + l.pp.capacity()) +
+           sizeof(uint32_t) *
+               (l.q2.capacity() + l.qp2.capacity() + l.k2.capacity() + l.v2.capacity());
     }
     return b;
   }
@@ -335,6 +343,105 @@ inline void attend_head_panels(RowsView<const float> Qh, RowsView<const float> K
   }
   kern.attend(worker.k.data(), worker.v.data(), dh, nk, worker.qp.data(), nq, dh, scale,
               worker.pp.data(), mx, sum, out.data, out.ld, accumulate);
+}
+
+/// x rounded to the nearest BF16 value (ties to even), as a float.
+inline float round_to_bf16(float x) {
+  return bf16_bits_to_float(float_to_bf16_bits(x));
+}
+
+/// One head of the resync's attention in bf16 (SPEC §6.3), portably: the queries, keys and values
+/// rounded to BF16, each weight bf16(e^(s - k ln 2)) with s the scaled score and k an integer, k =
+/// ceil(max s / ln 2) over the row's keys (online: at least the running mx), the sums of the
+/// unrounded weights. Normalised (out overwritten) when mx is nullptr, else one online step (as
+/// bf16_softmax_panel). `p` holds nk floats.
+inline void attend_head_bf16_portable(RowsView<const float> Qh, RowsView<const float> Kh,
+                                      RowsView<const float> Vh, float* mx, float* sum, float* p,
+                                      RowsView<float> out) {
+  const Index nq = Qh.rows, nk = Kh.rows, dh = Qh.cols;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float ln2 = 0.693147180559945309f;
+  for (Index i = 0; i < nq; ++i) {
+    const float* q = Qh.row(i);
+    float top = -std::numeric_limits<float>::infinity();
+    for (Index t = 0; t < nk; ++t) {
+      const float* kt = Kh.row(t);
+      float s = 0.0f;
+      for (Index c = 0; c < dh; ++c) s += round_to_bf16(q[c]) * round_to_bf16(kt[c]);
+      p[t] = s * scale;
+      top = std::max(top, p[t]);
+    }
+    float k = std::ceil(top / ln2);
+    float factor = 0.0f;
+    if (mx != nullptr) {
+      k = std::max(mx[i], k);
+      if (mx[i] != -std::numeric_limits<float>::infinity()) {
+        factor = std::ldexp(1.0f, static_cast<int>(mx[i] - k));
+      }
+    }
+    float total = 0.0f;
+    for (Index t = 0; t < nk; ++t) {
+      const float e = std::exp(p[t] - k * ln2);
+      total += e;
+      p[t] = round_to_bf16(e);
+    }
+    float* o = out.row(i);
+    for (Index e = 0; e < dh; ++e) {
+      float acc = 0.0f;
+      for (Index t = 0; t < nk; ++t) acc += p[t] * round_to_bf16(Vh.row(t)[e]);
+      o[e] = mx != nullptr ? o[e] * factor + acc : acc / total;
+    }
+    if (mx != nullptr) {
+      sum[i] = sum[i] * factor + total;
+      mx[i] = k;
+    }
+  }
+}
+
+/// The queries of one head in the bf16 attention's form (AttendBf16Fn's qp): rounded to BF16 and
+/// packed a panel of kern.cnr rows at a time, into qp (bf16_queries_units(kern, nq, dh) units)
+/// through q2 (nq ceil(dh / 2) units).
+inline void bf16_pack_queries(const KernelTable& kern, RowsView<const float> Qh, uint32_t* q2,
+                              uint32_t* qp) {
+  const Index nq = Qh.rows, du = (Qh.cols + 1) / 2;
+  kern.bf16_prepare(Qh.data, Qh.ld, nq, Qh.cols, q2, du);
+  for (Index j0 = 0; j0 < nq; j0 += kern.cnr) {
+    kern.unit_pack(q2 + j0 * du, du, std::min(kern.cnr, nq - j0), 0, du, qp + j0 * du);
+  }
+}
+
+/// Units of one head's packed queries (bf16_pack_queries).
+inline Index bf16_queries_units(const KernelTable& kern, Index nq, Index dh) {
+  return (nq + kern.cnr - 1) / kern.cnr * kern.cnr * ((dh + 1) / 2);
+}
+
+/// One head of the resync's attention in bf16 (SPEC §6.3): kern's kernel (AttendBf16Fn) with
+/// `worker`'s buffers, else (none, or no worker) the portable form with p (nk floats). The queries
+/// already packed at qp (bf16_pack_queries), or packed here when qp is nullptr. Normalised (out
+/// overwritten) when mx is nullptr, else one online step with the rows' running power-of-two
+/// exponent mx and sum.
+inline void attend_head_bf16(const KernelTable& kern, RowsView<const float> Qh,
+                             RowsView<const float> Kh, RowsView<const float> Vh,
+                             AttentionWorkers<float>::Worker* worker, const uint32_t* qp, float* mx,
+                             float* sum, float* p, RowsView<float> out) {
+  if (kern.attend_bf16 == nullptr || worker == nullptr) {
+    attend_head_bf16_portable(Qh, Kh, Vh, mx, sum, p, out);
+    return;
+  }
+  AttentionWorkers<float>::Worker& w = *worker;
+  const Index nq = Qh.rows, nk = Kh.rows, dh = Qh.cols, du = (dh + 1) / 2;
+  if (qp == nullptr) {
+    uint32_t* packed = at_least(w.qp2, bf16_queries_units(kern, nq, dh));
+    bf16_pack_queries(kern, Qh, at_least(w.q2, nq * du), packed);
+    qp = packed;
+  }
+  uint32_t* k2 = at_least(w.k2, nk * du);
+  uint32_t* v2 = at_least(w.v2, (nk + 1) / 2 * dh);
+  float* pp = at_least(w.pp, kern.cnr * nk);
+  kern.bf16_prepare(Kh.data, Kh.ld, nk, dh, k2, du);
+  kern.bf16_pair_rows(Vh.data, Vh.ld, nk, dh, v2);
+  kern.attend_bf16(k2, v2, nk, qp, nq, dh, 1.0f / std::sqrt(static_cast<float>(dh)), pp, mx, sum,
+                   out.data, out.ld);
 }
 
 /// P[nq, nk] = Qh Kh^T for one head (Qh [nq, dh], Kh [nk, dh]; P contiguous): through the packed
@@ -395,6 +502,7 @@ struct AttendScratch {
   S* scores = nullptr;
   Index scores_len = 0;
   AttentionWorkers<S>* workers = nullptr;
+  bool bf16 = false;  // the resync's attention of a bf16 or int8 session (float, non-causal)
 };
 
 /// nq = Q.rows query rows against nk = K.rows key rows, per head, separate softmax per call
@@ -410,6 +518,20 @@ void attend_rows(ConstRows<S> Q, ConstRows<S> K, ConstRows<S> V, Heads hd, Index
   const Index nq = Q.rows, nk = K.rows, heads = hd.count, dh = hd.size;
   S* const scores = sc.scores;
   AttentionWorkers<S>* const al = sc.workers;
+  if constexpr (std::is_same_v<S, float>) {
+    if (sc.bf16) {
+      if (causal_base >= 0 || accumulate) {
+        throw std::logic_error("attend_rows: the bf16 attention is non-causal and overwrites");
+      }
+      const Index workers = workers_for(heads, 2 * nq * nk * dh, nk, sc.scores_len);
+      parallel_for(heads, workers, [&](Index h, Index worker) {
+        attend_head_bf16(active_kernels(), Q.cols_from(h * dh, dh), K.cols_from(h * dh, dh),
+                         V.cols_from(h * dh, dh), worker_of(al, worker), nullptr, nullptr, nullptr,
+                         scores + worker * nk, out.cols_from(h * dh, dh));
+      });
+      return;
+    }
+  }
   if (nq == 1) {
     const Index visible = causal_base >= 0 ? std::min(nk, causal_base + 1) : nk;
     attend_one(Q.data, K.block(0, visible), V.block(0, visible), hd, scores, out.data, accumulate);
@@ -451,7 +573,8 @@ template <typename S>
 class OnlineAttention {
  public:
   /// Q: [nq, d] rotated queries, kept by pointer until finish().
-  void reset(const S* Q, Index ld_q, Index nq, Index heads, Index dh) {
+  void reset(const S* Q, Index ld_q, Index nq, Index heads, Index dh, bool bf16 = false) {
+    bf16_ = bf16;
     Q_ = Q;
     ld_q_ = ld_q;
     nq_ = nq;
@@ -460,6 +583,13 @@ class OnlineAttention {
     stride_ = (nq + kStatAlign - 1) / kStatAlign * kStatAlign;
     acc_.setZero(nq, heads * dh);
     max_.assign(static_cast<size_t>(heads * stride_), -std::numeric_limits<S>::infinity());
+    if constexpr (std::is_same_v<S, float>) {
+      const KernelTable& kern = active_kernels();
+      if (bf16 && kern.attend_bf16 != nullptr) {
+        at_least(queries_, heads * bf16_queries_units(kern, nq, dh));
+        queries_ready_.assign(static_cast<size_t>(heads), 0);
+      }
+    }
     sum_.assign(static_cast<size_t>(heads * stride_), S(0));
   }
 
@@ -483,6 +613,27 @@ class OnlineAttention {
       const RowsView<const S> Vh = rows_view(V + h * dh_, nk, dh_, ld_kv);
       const RowsView<S> acc_h = rows_view(acc_.data() + h * dh_, nq_, dh_, heads_ * dh_);
       if constexpr (std::is_same_v<S, float>) {
+        if (bf16_) {
+          // The queries are the same for every chunk: rounded and packed at the first.
+          const KernelTable& kern = active_kernels();
+          uint32_t* qp = nullptr;
+          if (kern.attend_bf16 != nullptr) {
+            const Index units = bf16_queries_units(kern, nq_, dh_);
+            qp = queries_.data() + h * units;
+            if (queries_ready_[static_cast<size_t>(h)] == 0) {
+              AttentionWorkers<float>::Worker* w = worker_of(al, worker);
+              if (w != nullptr) {
+                bf16_pack_queries(kern, Qh, at_least(w->q2, nq_ * ((dh_ + 1) / 2)), qp);
+                queries_ready_[static_cast<size_t>(h)] = 1;
+              } else {
+                qp = nullptr;
+              }
+            }
+          }
+          attend_head_bf16(kern, Qh, Kh, Vh, worker_of(al, worker), qp, mx, sum,
+                           scores + worker * nk, acc_h);
+          return;
+        }
         if (panel_kernels(worker_of(al, worker), nk) != nullptr) {
           attend_head_panels(Qh, Kh, Vh, *worker_of(al, worker), mx, sum, acc_h, true);
           return;
@@ -515,7 +666,13 @@ class OnlineAttention {
         const S m1 = o.max_[i];
         if (m1 == -std::numeric_limits<S>::infinity()) continue;  // o saw no key
         const S m0 = max_[i], m = std::max(m0, m1);
-        const S a = std::exp(m0 - m), b = std::exp(m1 - m);  // a = 0 when this saw none
+        // a = 0 when this saw none. In bf16 the maxima are powers of two's exponents (integers):
+        // the factors are exact.
+        const S a = !bf16_ ? std::exp(m0 - m)
+                    : m0 == -std::numeric_limits<S>::infinity()
+                        ? S(0)
+                        : std::ldexp(S(1), static_cast<int>(m0 - m));
+        const S b = bf16_ ? std::ldexp(S(1), static_cast<int>(m1 - m)) : std::exp(m1 - m);
         sum_[i] = sum_[i] * a + o.sum_[i] * b;
         max_[i] = m;
         acc_.row(r).segment(h * dh_, dh_) =
@@ -526,7 +683,8 @@ class OnlineAttention {
 
   /// Bytes held by the accumulators.
   size_t bytes() const {
-    return sizeof(S) * static_cast<size_t>(acc_.size() + max_.size() + sum_.size());
+    return sizeof(S) * static_cast<size_t>(acc_.size() + max_.size() + sum_.size()) +
+           sizeof(uint32_t) * queries_.capacity() + queries_ready_.capacity();
   }
 
   /// out[nq, d] = the normalised attention output.
@@ -543,10 +701,14 @@ class OnlineAttention {
   // A head's statistics start on a cache line and cover whole vectors of query rows.
   static constexpr Index kStatAlign = 16;
   const S* Q_ = nullptr;
+  bool bf16_ = false;  // the bf16 attention: max_ holds each row's power-of-two exponent k
   Index ld_q_ = 0, nq_ = 0, heads_ = 0, dh_ = 0, stride_ = 0;
   MatrixRM<S> acc_;    // [nq, d] un-normalised weighted values
   LineVector<S> max_;  // [heads, stride] running max of the scaled scores per query row
   LineVector<S> sum_;  // [heads, stride] running sum of exp(score - max)
+  // bf16: each head's queries rounded and packed (bf16_pack_queries) at its first chunk.
+  LineVector<uint32_t> queries_;
+  std::vector<uint8_t> queries_ready_;  // per head: 1 once its queries are packed
 };
 
 /// a[i] = silu(a[i]) * g[i] = a[i] / (1 + e^-a[i]) * g[i] for i < n: the SwiGLU gate, portably

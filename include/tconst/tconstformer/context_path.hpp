@@ -153,6 +153,8 @@ class ContextPath {
     const Index groups;  // runs of chunks, each with its own online accumulator
     const Index takers;  // threads taking whole chunks at once (1: one chunk at a time)
     const bool keep;
+    // A bf16 or int8 session's attention products take BF16 inputs (SPEC §6.3).
+    const bool bf16_attention;
     Index kept_block = -1;  // the block whose C_b s.kept holds (-1: none)
 
     Resync(const Model<Scalar>& model, const int32_t* t, int64_t n, FixedKVCache<Scalar>& kv,
@@ -176,7 +178,8 @@ class ContextPath {
           chunks((Lc + detail::kResyncChunk - 1) / detail::kResyncChunk),
           groups(chunks > 1 ? std::min(detail::kResyncGroups, chunks) : 1),
           takers(chunks > 1 ? std::min(detail::max_workers(), groups) : 1),
-          keep(keep_context && B > 2) {
+          keep(keep_context && B > 2),
+          bf16_attention(model.compute() != Compute::f32) {
       using detail::grow;
       const Index threads = detail::max_workers();
       grow(s.Zc, Z * d);
@@ -196,7 +199,9 @@ class ContextPath {
       if (static_cast<Index>(s.online.size()) < accumulators) {
         s.online.resize(static_cast<size_t>(accumulators));
       }
-      for (Online& o : s.online) o.reset(s.Qz.data(), d, Z, heads, dh);  // sizes them
+      for (Online& o : s.online) {
+        o.reset(s.Qz.data(), d, Z, heads, dh, bf16_attention);  // sizes them
+      }
       if (context_kv != nullptr) context_kv->reserve(Lc);
     }
 
@@ -232,7 +237,7 @@ class ContextPath {
       project(s.Qz.data(), d, w.xn.data(), Z, P0, 0, 1, w);
       detail::rope(s.Qz.data(), d, Z, d, dh, hs, m.rope_theta());
       for (Index g = 0; g < groups; ++g)
-        s.online[static_cast<size_t>(g)].reset(s.Qz.data(), d, Z, heads, dh);
+        s.online[static_cast<size_t>(g)].reset(s.Qz.data(), d, Z, heads, dh, bf16_attention);
       take_chunks([&](Index g, Rows& rows) {
         Online& acc = s.online[static_cast<size_t>(g)];
         for (Index ch = chunks * g / groups; ch < chunks * (g + 1) / groups; ++ch) {
@@ -295,7 +300,7 @@ class ContextPath {
                           detail::rows_view(qkv + d, Z, d, 3 * d),
                           detail::rows_view(qkv + 2 * d, Z, d, 3 * d), detail::Heads{heads, dh},
                           Index{-1}, detail::rows_view(w.att.data(), Z, d), false,
-                          {w.scores.data(), scores_len(w), &w.workers});
+                          {w.scores.data(), scores_len(w), &w.workers, bf16_attention});
       add_linear(w.att.data(), Z, Pj.out_w, Pj.out_b.data, Zc, w);
       detail::ffn_residual(detail::rows_view(Zc, Z, d), Pj, c.norm_eps, w.xn.data(), w.h1.data(),
                            w.h3.data(), &w.gemm);
@@ -343,7 +348,7 @@ class ContextPath {
           detail::rows_view(Qc, n, d), detail::rows_view(cache.z_keys(b, D - 1), Z, d),
           detail::rows_view(cache.z_values(b, D - 1), Z, d), detail::Heads{heads, dh}, Index{-1},
           detail::rows_view(w.att.data(), n, d), false,
-          {w.scores.data(), scores_len(w), &w.workers});
+          {w.scores.data(), scores_len(w), &w.workers, bf16_attention});
       add_linear(w.att.data(), n, PR.out_w, PR.out_b.data, C, w);
       // In slices of w.ffn_rows rows, none of kRowsGemmMaxRows or fewer (unless n is): every
       // slice takes the packed product, whose rows do not depend on the others, so the result is

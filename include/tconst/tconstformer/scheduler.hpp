@@ -62,6 +62,7 @@ class Scheduler {
     const ModelConfig& c = model.config();
     ws_.reserve(c.generate_window, std::max(c.generate_window, c.history_window), c.n_embd,
                 c.ffn_hidden, c.n_head);
+    detail::reserve_compute(model, 1, ws_.gemm);
   }
   /// A copy of `o`'s counters and scratch running over another cache (a copied session's).
   Scheduler(const Scheduler& o, FixedKVCache<Scalar>& cache, detail::GrowingKV<Scalar>* context)
@@ -150,6 +151,7 @@ class Scheduler {
         if (s.context_) keys = std::max(keys, s.context_->rows());
       }
       j.scratch.reserve(S, keys, c.n_embd, c.ffn_hidden, c.n_head);
+      detail::reserve_compute(*j.schedulers[0]->model_, S, j.scratch.gemm);
       GenerationPath<Scalar>::run_streams(*j.schedulers[0]->model_, j.caches.data(),
                                           j.contexts.data(), j.tokens.data(), S, j.scratch);
     } catch (...) {

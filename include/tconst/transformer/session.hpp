@@ -120,6 +120,7 @@ class TransformerSession final : public SessionBase<Scalar> {
     const Index pos0 = static_cast<Index>(this->position());
     kv_.reserve(pos0 + n);
     ws_.reserve(std::min<Index>(n, kPrefillChunk), pos0 + n, d, c.ffn_hidden, c.n_head);
+    detail::reserve_compute(m, n, ws_.gemm);
     this->reserve_log(pos0 + n);
     Scalar* x = ws_.x.data();
     detail::embed(m, ids, n, x);

@@ -42,6 +42,12 @@ inline V vi_to_float(VI a) {
 inline VI vi_or(VI a, VI b) {
   return _mm512_or_si512(a, b);
 }
+inline void vi_store(void* p, VI a) {
+  _mm512_storeu_si512(p, a);
+}
+inline VI vi_shift_up16(VI a) {
+  return _mm512_slli_epi32(a, 16);
+}
 #else
 using VI = __m256i;
 inline VI vi_load(const void* p) {
@@ -55,6 +61,12 @@ inline V vi_to_float(VI a) {
 }
 inline VI vi_or(VI a, VI b) {
   return _mm256_or_si256(a, b);
+}
+inline void vi_store(void* p, VI a) {
+  _mm256_storeu_si256(static_cast<__m256i*>(p), a);
+}
+inline VI vi_shift_up16(VI a) {
+  return _mm256_slli_epi32(a, 16);
 }
 #endif
 
@@ -226,7 +238,14 @@ inline void bf16_prepare(const float* in, Index ld_in, Index n, Index k, uint32_
       _mm_storeu_si128(reinterpret_cast<__m128i*>(d + c), _mm256_castsi256_si128(p));
 #endif
     }
+#if TCONST_ISA_LANES == 16
+    if (c < k) {  // the last k - c < 16 columns, masked
+      const __mmask16 m = static_cast<__mmask16>((1u << (k - c)) - 1u);
+      _mm512_mask_cvtepi32_storeu_epi16(d + c, m, round_bf16(_mm512_maskz_loadu_ps(m, x + c)));
+    }
+#else
     for (; c < k; ++c) d[c] = float_to_bf16_bits(x[c]);
+#endif
     if (k % 2 != 0) d[k] = 0;
   }
 }
@@ -447,6 +466,190 @@ inline void bf16_compute(const WeightMatrix& W, Index o0, Index o1, Index p0, In
   bf16_run<kB16Mr>(W, o0, o1, p0, kc, packed, rows, bias, out, ld_out, load_out);
 }
 
+// ---- bf16 mode: one head of the resync's attention (SPEC §6.3) ---------------------------------
+//
+// gemm.inl's attend_panels with BF16 inputs: the queries, keys and values rounded to BF16, and the
+// softmax's weights too, but taken against a shift k ln 2 with k an integer (SPEC §6.3): then a
+// weight is e^s rounded to BF16 and scaled by an exact power of two, so that the online softmax's
+// rescaling (by 2^(k - k')) and the final division leave every rounding where a one-pass softmax
+// would have it.
+
+/// The sums of one bf16 attention tile: acc[i][v] = sum over units u < ku of the BF16 pairs of the
+/// panel's vector (u * NV + v) with w's unit (i, u), read at w[i * ldw + u] (Columns false: a key's
+/// row) or w[u * ldw + i] (Columns true: the values, pairs of rows interleaved per column).
+template <int M, int NV, bool Columns>
+inline void bf16_unit_sums(const uint32_t* w, Index ldw, const uint32_t* panel, Index ku,
+                           V (&acc)[M][NV]) {
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
+  }
+  for (Index u = 0; u < ku; ++u) {
+    VI x[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) x[v] = vi_load(panel + (u * NV + v) * kLanes);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      const int32_t wu = static_cast<int32_t>(Columns ? w[u * ldw + i] : w[i * ldw + u]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = dot_bf16(acc[i][v], x[v], wu);
+    }
+  }
+}
+
+/// f(M, c0) over [0, n) in steps of M, then 4, then 1 (M as std::integral_constant).
+template <int M, typename F>
+inline void for_unit_tiles(Index n, const F& f) {
+  Index c = 0;
+  for (; c + M <= n; c += M) f(std::integral_constant<int, M>{}, c);
+  if constexpr (M > 4) {
+    for (; c + 4 <= n; c += 4) f(std::integral_constant<int, 4>{}, c);
+  }
+  for (; c < n; ++c) f(std::integral_constant<int, 1>{}, c);
+}
+
+/// Per lane, lo and hi rounded to BF16 (ties to even) in one unit: lo in the low half.
+inline VI bf16_pair(V lo, V hi) {
+#if TCONST_CK_BF16 == 2
+  // vcvtne2ps2bf16 rounds as round_bf16 does (these weights are normal numbers, which its
+  // flushing of subnormal inputs leaves alone), giving lo's 16 lanes and then hi's; one permute
+  // of 16-bit words interleaves them.
+  alignas(64) static constexpr uint16_t kInterleave[32] = {
+      0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
+#else
+  return vi_or(round_bf16(lo), vi_shift_up16(round_bf16(hi)));
+#endif
+}
+
+/// Pairs of rows rounded to BF16 (Bf16PairRowsFn): dst[u * k + e] = bf16(in[2u, e]) in the low
+/// half, bf16(in[2u + 1, e]) in the high half (0 past the last of n rows), for u < ceil(n / 2).
+inline void bf16_pair_rows(const float* in, Index ld_in, Index n, Index k, uint32_t* dst) {
+  for (Index u = 0; u < (n + 1) / 2; ++u) {
+    const float* lo = in + 2 * u * ld_in;
+    const float* hi = 2 * u + 1 < n ? lo + ld_in : nullptr;
+    uint32_t* d = dst + u * k;
+    Index e = 0;
+    for (; e + kLanes <= k; e += kLanes) {
+      vi_store(d + e, bf16_pair(vload(lo + e), hi != nullptr ? vload(hi + e) : vzero()));
+    }
+    for (; e < k; ++e) {
+      const uint32_t h = hi != nullptr ? float_to_bf16_bits(hi[e]) : 0u;
+      d[e] = float_to_bf16_bits(lo[e]) | h << 16;
+    }
+  }
+}
+
+/// The softmax of one panel of scores (floats at c * width, width lanes, nk >= 1 keys), each score
+/// s taken as scale * s, turned in place into BF16 weights in units: unit u at u * width holds the
+/// weights of keys 2u (low half) and 2u + 1 (high half, 0 past nk). The weight of s is
+/// bf16(e^(scale s - k ln 2)), k = ceil(max scale s / ln 2) over the panel row's keys (and, online,
+/// the running k in mx: k' = max(mx, k), factor = 2^(mx - k'), sum = sum * factor + the chunk's
+/// sum, mx = k'). Normalised (mx nullptr): factor = 1 / the sum. The sums are of the weights
+/// before rounding.
+inline void bf16_softmax_panel(float* pp, Index width, Index nk, float scale, float* mx, float* sum,
+                               float* factor) {
+  const V vscale = vset(scale), to_log2 = vset(1.44269504088896341f);
+  const V minus_ln2 = vset(-0.693147180559945309f);
+  const Index nu = (nk + 1) / 2;
+  for (Index v = 0; v < width; v += kLanes) {
+    const float* col = pp + v;
+    V top = vload(col);
+    for (Index c = 1; c < nk; ++c) top = vmax(top, vload(col + c * width));
+    V k = vceil(vmul(vmul(top, vscale), to_log2));
+    V step = vzero();
+    if (mx != nullptr) {
+      const V old = vload(mx + v);
+      k = vmax(old, k);
+      // 2^(old - k), exact; 0 before the first chunk (old = -inf).
+      step = vscale2(vset(1.0f), vmax(vset(-127.0f), vfma(k, vset(-1.0f), old)));
+    }
+    const V neg = vmul(k, minus_ln2);
+    V total = vzero();
+    uint32_t* units = reinterpret_cast<uint32_t*>(pp) + v;
+    for (Index u = 0; u < nu; ++u) {
+      // Reads rows 2u and 2u + 1 before unit row u (<= 2u) is written over them.
+      const V e0 = vexp_nonpositive(vfma(vload(col + 2 * u * width), vscale, neg));
+      total = vadd(total, e0);
+      V e1 = vzero();
+      if (2 * u + 1 < nk) {
+        e1 = vexp_nonpositive(vfma(vload(col + (2 * u + 1) * width), vscale, neg));
+        total = vadd(total, e1);
+      }
+      vi_store(units + u * width, bf16_pair(e0, e1));
+    }
+    if (mx != nullptr) {
+      vstore(mx + v, k);
+      vstore(factor + v, step);
+      vstore(sum + v, vfma(vload(sum + v), step, total));
+    } else {
+      vstore(factor + v, vdiv(vset(1.0f), total));
+    }
+  }
+}
+
+/// One head of the resync's attention in bf16 (AttendBf16Fn): nq queries packed in unit panels at
+/// qp (panel j0 at qp + j0 * du, du = ceil(dh / 2) units of BF16 pairs), nk keys K [nk, du] and the
+/// values Vp [ceil(nk / 2), dh] (unit (u, e): V[2u, e] low, V[2u + 1, e] high), a panel at a time
+/// through pp (kCNr * nk floats, 64-byte aligned): out[j, 0..dh) = sum_c w(j, c) V[c] / sum_c
+/// e(j, c) (mx nullptr), or one online step (bf16_softmax_panel): out's rows scaled by the factor,
+/// then the chunk's weighted values added.
+inline void bf16_attend(const uint32_t* K, const uint32_t* Vp, Index nk, const uint32_t* qp,
+                        Index nq, Index dh, float scale, float* pp, float* mx, float* sum,
+                        float* out, Index ld_out) {
+  alignas(64) float factor[kCNr];
+  const Index du = (dh + 1) / 2, nu = (nk + 1) / 2;
+  const bool online = mx != nullptr;
+  for (Index j0 = 0; j0 < nq; j0 += kCNr) {
+    const Index rows = std::min<Index>(kCNr, nq - j0);
+    const int nv = static_cast<int>((rows + kLanes - 1) / kLanes);
+    const Index width = nv * kLanes;
+    const uint32_t* q = qp + j0 * du;
+    float* o = out + j0 * ld_out;
+    auto panel = [&](auto nv_tag) {
+      constexpr int NV = decltype(nv_tag)::value;
+      for_unit_tiles<kB16Mr>(nk, [&](auto m_tag, Index c0) {
+        constexpr int M = decltype(m_tag)::value;
+        V acc[M][NV];
+        bf16_unit_sums<M, NV, false>(K + c0 * du, du, q, du, acc);
+        float* dst = pp + c0 * width;
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) {
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) vstore(dst + (i * NV + v) * kLanes, acc[i][v]);
+        }
+      });
+      bf16_softmax_panel(pp, width, nk, scale, online ? mx + j0 : nullptr,
+                         online ? sum + j0 : nullptr, factor);
+      if (online) {
+        for (Index r = 0; r < rows; ++r) {
+          for (Index e = 0; e < dh; ++e) o[r * ld_out + e] *= factor[r];
+        }
+      }
+      const uint32_t* weights = reinterpret_cast<const uint32_t*>(pp);
+      for_unit_tiles<kB16Mr>(dh, [&](auto m_tag, Index e0) {
+        constexpr int M = decltype(m_tag)::value;
+        V acc[M][NV];
+        bf16_unit_sums<M, NV, true>(Vp + e0, dh, weights, nu, acc);
+        store_tile<M, NV>(acc, o + e0, ld_out, rows, online);
+      });
+      if (!online) {
+        for (Index r = 0; r < rows; ++r) {
+          for (Index e = 0; e < dh; ++e) o[r * ld_out + e] *= factor[r];
+        }
+      }
+    };
+    static_assert(kCNv == 2, "the panels below are of one or two vectors");
+    if (nv == 2) {
+      panel(std::integral_constant<int, 2>{});
+    } else {
+      panel(std::integral_constant<int, 1>{});
+    }
+  }
+}
 #endif  // TCONST_CK_BF16
 
 // ---- int8 mode -------------------------------------------------------------------------------
@@ -826,6 +1029,8 @@ inline void fill_compute(KernelTable& t) {
   t.bf16_prepare = &bf16_prepare;
   t.bf16_rows = &bf16_rows;
   t.bf16_compute = &bf16_compute;
+  t.attend_bf16 = &bf16_attend;
+  t.bf16_pair_rows = &bf16_pair_rows;
 #endif
 #if TCONST_CK_INT8
   t.int8_prepare = &int8_prepare;

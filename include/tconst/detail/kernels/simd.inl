@@ -1,6 +1,6 @@
 // One instruction set's vector type and the operations the kernels build on: loads and stores
-// (whole vectors and a first few lanes), arithmetic, horizontal sums, e^x for x <= 0. The first part of
-// isa.inl; TCONST_ISA_LANES (16: AVX-512, 8: AVX2 + FMA) selects the type.
+// (whole vectors and a first few lanes), arithmetic, horizontal sums, e^x for x <= 0. The first
+// part of isa.inl; TCONST_ISA_LANES (16: AVX-512, 8: AVX2 + FMA) selects the type.
 
 namespace tconst {
 inline namespace TCONST_ABI {
@@ -47,6 +47,9 @@ inline void vstore(float* p, V a) {
 }
 inline V vround(V a) {
   return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline V vceil(V a) {
+  return _mm512_roundscale_ps(a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
 }
 /// a * 2^n for integral n in [-127, 0].
 inline V vscale2(V a, V n) {
@@ -108,6 +111,9 @@ inline void vstore(float* p, V a) {
 }
 inline V vround(V a) {
   return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline V vceil(V a) {
+  return _mm256_round_ps(a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
 }
 inline V vscale2(V a, V n) {
   // 2^n built in the exponent field: n + 127 >= 0 is a normal number's exponent, or 0 (then the
