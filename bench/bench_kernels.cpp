@@ -618,12 +618,11 @@ void BM_AttendRows(benchmark::State& state) {
   workers.workers.resize(static_cast<size_t>(state.range(1)));
   std::vector<float> out(static_cast<size_t>(nq * kD));
   for (auto _ : state) {
-    td::attend_rows(td::rows_view(qkv.data(), nq, kD, 3 * kD),
-                    td::rows_view(qkv.data() + kD, nk, kD, 3 * kD),
-                    td::rows_view(qkv.data() + 2 * kD, nk, kD, 3 * kD), td::Heads{kHeads, kDh},
-                    Index{-1}, td::rows_view(out.data(), nq, kD), false,
-                    {scores.data(), static_cast<Index>(scores.size()), &workers,
-                     state.range(2) != 0});
+    td::attend_rows(
+        td::rows_view(qkv.data(), nq, kD, 3 * kD), td::rows_view(qkv.data() + kD, nk, kD, 3 * kD),
+        td::rows_view(qkv.data() + 2 * kD, nk, kD, 3 * kD), td::Heads{kHeads, kDh}, Index{-1},
+        td::rows_view(out.data(), nq, kD), false,
+        {scores.data(), static_cast<Index>(scores.size()), &workers, state.range(2) != 0});
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -862,10 +861,10 @@ enum class Mode { f32, bf16, int8 };
 
 /// out[n, rows] = in[n, cols] W^T on n = range(0) rows and range(1) threads, hot (one copy of W):
 /// f32 through linear() (the float kernels), bf16 through linear_bf16() over BF16 W, int8 through
-/// linear_int8() over Q8 W with blocks of 32 and its block sums (as a model keeps them), each at
-/// active_isa() (TCONST_ISA caps it). GFLOP counts 2 n rows cols (for int8 too: GOP), to hold
+/// linear_int8() over Q8 W with blocks of `block` and its block sums (as a model keeps them), each
+/// at active_isa() (TCONST_ISA caps it). GFLOP counts 2 n rows cols (for int8 too: GOP), to hold
 /// against BM_FmaPeak (f32) and BM_DotPeak (bf16, int8) on as many threads.
-void BM_ComputeLinear(benchmark::State& state, Mode mode, Index rows, Index cols) {
+void BM_ComputeLinear(benchmark::State& state, Mode mode, Index rows, Index cols, Index block) {
   const Index n = state.range(0);
   set_threads(state.range(1));
   const size_t mat = static_cast<size_t>(rows * cols);
@@ -885,7 +884,7 @@ void BM_ComputeLinear(benchmark::State& state, Mode mode, Index rows, Index cols
     W.data = bf16.data();
   } else {
     W.format = td::WeightFormat::q8;
-    W.block = 32;
+    W.block = block;
     q8.resize(mat);
     scales.resize(static_cast<size_t>(rows * W.blocks()));
     tconst::quantize_q8(w.data(), rows, cols, W.block, q8.data(), scales.data());
@@ -924,7 +923,8 @@ void BM_ComputeLinear(benchmark::State& state, Mode mode, Index rows, Index cols
   state.SetLabel(td::isa_name(isa));
 }
 
-/// BM_ComputeLinear/<matrix>/<mode>: the resync's shapes on 512 rows and a step's on 1 and 8.
+/// BM_ComputeLinear/<matrix>/<mode>: the resync's shapes on 512 rows and a step's on 1 and 8;
+/// int8 with the default block of 32, and int8_b128 with a Q8 file's block of 128.
 const bool kComputeBenchmarks = [] {
   struct Matrix {
     const char* name;
@@ -932,12 +932,19 @@ const bool kComputeBenchmarks = [] {
   };
   const Matrix matrices[] = {
       {"qkv_1296x432", 3 * kD, kD}, {"w1_w3_1280x432", kF, kD}, {"w2_432x1280", kD, kF}};
-  const std::pair<const char*, Mode> modes[] = {
-      {"f32", Mode::f32}, {"bf16", Mode::bf16}, {"int8", Mode::int8}};
+  struct Variant {
+    const char* name;
+    Mode mode;
+    Index block;
+  };
+  const Variant modes[] = {{"f32", Mode::f32, 0},
+                           {"bf16", Mode::bf16, 0},
+                           {"int8", Mode::int8, 32},
+                           {"int8_b128", Mode::int8, 128}};
   for (const Matrix& m : matrices) {
-    for (const auto& [mode_name, mode] : modes) {
+    for (const auto& [mode_name, mode, block] : modes) {
       const std::string name = std::string("BM_ComputeLinear/") + m.name + "/" + mode_name;
-      benchmark::RegisterBenchmark(name.c_str(), BM_ComputeLinear, mode, m.rows, m.cols)
+      benchmark::RegisterBenchmark(name.c_str(), BM_ComputeLinear, mode, m.rows, m.cols, block)
           ->ArgsProduct({{1, 8, 512}, thread_counts()})
           ->ArgNames({"rows", "threads"})
           ->UseRealTime()

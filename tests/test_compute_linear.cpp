@@ -286,8 +286,9 @@ TEST(ComputeLinear, Int8BlockDotsAreExact) {
   std::mt19937 rng(77);
   std::uniform_int_distribution<int> qd(-127, 127), ed(0, 1);
   for (Isa isa : paths()) {
-    for (const Shape& s : {Shape{1, 1000, 37, 16}, Shape{9, 333, 21, 32}, Shape{50, 1001, 30, 64},
-                           Shape{19, 700, 13, 256}, Shape{64, 255, 40, 128}}) {
+    for (const Shape& s :
+         {Shape{1, 1000, 37, 16}, Shape{1, 333, 21, 32}, Shape{9, 333, 21, 32},
+          Shape{50, 1001, 30, 64}, Shape{19, 700, 13, 256}, Shape{64, 255, 40, 128}}) {
       SCOPED_TRACE(trace(isa, true, s));
       const Index nb = (s.k + s.block - 1) / s.block;
       std::vector<float> x(static_cast<size_t>(s.n * s.k));
