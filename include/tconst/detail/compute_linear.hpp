@@ -235,8 +235,7 @@ inline void linear_bf16_portable(RowsView<const float> in, const WeightMatrix& W
   const Index n = in.rows, k = W.cols;
   float* x = reinterpret_cast<float*>(at_least(buf.unit_scales, n * k));
   for (Index g = 0; g < n; ++g) {
-    for (Index c = 0; c < k; ++c)
-      x[g * k + c] = bf16_bits_to_float(float_to_bf16_bits(in.row(g)[c]));
+    for (Index c = 0; c < k; ++c) x[g * k + c] = round_to_bf16(in.row(g)[c]);
   }
   for_row_ranges(W.rows, [&](Index r0, Index r1) {
     for (Index o = r0; o < r1; ++o) {

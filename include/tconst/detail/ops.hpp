@@ -345,11 +345,6 @@ inline void attend_head_panels(RowsView<const float> Qh, RowsView<const float> K
               worker.pp.data(), mx, sum, out.data, out.ld, accumulate);
 }
 
-/// x rounded to the nearest BF16 value (ties to even), as a float.
-inline float round_to_bf16(float x) {
-  return bf16_bits_to_float(float_to_bf16_bits(x));
-}
-
 /// One head of the resync's attention in bf16 (SPEC §6.3), portably: the queries, keys and values
 /// rounded to BF16, each weight bf16(e^(s - k ln 2)) with s the scaled score and k an integer, k =
 /// ceil(max s / ln 2) over the row's keys (online: at least the running mx), the sums of the

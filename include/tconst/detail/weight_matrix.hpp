@@ -105,6 +105,11 @@ inline uint16_t float_to_bf16_bits(float x) {
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/// x rounded to the nearest BF16 value (float_to_bf16_bits), as a float.
+inline float round_to_bf16(float x) {
+  return bf16_bits_to_float(float_to_bf16_bits(x));
+}
+
 /// out[c] = W[r, c] for c < cols, by SPEC §6.1's formula (one float32 multiplication for q8).
 inline void dequantize_row(const WeightMatrix& W, Eigen::Index r, float* out) {
   const Eigen::Index n = W.cols;
